@@ -1,0 +1,1 @@
+"""The mitmproxy shell around the keybroker core."""

@@ -1,0 +1,323 @@
+"""The policy file (DESIGN.md §3): frozen pydantic models, loading and errors
+that name the file, the field path and the rule broken."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    StringConstraints,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from broker.hosts import HostError, normalize_pattern
+
+SECRET_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+TENANT_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_METHOD_RE = re.compile(r"^[A-Z]{1,16}$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+SecretName = Annotated[str, StringConstraints(pattern=SECRET_NAME_RE.pattern)]
+TenantName = Annotated[str, StringConstraints(pattern=TENANT_NAME_RE.pattern)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AppRole(_Model):
+    role_id_env: str
+    secret_id_env: str
+    mount: str = "approle"
+
+
+class VaultBackend(_Model):
+    type: Literal["vault"]
+    url: str
+    token_env: str | None = None
+    approle: AppRole | None = None
+    mount: str = "secret"
+    kv_version: Literal[1, 2] = 2
+    cache_ttl: float = Field(default=60.0, ge=0)
+    namespace: str | None = None
+    timeout: float = Field(default=5.0, gt=0, le=120)
+    """Seconds for one vault request (extension)."""
+    ca_cert: Path | None = None
+    """Extra CA bundle for an https vault URL (extension)."""
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> VaultBackend:
+        if (self.token_env is None) == (self.approle is None):
+            raise ValueError("set exactly one of token_env or approle")
+        if not re.match(r"^https?://", self.url):
+            raise ValueError("url must start with http:// or https://")
+        return self
+
+
+class EnvBackend(_Model):
+    type: Literal["env"]
+    cache_ttl: float = Field(default=0.0, ge=0)
+
+
+BackendConfig = Annotated[VaultBackend | EnvBackend, Field(discriminator="type")]
+
+
+class SecretRule(_Model):
+    backend: str
+    path: str = Field(min_length=1)
+    field: str = "value"
+    hosts: tuple[str, ...] = Field(min_length=1)
+    ports: tuple[int, ...] = (443,)
+    schemes: tuple[Literal["http", "https"], ...] = ("https",)
+    methods: tuple[str, ...] | None = None
+    paths: tuple[str, ...] | None = None
+    locations: tuple[str, ...] = ("header:authorization",)
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        out = []
+        for h in v:
+            try:
+                out.append(normalize_pattern(h))
+            except HostError as exc:
+                raise ValueError(f"host {h!r}: {exc}") from None
+        return tuple(out)
+
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        for p in v:
+            if not 1 <= p <= 65535:
+                raise ValueError(f"port {p} is outside 1-65535")
+        return v
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if v is None:
+            return None
+        out = tuple(m.upper() for m in v)
+        for m in out:
+            if not _METHOD_RE.match(m):
+                raise ValueError(f"method {m!r} is not an HTTP method name")
+        return out
+
+    @field_validator("paths")
+    @classmethod
+    def _paths(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if v is None:
+            return None
+        for g in v:
+            glob_to_regex(g)
+        return v
+
+    @field_validator("locations")
+    @classmethod
+    def _locations(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        out = []
+        for loc in v:
+            if loc in ("query", "path", "body"):
+                out.append(loc)
+            elif loc.lower().startswith("header:") and _HEADER_NAME_RE.match(loc[7:]):
+                out.append("header:" + loc[7:].lower())
+            else:
+                raise ValueError(
+                    f"location {loc!r} must be header:<name>, query, path or body"
+                )
+        return tuple(out)
+
+
+class Tenant(_Model):
+    token_sha256: str
+    secrets: dict[SecretName, SecretRule] = Field(default_factory=dict)
+    on_mismatch: Literal["deny", "forward"] = "deny"
+
+    @field_validator("token_sha256")
+    @classmethod
+    def _digest(cls, v: str) -> str:
+        d = v.strip().lower().removeprefix("sha256:")
+        if not _SHA256_RE.match(d):
+            raise ValueError("token_sha256 must be 64 hex digits (optionally 'sha256:' first)")
+        return d
+
+
+class AuditConfig(_Model):
+    path: Path
+    hmac_key_env: str | None = None
+    """Environment variable holding a key: the chain becomes an HMAC chain (extension)."""
+    rotate_bytes: int | None = Field(default=None, gt=0)
+    """Rotate the file when it grows past this size (extension)."""
+    fingerprints: bool = True
+    """With a key, allow records carry a keyed fingerprint of each value used (extension)."""
+
+
+class Limits(_Model):
+    """Size limits (extension)."""
+
+    max_request_body: int = Field(default=32 * 1024 * 1024, gt=0)
+    max_decoded_response: int = Field(default=64 * 1024 * 1024, gt=0)
+    stream_threshold: int = Field(default=1024 * 1024, gt=0)
+    """Responses larger than this, without a length, or SSE are scrubbed as a stream."""
+
+
+class Policy(_Model):
+    version: Literal[1]
+    listen: str = "127.0.0.1:8080"
+    certs_dir: Path = Path("../certs")
+    upstream_ca: Path | None = None
+    audit: AuditConfig
+    backends: dict[str, BackendConfig] = Field(default_factory=dict)
+    tenants: dict[TenantName, Tenant] = Field(default_factory=dict)
+    limits: Limits = Limits()
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        parse_listen(v)
+        return v
+
+    def tenant_token_index(self) -> dict[str, str]:
+        return {name: t.token_sha256 for name, t in self.tenants.items()}
+
+
+def parse_listen(v: str) -> tuple[str, int]:
+    host, sep, port = v.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"listen {v!r} must be HOST:PORT with a port in 1-65535")
+    return host.strip("[]"), int(port)
+
+
+def glob_to_regex(glob: str) -> re.Pattern[str]:
+    """``*`` matches any run of characters (``/`` included), ``?`` one
+    character other than ``/``; everything else is literal."""
+    if not glob.startswith("/"):
+        raise ValueError(f"path glob {glob!r} must start with '/'")
+    if any(c.isspace() for c in glob) or "[" in glob or "]" in glob or "?" in glob.split("*")[0][:1]:
+        raise ValueError(f"path glob {glob!r}: whitespace and [] classes are not allowed")
+    if "**" in glob:
+        raise ValueError(f"path glob {glob!r}: use a single '*' (it already crosses '/')")
+    parts = []
+    for c in glob:
+        parts.append(".*" if c == "*" else "[^/]" if c == "?" else re.escape(c))
+    return re.compile("^" + "".join(parts) + "$", re.DOTALL)
+
+
+class PolicyError(Exception):
+    """Every problem found in a policy file, each naming file, field and rule."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("vault", "env") and out.startswith("backends."):
+            continue  # the discriminator tag pydantic adds
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _check_references(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """Cross-field rules, checked on the raw data so they are reported
+    together with every other error."""
+    errs: list[tuple[str, str]] = []
+    backends = data.get("backends")
+    names = set(backends) if isinstance(backends, dict) else set()
+    tenants = data.get("tenants")
+    if not isinstance(tenants, dict):
+        return errs
+    seen: dict[str, str] = {}
+    for tname, tenant in tenants.items():
+        if not isinstance(tenant, dict):
+            continue
+        digest = str(tenant.get("token_sha256", "")).strip().lower().removeprefix("sha256:")
+        if digest and digest in seen:
+            errs.append((f"tenants.{tname}.token_sha256", f"is the same as tenant {seen[digest]!r}'s"))
+        seen.setdefault(digest, str(tname))
+        secrets = tenant.get("secrets")
+        if not isinstance(secrets, dict):
+            continue
+        for sname, rule in secrets.items():
+            if isinstance(rule, dict) and "backend" in rule and rule["backend"] not in names:
+                known = ", ".join(sorted(map(str, names))) or "none defined"
+                errs.append((
+                    f"tenants.{tname}.secrets.{sname}.backend",
+                    f"names unknown backend {rule['backend']!r} (known: {known})",
+                ))
+    return errs
+
+
+def _resolve_paths(policy: Policy, base: Path) -> Policy:
+    def rel(p: Path | None) -> Path | None:
+        if p is None:
+            return None
+        p = p.expanduser()
+        return p if p.is_absolute() else (base / p).resolve()
+
+    backends = {
+        k: (b.model_copy(update={"ca_cert": rel(b.ca_cert)}) if isinstance(b, VaultBackend) else b)
+        for k, b in policy.backends.items()
+    }
+    return policy.model_copy(update={
+        "certs_dir": rel(policy.certs_dir),
+        "upstream_ca": rel(policy.upstream_ca),
+        "audit": policy.audit.model_copy(update={"path": rel(policy.audit.path)}),
+        "backends": backends,
+    })
+
+
+def parse_policy(data: object, source: str, base: Path) -> Policy:
+    """Validate already-loaded data. Raises PolicyError listing every problem."""
+    if not isinstance(data, dict):
+        raise PolicyError([f"{source}: (top level): must be a mapping"])
+    errors = [f"{source}: {loc}: {msg}" for loc, msg in _check_references(data)]
+    try:
+        policy = Policy.model_validate(data)
+    except ValidationError as exc:
+        for e in exc.errors():
+            msg = e["msg"].removeprefix("Value error, ")
+            if e["type"] == "extra_forbidden":
+                msg = "unknown key (not in the policy schema)"
+            elif e["type"] == "missing":
+                msg = "required field is missing"
+            errors.append(f"{source}: {_loc(tuple(e['loc']))}: {msg}")
+    if errors:
+        raise PolicyError(errors)
+    return _resolve_paths(policy, base)
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Load and validate a policy file; relative paths resolve against its folder."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError([f"{p}: cannot read: {exc.strerror or exc}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+        raise PolicyError([f"{p}: {where}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+    return parse_policy(data, str(p), p.resolve().parent)
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
