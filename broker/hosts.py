@@ -26,8 +26,9 @@ def normalize_host(host: str) -> str:
     if not h:
         raise HostError("empty host")
     try:
-        labels = [lbl.encode("idna").decode("ascii") if not lbl.isascii() else lbl
-                  for lbl in h.split(".")]
+        labels = [
+            lbl.encode("idna").decode("ascii") if not lbl.isascii() else lbl for lbl in h.split(".")
+        ]
     except UnicodeError as exc:
         raise HostError(f"not a valid IDNA host name: {exc.__class__.__name__}") from None
     for lbl in labels:

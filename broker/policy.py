@@ -12,8 +12,8 @@ import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
-    StringConstraints,
     Field,
+    StringConstraints,
     ValidationError,
     field_validator,
     model_validator,
@@ -133,9 +133,7 @@ class SecretRule(_Model):
             elif loc.lower().startswith("header:") and _HEADER_NAME_RE.match(loc[7:]):
                 out.append("header:" + loc[7:].lower())
             else:
-                raise ValueError(
-                    f"location {loc!r} must be header:<name>, query, path or body"
-                )
+                raise ValueError(f"location {loc!r} must be header:<name>, query, path or body")
         return tuple(out)
 
 
@@ -204,7 +202,7 @@ def glob_to_regex(glob: str) -> re.Pattern[str]:
     character other than ``/``; everything else is literal."""
     if not glob.startswith("/"):
         raise ValueError(f"path glob {glob!r} must start with '/'")
-    if any(c.isspace() for c in glob) or "[" in glob or "]" in glob or "?" in glob.split("*")[0][:1]:
+    if any(c.isspace() for c in glob) or "[" in glob or "]" in glob:
         raise ValueError(f"path glob {glob!r}: whitespace and [] classes are not allowed")
     if "**" in glob:
         raise ValueError(f"path glob {glob!r}: use a single '*' (it already crosses '/')")
@@ -249,7 +247,9 @@ def _check_references(data: dict[str, Any]) -> list[tuple[str, str]]:
             continue
         digest = str(tenant.get("token_sha256", "")).strip().lower().removeprefix("sha256:")
         if digest and digest in seen:
-            errs.append((f"tenants.{tname}.token_sha256", f"is the same as tenant {seen[digest]!r}'s"))
+            errs.append(
+                (f"tenants.{tname}.token_sha256", f"is the same as tenant {seen[digest]!r}'s")
+            )
         seen.setdefault(digest, str(tname))
         secrets = tenant.get("secrets")
         if not isinstance(secrets, dict):
@@ -257,10 +257,12 @@ def _check_references(data: dict[str, Any]) -> list[tuple[str, str]]:
         for sname, rule in secrets.items():
             if isinstance(rule, dict) and "backend" in rule and rule["backend"] not in names:
                 known = ", ".join(sorted(map(str, names))) or "none defined"
-                errs.append((
-                    f"tenants.{tname}.secrets.{sname}.backend",
-                    f"names unknown backend {rule['backend']!r} (known: {known})",
-                ))
+                errs.append(
+                    (
+                        f"tenants.{tname}.secrets.{sname}.backend",
+                        f"names unknown backend {rule['backend']!r} (known: {known})",
+                    )
+                )
     return errs
 
 
@@ -275,12 +277,14 @@ def _resolve_paths(policy: Policy, base: Path) -> Policy:
         k: (b.model_copy(update={"ca_cert": rel(b.ca_cert)}) if isinstance(b, VaultBackend) else b)
         for k, b in policy.backends.items()
     }
-    return policy.model_copy(update={
-        "certs_dir": rel(policy.certs_dir),
-        "upstream_ca": rel(policy.upstream_ca),
-        "audit": policy.audit.model_copy(update={"path": rel(policy.audit.path)}),
-        "backends": backends,
-    })
+    return policy.model_copy(
+        update={
+            "certs_dir": rel(policy.certs_dir),
+            "upstream_ca": rel(policy.upstream_ca),
+            "audit": policy.audit.model_copy(update={"path": rel(policy.audit.path)}),
+            "backends": backends,
+        }
+    )
 
 
 def parse_policy(data: object, source: str, base: Path) -> Policy:
@@ -315,7 +319,9 @@ def load_policy(path: str | Path) -> Policy:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
-        raise PolicyError([f"{p}: {where}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+        raise PolicyError(
+            [f"{p}: {where}: not valid YAML: {getattr(exc, 'problem', exc)}"]
+        ) from None
     return parse_policy(data, str(p), p.resolve().parent)
 
 

@@ -41,7 +41,7 @@ class SecretValue:
     def __hash__(self) -> int:
         return hash(self._value)
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> str | tuple[object, ...]:
         raise TypeError("SecretValue cannot be pickled")
 
     def __len__(self) -> int:
