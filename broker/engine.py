@@ -1,0 +1,246 @@
+"""The broker's request pipeline on plain values: authenticate, scan, decide,
+guard raw egress, resolve, substitute, scrub and audit. The mitmproxy addon
+only translates flows to these calls (DESIGN.md §10)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from broker import audit, locations
+from broker.auth import authenticate, still_valid
+from broker.backends.base import BackendError, build_backends
+from broker.decision import Decision, Destination, Reason, check_rule, decide, failure
+from broker.locations import RequestParts, SubstitutionError
+from broker.placeholders import placeholder
+from broker.policy import Policy, PolicyError, load_policy
+from broker.resolver import Resolver
+from broker.responses import Reply, reply_for
+from broker.scrub import Scrubber, StreamScrubber
+from broker.secret import SecretValue
+
+log = logging.getLogger("keybroker")
+
+
+@dataclass
+class Outcome:
+    decision: Decision
+    parts: RequestParts | None = None
+    """The request with values written in (allow only)."""
+    reply: Reply | None = None
+    """The response to give the agent instead of forwarding (deny/error)."""
+    fingerprints: dict[str, dict[str, str | None]] = field(default_factory=dict)
+
+
+class Engine:
+    """Holds the live policy and the long-lived parts built from it."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        source: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        scrubber: Scrubber | None = None,
+        feed: Any = None,
+    ) -> None:
+        self._env = env if env is not None else os.environ
+        self.source = source
+        self.scrubber = scrubber or Scrubber()
+        self.feed = feed
+        self._lock = threading.Lock()
+        self.policy = policy
+        self.resolver = self._make_resolver(policy)
+        self.audit = self._make_audit(policy)
+        self._hmac_key = self._audit_key(policy)
+
+    # -- construction and reload -------------------------------------------------
+    @classmethod
+    def from_file(cls, path: str | Path, **kw: Any) -> Engine:
+        p = Path(path).resolve()
+        return cls(load_policy(p), source=p, **kw)
+
+    def _make_resolver(self, policy: Policy) -> Resolver:
+        backends = build_backends(policy.backends, self._env)
+        ttls = {name: b.cache_ttl for name, b in policy.backends.items()}
+        return Resolver(backends, ttls, on_value=self._remember)
+
+    def _audit_key(self, policy: Policy) -> bytes | None:
+        name = policy.audit.hmac_key_env
+        if not name:
+            return None
+        key = self._env.get(name)
+        if not key:
+            raise PolicyError([f"audit.hmac_key_env: environment variable {name} is not set"])
+        return key.encode("utf-8")
+
+    def _make_audit(self, policy: Policy) -> audit.AuditLog:
+        return audit.AuditLog(
+            policy.audit.path,
+            hmac_key=self._audit_key(policy),
+            rotate_bytes=policy.audit.rotate_bytes,
+        )
+
+    def reload(self) -> list[str]:
+        """Re-read the policy file. A bad file keeps the last good policy;
+        the errors are returned. The switch is atomic: no request ever sees
+        an empty or partial policy."""
+        if self.source is None:
+            return ["no policy file to reload"]
+        try:
+            policy = load_policy(self.source)
+            resolver = self._make_resolver(policy)
+            key = self._audit_key(policy)
+        except PolicyError as exc:
+            return exc.errors
+        with self._lock:
+            old_audit = self.audit
+            if policy.audit != self.policy.audit:
+                self.audit = audit.AuditLog(
+                    policy.audit.path, hmac_key=key, rotate_bytes=policy.audit.rotate_bytes
+                )
+                old_audit.close()
+            self.policy, self.resolver, self._hmac_key = policy, resolver, key
+        return []
+
+    def _remember(self, tenant: str, name: str, value: SecretValue) -> None:
+        self.scrubber.add(value.reveal_bytes(), placeholder(name).encode(), (tenant, name))
+
+    # -- identity ------------------------------------------------------------------
+    def authenticate(self, header: str | None) -> tuple[str, str] | None:
+        return authenticate(self.policy, header)
+
+    def still_valid(self, tenant: str, digest: str) -> bool:
+        return still_valid(self.policy, tenant, digest)
+
+    # -- the request path --------------------------------------------------------
+    def _raw_egress(
+        self, policy: Policy, tenant: str, dest: Destination, parts: RequestParts
+    ) -> Decision | None:
+        """A raw secret value (not a placeholder) going where it is not allowed."""
+        if not len(self.scrubber):
+            return None
+        pieces: list[tuple[str, bytes]] = [
+            (f"header:{n.lower()}", v.encode("utf-8", "surrogateescape")) for n, v in parts.headers
+        ]
+        pieces += [
+            ("path", parts.path.encode("utf-8", "surrogateescape")),
+            ("query", parts.query.encode("utf-8", "surrogateescape")),
+            ("body", parts.body),
+        ]
+        for location, data in pieces:
+            if not data:
+                continue
+            for owner_tenant, name in sorted(self.scrubber.owners_in(data)):
+                rule = policy.tenants[tenant].secrets.get(name) if owner_tenant == tenant else None
+                if rule is None or check_rule(rule, dest, location) is not None:
+                    return failure(Reason.RAW_SECRET_EGRESS, tenant, None)
+        return None
+
+    def _reply(self, decision: Decision, dest: Destination) -> Outcome:
+        return Outcome(
+            decision,
+            reply=reply_for(
+                decision, host=dest.host, port=dest.port, scheme=dest.scheme, method=dest.method
+            ),
+        )
+
+    async def process(self, tenant: str | None, dest: Destination, parts: RequestParts) -> Outcome:
+        policy, resolver = self.policy, self.resolver
+        found = locations.scan(parts)
+        decision = decide(policy, tenant, dest, found)
+        if decision.verdict in ("deny", "error"):
+            return self._reply(decision, dest)
+        assert tenant is not None
+        egress = self._raw_egress(policy, tenant, dest, parts)
+        if egress is not None:
+            return self._reply(egress, dest)
+        if decision.verdict == "pass":
+            return Outcome(decision)
+        if not self.audit.healthy():
+            return self._reply(
+                failure(Reason.AUDIT_UNAVAILABLE, tenant, None, decision.secrets), dest
+            )
+        rules = policy.tenants[tenant].secrets
+        values: dict[str, SecretValue] = {}
+        for name in decision.secrets:
+            try:
+                values[name] = await resolver.aresolve(tenant, name, rules[name])
+            except BackendError as exc:
+                return self._reply(
+                    failure(Reason(exc.reason), tenant, name, decision.secrets), dest
+                )
+
+        def approve(name: str, location: str) -> str | None:
+            if (name, location) in decision.substitute:
+                return values[name].reveal()
+            return None
+
+        try:
+            new_parts = locations.substitute(parts, approve)
+        except SubstitutionError:
+            return self._reply(failure(Reason.INTERNAL_ERROR, tenant, None, decision.secrets), dest)
+        return Outcome(decision, parts=new_parts, fingerprints=self._fingerprints(values))
+
+    def _fingerprints(self, values: Mapping[str, SecretValue]) -> dict[str, dict[str, str | None]]:
+        key = self._hmac_key
+        if key is None or not self.policy.audit.fingerprints:
+            return {}
+        return {
+            n: {"fp": audit.fingerprint(key, v.reveal_bytes()), "version": v.version}
+            for n, v in values.items()
+        }
+
+    # -- the response path -------------------------------------------------------
+    def scrub(self, data: bytes) -> tuple[bytes, int]:
+        if not len(self.scrubber) or not data:
+            return data, 0
+        return self.scrubber.scrub(data)
+
+    def stream_scrubber(self) -> StreamScrubber:
+        return self.scrubber.stream()
+
+    # -- audit -------------------------------------------------------------------
+    def record(
+        self,
+        *,
+        decision: Decision,
+        dest: Destination | None,
+        status: int | None,
+        scrubbed: int,
+        started: float,
+        fingerprints: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Write the one audit record for a request, and show it in the feed."""
+        rec = audit.build_record(
+            tenant=decision.tenant,
+            decision=decision.verdict,
+            reason=decision.reason.value if decision.reason else None,
+            secrets=list(decision.secrets),
+            method=dest.method if dest else "",
+            scheme=dest.scheme if dest else "",
+            host=dest.host if dest else "",
+            port=dest.port if dest else 0,
+            path=dest.path if dest else "",
+            status=status,
+            scrubbed=scrubbed,
+            duration_ms=(time.monotonic() - started) * 1000.0,
+            fingerprints=dict(fingerprints) if fingerprints else None,
+        )
+        try:
+            rec = self.audit.append(rec)
+        except audit.AuditUnavailable:
+            log.error("keybroker: audit record could not be written (%s)", self.policy.audit.path)
+        if self.feed is not None:
+            self.feed.push(rec)
+
+    def close(self) -> None:
+        self.audit.close()
+        if self.feed is not None:
+            self.feed.close()
