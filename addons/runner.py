@@ -29,6 +29,7 @@ SAFE_OPTIONS: dict[str, Any] = {
     "stream_large_bodies": None,
     "termlog_verbosity": "warn",
     "flow_detail": 0,
+    "onboarding": False,
 }
 
 

@@ -7,11 +7,8 @@ import secrets
 import sys
 from pathlib import Path
 
+from broker.ca import CAError
 from broker.policy import PolicyError, load_policy, parse_listen
-
-
-def _load(path: str) -> object:
-    return load_policy(path)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -69,9 +66,18 @@ def cmd_ca(args: argparse.Namespace) -> int:
     from broker import trust
 
     files = ca.ca_files(policy.certs_dir)
-    if args.ca_cmd == "install":
-        return trust.install(files.cert)
-    return trust.uninstall()
+    try:
+        if args.ca_cmd == "install":
+            result = trust.install_ca(files.cert)
+        else:
+            result = trust.uninstall_ca(files.cert)
+    except trust.TrustError as exc:
+        print(f"keybroker ca {args.ca_cmd}: {exc}", file=sys.stderr)
+        return 1
+    print(result.message)
+    if not result.executed:
+        print(*result.commands, sep="\n")
+    return 0
 
 
 def cmd_env(args: argparse.Namespace) -> int:
@@ -83,7 +89,6 @@ def cmd_env(args: argparse.Namespace) -> int:
         print(problem, file=sys.stderr)
         return 1
     files, _ = ca.init_ca(policy.certs_dir)
-    bundle = ca.write_bundle(files)
     host, port = parse_listen(args.listen or policy.listen)
     print(
         sandbox_env.render_env(
@@ -91,7 +96,7 @@ def cmd_env(args: argparse.Namespace) -> int:
             proxy_port=port,
             tenant=args.tenant,
             token=args.token,
-            bundle=bundle,
+            bundle=files.bundle,
             fmt=args.format,
             no_proxy=args.no_proxy,
         ),
@@ -212,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     except PolicyError as exc:
         for e in exc.errors:
             print(e, file=sys.stderr)
+        return 1
+    except (CAError, OSError) as exc:
+        print(f"keybroker: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -15,7 +15,7 @@ from typing import Any
 
 from broker import audit, locations
 from broker.auth import authenticate, still_valid
-from broker.backends.base import BackendError, build_backends
+from broker.backends.base import Backend, BackendError, build_backends, cache_ttls
 from broker.decision import Decision, Destination, Reason, check_rule, decide, failure
 from broker.locations import RequestParts, SubstitutionError
 from broker.placeholders import placeholder
@@ -55,6 +55,7 @@ class Engine:
         self.scrubber = scrubber or Scrubber()
         self.feed = feed
         self._lock = threading.Lock()
+        self._retired: Mapping[str, Backend] = {}
         self.policy = policy
         self.resolver = self._make_resolver(policy)
         self.audit = self._make_audit(policy)
@@ -67,9 +68,12 @@ class Engine:
         return cls(load_policy(p), source=p, **kw)
 
     def _make_resolver(self, policy: Policy) -> Resolver:
-        backends = build_backends(policy.backends, self._env)
-        ttls = {name: b.cache_ttl for name, b in policy.backends.items()}
-        return Resolver(backends, ttls, on_value=self._remember)
+        self._backends = build_backends(policy.backends, self._env)
+        return Resolver(self._backends, cache_ttls(policy.backends), on_value=self._remember)
+
+    def _close_backends(self, backends: Mapping[str, Backend]) -> None:
+        for b in backends.values():
+            b.close()
 
     def _audit_key(self, policy: Policy) -> bytes | None:
         name = policy.audit.hmac_key_env
@@ -93,10 +97,11 @@ class Engine:
         an empty or partial policy."""
         if self.source is None:
             return ["no policy file to reload"]
+        old_backends = self._backends
         try:
             policy = load_policy(self.source)
-            resolver = self._make_resolver(policy)
             key = self._audit_key(policy)
+            resolver = self._make_resolver(policy)
         except PolicyError as exc:
             return exc.errors
         with self._lock:
@@ -107,6 +112,10 @@ class Engine:
                 )
                 old_audit.close()
             self.policy, self.resolver, self._hmac_key = policy, resolver, key
+        # Requests in flight may still read through the old backends: close
+        # them one reload later.
+        self._close_backends(self._retired)
+        self._retired = old_backends
         return []
 
     def _remember(self, tenant: str, name: str, value: SecretValue) -> None:
@@ -241,6 +250,8 @@ class Engine:
             self.feed.push(rec)
 
     def close(self) -> None:
+        self._close_backends(self._backends)
+        self._close_backends(self._retired)
         self.audit.close()
         if self.feed is not None:
             self.feed.close()
