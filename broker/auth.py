@@ -21,7 +21,8 @@ def parse_basic(header: str | None) -> tuple[str, str] | None:
         return None
     try:
         raw = base64.b64decode(cred.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        # ValueError: b64decode refuses a str holding non-ASCII characters.
         return None
     user, sep, token = raw.partition(":")
     return (user, token) if sep and user and token else None

@@ -112,8 +112,14 @@ def _glob(g: str) -> re.Pattern[str]:
 
 
 def _has_dot_segment(path: str) -> bool:
-    p = unquote(path).replace("\\", "/")
-    return any(seg in (".", "..") for seg in p.split("/"))
+    """A ``.`` or ``..`` segment, after up to three rounds of percent-decoding
+    (servers and frameworks that decode twice), with ``\\`` read as ``/`` and
+    ``;params`` ignored (``/v1/..;/admin`` climbs up on Tomcat/Spring)."""
+    p = path
+    for _ in range(3):
+        p = unquote(p)
+    p = p.replace("\\", "/")
+    return any(seg.split(";", 1)[0] in (".", "..") for seg in p.split("/"))
 
 
 def check_rule(rule: SecretRule, dest: Destination, location: str) -> Reason | None:

@@ -10,6 +10,12 @@ class HostError(ValueError):
     """A host name that cannot be normalised."""
 
 
+# UTS #46 "deviation" characters: IDNA 2003 (Python's codec) maps them away
+# ("straße" -> "strasse") while IDNA 2008 keeps them ("xn--strae-oqa"), so one
+# spelling names two different domains. Refuse them; the xn-- form is exact.
+_IDNA_DEVIATIONS = frozenset("\u00df\u03c2\u200c\u200d")
+
+
 def normalize_host(host: str) -> str:
     """Canonical form of a host: lower case, no trailing dot, IDNA A-label,
     IPv6 without brackets in compressed form."""
@@ -25,6 +31,10 @@ def normalize_host(host: str) -> str:
     h = h.rstrip(".").lower()
     if not h:
         raise HostError("empty host")
+    if any(c in _IDNA_DEVIATIONS for c in h):
+        raise HostError(
+            "holds a character IDNA 2003 and 2008 encode differently; use the xn-- form"
+        )
     try:
         labels = [
             lbl.encode("idna").decode("ascii") if not lbl.isascii() else lbl for lbl in h.split(".")

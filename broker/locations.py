@@ -60,7 +60,8 @@ def _basic_payload(value: str) -> str | None:
         return None
     try:
         return base64.b64decode(cred.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        # ValueError: b64decode refuses a str holding non-ASCII characters.
         return None
 
 

@@ -17,7 +17,9 @@ _LT = r"(?:<|%3[cC]|\\u003[cC])"
 _GT = r"(?:>|%3[eE]|\\u003[eE])"
 _COLON = r"(?::|%3[aA])"
 _VALID = _LT + _LT + "secret" + _COLON + "(" + NAME + ")" + _GT + _GT
-_OPENER = r"(?i:" + _LT + r"\s*" + _LT + r"\s*secret\s*" + _COLON + ")"
+# ASCII-only case folding and whitespace: under Unicode rules "\u017fecret" (long s)
+# would be an opener in str but not in bytes; look-alikes are just text.
+_OPENER = r"(?ai:" + _LT + r"\s*" + _LT + r"\s*secret\s*" + _COLON + ")"
 
 VALID_STR = re.compile(_VALID)
 VALID_BYTES = re.compile(_VALID.encode())

@@ -58,10 +58,13 @@ class VaultBackend(_Model):
 
     @model_validator(mode="after")
     def _one_auth(self) -> VaultBackend:
+        problems = []
         if (self.token_env is None) == (self.approle is None):
-            raise ValueError("set exactly one of token_env or approle")
+            problems.append("set exactly one of token_env or approle")
         if not re.match(r"^https?://", self.url):
-            raise ValueError("url must start with http:// or https://")
+            problems.append("url must start with http:// or https://")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 
@@ -84,23 +87,23 @@ class SecretRule(_Model):
     paths: tuple[str, ...] | None = None
     locations: tuple[str, ...] = ("header:authorization",)
 
+    # Each list validator reports every bad item, not only the first.
     @field_validator("hosts")
     @classmethod
     def _hosts(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        out = []
+        out, problems = [], []
         for h in v:
             try:
                 out.append(normalize_pattern(h))
             except HostError as exc:
-                raise ValueError(f"host {h!r}: {exc}") from None
+                problems.append(f"host {h!r}: {exc}")
+        _raise_all(problems)
         return tuple(out)
 
     @field_validator("ports")
     @classmethod
     def _ports(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        for p in v:
-            if not 1 <= p <= 65535:
-                raise ValueError(f"port {p} is outside 1-65535")
+        _raise_all([f"port {p} is outside 1-65535" for p in v if not 1 <= p <= 65535])
         return v
 
     @field_validator("methods")
@@ -109,9 +112,9 @@ class SecretRule(_Model):
         if v is None:
             return None
         out = tuple(m.upper() for m in v)
-        for m in out:
-            if not _METHOD_RE.match(m):
-                raise ValueError(f"method {m!r} is not an HTTP method name")
+        _raise_all(
+            [f"method {m!r} is not an HTTP method name" for m in out if not _METHOD_RE.match(m)]
+        )
         return out
 
     @field_validator("paths")
@@ -119,22 +122,33 @@ class SecretRule(_Model):
     def _paths(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
         if v is None:
             return None
+        problems = []
         for g in v:
-            glob_to_regex(g)
+            try:
+                glob_to_regex(g)
+            except ValueError as exc:
+                problems.append(str(exc))
+        _raise_all(problems)
         return v
 
     @field_validator("locations")
     @classmethod
     def _locations(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        out = []
+        out, problems = [], []
         for loc in v:
             if loc in ("query", "path", "body"):
                 out.append(loc)
             elif loc.lower().startswith("header:") and _HEADER_NAME_RE.match(loc[7:]):
                 out.append("header:" + loc[7:].lower())
             else:
-                raise ValueError(f"location {loc!r} must be header:<name>, query, path or body")
+                problems.append(f"location {loc!r} must be header:<name>, query, path or body")
+        _raise_all(problems)
         return tuple(out)
+
+
+def _raise_all(problems: list[str]) -> None:
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 class Tenant(_Model):
@@ -192,7 +206,9 @@ class Policy(_Model):
 
 def parse_listen(v: str) -> tuple[str, int]:
     host, sep, port = v.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+    # isascii(): str.isdigit() also accepts "²" and other digits int() rejects or misreads.
+    ok_port = port.isascii() and port.isdigit()
+    if not sep or not host or not ok_port or not 1 <= int(port) <= 65535:
         raise ValueError(f"listen {v!r} must be HOST:PORT with a port in 1-65535")
     return host.strip("[]"), int(port)
 
@@ -307,6 +323,35 @@ def parse_policy(data: object, source: str, base: Path) -> Policy:
     return _resolve_paths(policy, base)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses duplicate mapping keys: PyYAML silently keeps
+    the last one, so a second ``acme:`` block would replace the first."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # "<<: *anchor" entries may be overridden by explicit keys
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            duplicate = key in seen
+            seen.add(key)
+        except TypeError:  # an unhashable key; construct_mapping reports it
+            continue
+        if duplicate:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping",
+                node.start_mark,
+                f"found duplicate key {key!r}",
+                key_node.start_mark,
+            )
+    return loader.construct_mapping(node, deep=True)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def load_policy(path: str | Path) -> Policy:
     """Load and validate a policy file; relative paths resolve against its folder."""
     p = Path(path)
@@ -315,7 +360,7 @@ def load_policy(path: str | Path) -> Policy:
     except OSError as exc:
         raise PolicyError([f"{p}: cannot read: {exc.strerror or exc}"]) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
