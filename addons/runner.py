@@ -63,8 +63,20 @@ class _Sink:
             self.feed.close()
 
 
+def _enable_reuse_port() -> None:
+    """mitmproxy binds with ``asyncio.start_server`` and no SO_REUSEPORT;
+    worker processes need it to share one listen address."""
+    original = asyncio.start_server
+
+    async def start_server(*args: Any, **kwargs: Any) -> asyncio.Server:
+        kwargs.setdefault("reuse_port", True)
+        return await original(*args, **kwargs)
+
+    asyncio.start_server = start_server  # type: ignore[assignment]
+
+
 async def serve(
-    config: Path, *, listen: str | None = None, quiet: bool = False, reuse_port: bool = False
+    config: Path, *, listen: str | None = None, quiet: bool = False, worker: int | None = None
 ) -> int:
     from rich.console import Console
 
@@ -73,7 +85,9 @@ async def serve(
     err = Console(stderr=True)
     summary = feedmod.Summary()
     sink = _Sink(None if quiet else feedmod.Feed(err), summary)
-    engine = Engine.from_file(config, feed=sink)
+    if worker is not None:
+        _enable_reuse_port()
+    engine = Engine.from_file(config, feed=sink, worker=worker)
     policy = engine.policy
     files, _created = init_ca(policy.certs_dir)
     host, port = parse_listen(listen or policy.listen)
@@ -85,7 +99,7 @@ async def serve(
     if bundle is not None:
         update["ssl_verify_upstream_trusted_ca"] = str(bundle)
     master.options.update(**update)
-    if not quiet:
+    if not quiet and not worker:
         err.print(
             feedmod.render_header(
                 listen=f"{host}:{port}",
@@ -107,6 +121,70 @@ async def serve(
     return 0
 
 
-def main(config: Path, *, listen: str | None, quiet: bool) -> int:
+def supervise(config: Path, *, listen: str | None, quiet: bool, workers: int) -> int:
+    """``--workers N``: N proxy processes share one listen address through
+    SO_REUSEPORT (the kernel spreads connections); each writes its own audit
+    chain (``<audit>.w<i>.jsonl``). Signals are forwarded; a worker that dies
+    is restarted (at most 10 times)."""
+    import subprocess
+    import time
+
+    from broker.policy import load_policy
+
+    policy = load_policy(config)
+    init_ca(policy.certs_dir)  # once, before the workers race for it
+    cmd = [sys.executable, "-m", "broker.cli", "run", "--config", str(config)]
+    if listen:
+        cmd += ["--listen", listen]
+    if quiet:
+        cmd.append("--quiet")
+
+    def spawn(i: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([*cmd, "--worker-index", str(i)])
+
+    procs = [spawn(i) for i in range(workers)]
+    stopping = False
+    restarts = 0
+
+    def forward(sig: int, _frame: object) -> None:
+        nonlocal stopping
+        if sig in (signal.SIGTERM, signal.SIGINT):
+            stopping = True
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(sig)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(sig, forward)
+    while not stopping:
+        time.sleep(0.2)
+        for i, p in enumerate(procs):
+            if p.poll() is not None and not stopping:
+                if restarts >= 10:
+                    print(f"keybroker: worker {i} keeps dying; stopping", file=sys.stderr)
+                    forward(signal.SIGTERM, None)
+                    break
+                restarts += 1
+                print(f"keybroker: worker {i} exited ({p.returncode}); restarting", file=sys.stderr)
+                procs[i] = spawn(i)
+    deadline = time.monotonic() + 15
+    for p in procs:
+        try:
+            p.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+    return 0
+
+
+def main(
+    config: Path,
+    *,
+    listen: str | None,
+    quiet: bool,
+    workers: int = 1,
+    worker: int | None = None,
+) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
-    return asyncio.run(serve(config, listen=listen, quiet=quiet))
+    if workers > 1 and worker is None:
+        return supervise(config, listen=listen, quiet=quiet, workers=workers)
+    return asyncio.run(serve(config, listen=listen, quiet=quiet, worker=worker))

@@ -38,7 +38,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         parse_listen(args.listen)
     from addons.runner import main as run_main  # the only place mitmproxy enters
 
-    return run_main(Path(args.config), listen=args.listen, quiet=args.quiet)
+    return run_main(
+        Path(args.config),
+        listen=args.listen,
+        quiet=args.quiet,
+        workers=args.workers,
+        worker=args.worker_index,
+    )
 
 
 def cmd_token_new(args: argparse.Namespace) -> int:
@@ -151,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", required=True)
     run.add_argument("--listen", help="HOST:PORT (overrides the policy's listen)")
     run.add_argument("--quiet", action="store_true", help="no live feed")
+    run.add_argument(
+        "--workers", type=int, default=1, help="proxy processes sharing the listen address"
+    )
+    run.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check", help="validate a policy file")

@@ -49,7 +49,10 @@ class Engine:
         env: Mapping[str, str] | None = None,
         scrubber: Scrubber | None = None,
         feed: Any = None,
+        worker: int | None = None,
     ) -> None:
+        self.worker = worker
+        """With ``keybroker run --workers N``, each worker keeps its own audit chain."""
         self._env = env if env is not None else os.environ
         self.source = source
         self.scrubber = scrubber or Scrubber()
@@ -58,8 +61,8 @@ class Engine:
         self._retired: Mapping[str, Backend] = {}
         self.policy = policy
         self.resolver = self._make_resolver(policy)
-        self.audit = self._make_audit(policy)
         self._hmac_key = self._audit_key(policy)
+        self.audit = self._make_audit(policy, self._hmac_key)
 
     # -- construction and reload -------------------------------------------------
     @classmethod
@@ -84,11 +87,13 @@ class Engine:
             raise PolicyError([f"audit.hmac_key_env: environment variable {name} is not set"])
         return key.encode("utf-8")
 
-    def _make_audit(self, policy: Policy) -> audit.AuditLog:
+    def audit_path(self, policy: Policy) -> Path:
+        p = policy.audit.path
+        return p if self.worker is None else p.with_name(f"{p.stem}.w{self.worker}{p.suffix}")
+
+    def _make_audit(self, policy: Policy, key: bytes | None) -> audit.AuditLog:
         return audit.AuditLog(
-            policy.audit.path,
-            hmac_key=self._audit_key(policy),
-            rotate_bytes=policy.audit.rotate_bytes,
+            self.audit_path(policy), hmac_key=key, rotate_bytes=policy.audit.rotate_bytes
         )
 
     def reload(self) -> list[str]:
@@ -107,9 +112,7 @@ class Engine:
         with self._lock:
             old_audit = self.audit
             if policy.audit != self.policy.audit:
-                self.audit = audit.AuditLog(
-                    policy.audit.path, hmac_key=key, rotate_bytes=policy.audit.rotate_bytes
-                )
+                self.audit = self._make_audit(policy, key)
                 old_audit.close()
             self.policy, self.resolver, self._hmac_key = policy, resolver, key
         # Requests in flight may still read through the old backends: close
