@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import signal
 import sys
 import time
@@ -94,8 +95,8 @@ class KeyBroker:
         self._state: weakref.WeakKeyDictionary[http.HTTPFlow, FlowState] = (
             weakref.WeakKeyDictionary()
         )
-        self.fault_injection: str | None = None
-        """Tests set a hook name here to force an exception inside it."""
+        self.fault_injection: str | None = os.environ.get("KEYBROKER_FAULT_INJECT") or None
+        """Tests name a hook here to force an exception inside it (it fails closed)."""
 
     # -- lifecycle ---------------------------------------------------------------
     def load(self, loader: Any) -> None:

@@ -19,7 +19,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 class Proxy:
     def __init__(self, policy: dict[str, Any], workdir: Path, *, env: dict[str, str] | None = None,
-                 extra_args: tuple[str, ...] = (), quiet: bool = False) -> None:
+                 extra_args: tuple[str, ...] = (), quiet: bool = False,
+                 inherit_output: bool = False) -> None:
+        self.inherit_output = inherit_output
         self.policy = policy
         self.workdir = workdir
         self.env = env or {}
@@ -44,10 +46,12 @@ class Proxy:
                "--listen", f"127.0.0.1:{self.port}", *self.extra_args]
         if self.quiet:
             cmd.append("--quiet")
-        out = self.out_path.open("ab")
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
-        out.close()
+        if self.inherit_output:
+            self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL)
+        else:
+            with self.out_path.open("ab") as out:
+                self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out,
+                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         ok = wait_for(lambda: port_open(self.port) or self.proc is None
                       or self.proc.poll() is not None, timeout)
         if not ok or self.proc.poll() is not None:
