@@ -28,7 +28,6 @@ SAFE_OPTIONS: dict[str, Any] = {
     "proxy_debug": False,
     "stream_large_bodies": None,
     "termlog_verbosity": "warn",
-    "flow_detail": 0,
     "onboarding": False,
 }
 

@@ -234,19 +234,36 @@ def test_raw_secret_egress(broker: Proxy, sc: Scenario, upstream: Any) -> None:
 
 
 # -- clients ---------------------------------------------------------------------------------
-def test_httpx_http2(broker: Proxy, sc: Scenario, upstream: Any) -> None:
+def test_httpx(broker: Proxy, sc: Scenario, upstream: Any) -> None:
+    """httpx over keep-alive (through a proxy httpx offers http/1.1 first, so
+    HTTP/2 is exercised with curl below)."""
     upstream.clear()
     ctx = ssl.create_default_context(cafile=str(broker.ca_path))
     with httpx.Client(proxy=broker.url("acme", sc.acme.token), verify=ctx, http2=True,
-                      timeout=20) as c:
-        responses = [c.get(f"https://127.0.0.1:{sc.upstream_port}/echo/h2/{i}",
-                           headers={"Authorization": "Bearer <<secret:stripe>>"})
-                     for i in range(3)]
-        denied = c.get(f"https://127.0.0.1:{sc.upstream_port}/echo/h2",
+                      timeout=20, trust_env=False) as c:
+        ok = [c.get(f"https://127.0.0.1:{sc.upstream_port}/echo/hx/{i}",
+                    headers={"Authorization": "Bearer <<secret:stripe>>"}) for i in range(3)]
+        denied = c.get(f"https://127.0.0.1:{sc.upstream_port}/echo/hx",
                        headers={"Authorization": "<<secret:nope>>"})
-    assert all(r.status_code == 200 and r.http_version == "HTTP/2" for r in responses)
-    assert all(sc.values["acme/stripe"] not in r.text for r in responses)
-    assert denied.status_code == 403
+    assert [r.status_code for r in ok] == [200, 200, 200]
+    assert all(sc.values["acme/stripe"] not in r.text for r in ok)
+    assert denied.status_code == 403 and denied.json()["reason"] == "unknown_secret"
+    assert sum(sc.values["acme/stripe"] in str(x.headers) for x in upstream.received) == 3
+
+
+def test_http2_streams_in_one_tunnel(broker: Proxy, sc: Scenario, upstream: Any) -> None:
+    """Every HTTP/2 stream of a tunnel carries the tenant bound at CONNECT."""
+    upstream.clear()
+    base = f"https://127.0.0.1:{sc.upstream_port}"
+    out = subprocess.run(
+        ["curl", "-sS", "--http2", "--parallel", "--parallel-immediate", "--max-time", "20",
+         "--proxy", broker.url("acme", sc.acme.token), "--cacert", str(broker.ca_path),
+         "-H", "Authorization: Bearer <<secret:stripe>>", "-w", "%{http_version} %{http_code}\\n",
+         "-o", "/dev/null", f"{base}/echo/a", "-o", "/dev/null", f"{base}/echo/b",
+         "-o", "/dev/null", f"{base}/echo/c"],
+        capture_output=True, text=True, timeout=30, check=False)
+    assert out.returncode == 0, out.stderr
+    assert sorted(out.stdout.split("\n")[:3]) == ["2 200"] * 3
     assert sum(sc.values["acme/stripe"] in str(x.headers) for x in upstream.received) == 3
 
 

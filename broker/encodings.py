@@ -1,0 +1,118 @@
+"""Every spelling of a secret value that must be scrubbed (DESIGN.md §7.3).
+
+A secret can come back raw, or encoded by the upstream (or by an echo of what
+the broker itself injected):
+
+- base64 and base64url, *at every alignment*: when the value sits inside a
+  longer encoded string (``Basic base64(user:secret)``, a JWT, a JSON blob that
+  was base64-ed whole) its characters depend on how many bytes precede it.
+  For alignment ``k`` (0, 1, 2 bytes before it, modulo 3) only the characters
+  whose six bits all come from the value are kept: the leading ones mixing in
+  the unknown prefix and the trailing one mixing in whatever follows are
+  dropped. The complete encoding of the value alone (padded and unpadded) is
+  added so a stand-alone value is replaced whole. The ``\\/`` spelling of
+  standard base64 covers JSON encoders that escape slashes (PHP).
+- hex, lower and upper case;
+- percent-encoding (``quote``, upper and lower hex digits, and ``quote_plus``);
+- JSON string escaping (ASCII-only and UTF-8, upper and lower hex ``\\uXXXX``,
+  ``\\/`` for slashes, ``\\u003c`` for ``<>&`` as Go writes them). Values that
+  are not UTF-8 have no JSON spelling.
+
+Variants shorter than :data:`MIN_VARIANT` are dropped, except the raw value: a
+short fragment (two or three base64 characters of a short secret) occurs in
+ordinary text all the time, and replacing it would corrupt responses while
+hiding almost nothing. The raw value is always kept, whatever its length:
+echoing it whole is the leak that matters most.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Callable
+from urllib.parse import quote, quote_plus
+
+__all__ = ["MIN_VARIANT", "variants"]
+
+MIN_VARIANT = 6
+
+_Encoder = Callable[[bytes], bytes]
+_B64: tuple[_Encoder, ...] = (base64.b64encode, base64.urlsafe_b64encode)
+_PERCENT_HEX = re.compile(rb"%[0-9A-F]{2}")
+_UNICODE_HEX = re.compile(rb"\\u[0-9a-f]{4}")
+_GO_HTML = {b"<": b"\\u003c", b">": b"\\u003e", b"&": b"\\u0026"}
+
+
+def _aligned_fragment(encode: _Encoder, value: bytes, k: int) -> bytes:
+    """Characters of ``encode(prefix + value)`` that depend on ``value`` alone,
+    where ``prefix`` is ``k`` unknown bytes.
+
+    Character ``i`` carries input bits ``[6i, 6i + 6)``; the value occupies
+    bits ``[8k, 8(k + n))``. A character is determined by the value iff its
+    bits lie inside that range: ``ceil(8k / 6) <= i < floor(8(k + n) / 6)``.
+    """
+    encoded = encode(b"\0" * k + value)
+    first = -(-8 * k // 6)
+    last = 8 * (k + len(value)) // 6
+    return encoded[first:last]
+
+
+def _base64_forms(value: bytes) -> list[bytes]:
+    forms: list[bytes] = []
+    for encode in _B64:
+        full = encode(value)
+        forms += [full, full.rstrip(b"=")]
+        forms += [_aligned_fragment(encode, value, k) for k in range(3)]
+    slashed = [f.replace(b"/", b"\\/") for f in forms if b"/" in f]
+    return forms + slashed
+
+
+def _hex_forms(value: bytes) -> list[bytes]:
+    lower = binascii.hexlify(value)
+    return [lower, lower.upper()]
+
+
+def _percent_forms(value: bytes) -> list[bytes]:
+    forms = [quote(value, safe="").encode("ascii"), quote_plus(value, safe="").encode("ascii")]
+    lowered = [_PERCENT_HEX.sub(lambda m: m.group(0).lower(), f) for f in forms]
+    return forms + lowered
+
+
+def _json_forms(value: bytes) -> list[bytes]:
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        return []
+    ascii_form = json.dumps(text, ensure_ascii=True)[1:-1].encode("ascii")
+    utf8_form = json.dumps(text, ensure_ascii=False)[1:-1].encode("utf-8")
+    upper_hex = _UNICODE_HEX.sub(lambda m: b"\\u" + m.group(0)[2:].upper(), ascii_form)
+    forms = [ascii_form, utf8_form, upper_hex]
+    go_forms = []
+    for form in forms:
+        for char, escaped in _GO_HTML.items():
+            form = form.replace(char, escaped)
+        go_forms.append(form)
+    forms += go_forms
+    return forms + [f.replace(b"/", b"\\/") for f in forms]
+
+
+def variants(value: bytes) -> list[bytes]:
+    """Every byte string to scrub for ``value``: the raw value first, then its
+    encodings, deduplicated, in a deterministic order."""
+    if not value:
+        raise ValueError("an empty value has no variants")
+    candidates = [
+        *_base64_forms(value),
+        *_hex_forms(value),
+        *_percent_forms(value),
+        *_json_forms(value),
+    ]
+    seen = {value}
+    out = [value]
+    for form in candidates:
+        if len(form) >= MIN_VARIANT and form not in seen:
+            seen.add(form)
+            out.append(form)
+    return out
