@@ -71,7 +71,7 @@ def _enable_reuse_port() -> None:
         kwargs.setdefault("reuse_port", True)
         return await original(*args, **kwargs)
 
-    asyncio.start_server = start_server  # type: ignore[assignment]
+    asyncio.start_server = start_server
 
 
 async def serve(
