@@ -1,0 +1,118 @@
+"""The addon's hooks with mitmproxy's taddons/tflow: identity, fail-closed
+guards, restoring placeholders in stored flows, stream framing."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mitmproxy import http
+from mitmproxy.test import taddons, tflow
+
+from addons.keybroker import KeyBroker
+from broker.engine import Engine
+from broker.policy import parse_policy
+
+TOKEN = "kb_test_token_for_addon"
+VALUE = "kbcanary_addon_0a1b2c3d4e5f60718293a4b5"
+
+
+def auth(tenant: str = "acme", token: str = TOKEN) -> str:
+    return "Basic " + base64.b64encode(f"{tenant}:{token}".encode()).decode()
+
+
+@pytest.fixture
+def addon(tmp_path: Path) -> Iterator[KeyBroker]:
+    policy = parse_policy({
+        "version": 1,
+        "certs_dir": str(tmp_path / "certs"),
+        "audit": {"path": str(tmp_path / "audit.jsonl")},
+        "backends": {"local": {"type": "env"}},
+        "tenants": {"acme": {
+            "token_sha256": hashlib.sha256(TOKEN.encode()).hexdigest(),
+            "secrets": {"api": {"backend": "local", "path": "API_KEY",
+                                "hosts": ["api.example.com"]}},
+        }},
+    }, "t.yaml", tmp_path)
+    engine = Engine(policy, env={"API_KEY": VALUE})
+    a = KeyBroker(engine)
+    with taddons.context(a):
+        yield a
+    engine.close()
+
+
+def flow(host: str = "api.example.com", headers: dict[str, str] | None = None) -> http.HTTPFlow:
+    f = tflow.tflow()
+    f.request.scheme, f.request.host, f.request.port = "https", host, 443
+    f.request.headers.clear()
+    for k, v in (headers or {}).items():
+        f.request.headers[k] = v
+    return f
+
+
+def send(a: KeyBroker, f: http.HTTPFlow) -> None:
+    a.requestheaders(f)
+    asyncio.run(a.request(f))
+
+
+def test_no_credentials_407(addon: KeyBroker) -> None:
+    f = flow(headers={"Authorization": "<<secret:api>>"})
+    send(addon, f)
+    assert f.response is not None and f.response.status_code == 407
+    assert f.response.headers["proxy-authenticate"].startswith("Basic")
+
+
+def test_connect_binds_tenant_to_connection(addon: KeyBroker) -> None:
+    connect = flow()
+    connect.request.method = "CONNECT"
+    connect.request.headers["proxy-authorization"] = auth()
+    addon.http_connect(connect)
+    assert connect.response is None
+    f = flow(headers={"Authorization": "Bearer <<secret:api>>",
+                      "Proxy-Authorization": auth("globex", "other")})
+    f.client_conn = connect.client_conn
+    send(addon, f)
+    assert f.response is None
+    assert f.request.headers["authorization"] == f"Bearer {VALUE}"
+    assert "proxy-authorization" not in f.request.headers
+
+
+def test_placeholders_restored_after_response(addon: KeyBroker) -> None:
+    f = flow(headers={"Authorization": "Bearer <<secret:api>>", "Proxy-Authorization": auth()})
+    send(addon, f)
+    f.response = http.Response.make(200, f"echo {VALUE}".encode(),
+                                    {"content-type": "text/plain", "content-length": "41"})
+    addon.responseheaders(f)
+    addon.response(f)
+    assert f.request.headers["authorization"] == "Bearer <<secret:api>>"
+    assert VALUE.encode() not in (f.response.content or b"")
+    assert VALUE not in json.dumps(f.get_state(), default=repr)
+
+
+@pytest.mark.parametrize("hook", ["requestheaders", "request", "request_after_substitution"])
+def test_exception_in_hook_fails_closed(addon: KeyBroker, hook: str) -> None:
+    addon.fault_injection = hook
+    f = flow(headers={"Authorization": "Bearer <<secret:api>>", "Proxy-Authorization": auth()})
+    send(addon, f)
+    assert f.response is not None and f.response.status_code == 502
+    assert json.loads(f.response.content or b"{}")["reason"] == "internal_error"
+    assert VALUE not in str(f.request.headers)
+
+
+def test_stream_never_returns_empty_bytes_midstream(addon: KeyBroker) -> None:
+    f = flow(headers={"Proxy-Authorization": auth()})
+    send(addon, f)
+    f.response = http.Response.make(200, b"", {"content-type": "text/event-stream"})
+    del f.response.headers["content-length"]
+    addon.responseheaders(f)
+    stream = f.response.stream
+    assert callable(stream)
+    out = stream(b"data: partial")  # no newline: may be held, must not be b""
+    assert out != b""
+    assert f.response.headers.get("transfer-encoding") == "chunked"
+    assert b"".join(stream(b"\n\n")) + b"".join(stream(b"")) != b""

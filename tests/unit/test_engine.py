@@ -1,0 +1,157 @@
+"""The engine's request pipeline with in-memory doubles (no mitmproxy)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from broker.backends.base import BackendError
+from broker.decision import Destination
+from broker.engine import Engine
+from broker.locations import RequestParts
+from broker.policy import parse_policy
+from broker.secret import SecretValue
+
+TOKEN_DIGEST = "a" * 64
+VALUE = "kbcanary_engine_5f1e2d3c4b5a69788796a5b4"
+
+
+def make_policy(tmp_path: Path, **over: Any) -> Any:
+    data: dict[str, Any] = {
+        "version": 1,
+        "certs_dir": str(tmp_path / "certs"),
+        "audit": {"path": str(tmp_path / "audit.jsonl")},
+        "backends": {"local": {"type": "env"}},
+        "tenants": {
+            "acme": {"token_sha256": TOKEN_DIGEST, "secrets": {
+                "api": {"backend": "local", "path": "API_KEY", "hosts": ["api.example.com"]},
+            }},
+            "globex": {"token_sha256": "b" * 64, "secrets": {
+                "api": {"backend": "local", "path": "OTHER_KEY", "hosts": ["api.example.com"]},
+            }},
+        },
+    }
+    data.update(over)
+    return parse_policy(data, "test.yaml", tmp_path)
+
+
+class CountingResolver:
+    def __init__(self, value: str | None = VALUE, error: BackendError | None = None) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.value, self.error = value, error
+
+    async def aresolve(self, tenant: str, name: str, rule: Any) -> SecretValue:
+        self.calls.append((tenant, name))
+        if self.error:
+            raise self.error
+        assert self.value is not None
+        return SecretValue(self.value)
+
+
+def parts(auth: str = "Bearer <<secret:api>>", **kw: Any) -> RequestParts:
+    return RequestParts(headers=(("Authorization", auth),), path=kw.get("path", "/v1"),
+                        query=kw.get("query", ""), body=kw.get("body", b""))
+
+
+DEST = Destination.of("https", "api.example.com", 443, "GET", "/v1")
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    e = Engine(make_policy(tmp_path), env={"API_KEY": VALUE, "OTHER_KEY": VALUE + "x"})
+    yield e
+    e.close()
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_allow_substitutes_and_teaches_the_scrubber(engine: Engine) -> None:
+    out = run(engine.process("acme", DEST, parts()))
+    assert out.decision.verdict == "allow" and out.reply is None
+    assert out.parts is not None and out.parts.headers == (("Authorization", f"Bearer {VALUE}"),)
+    scrubbed, n = engine.scrub(f"echo {VALUE}".encode())
+    assert n == 1 and scrubbed == b"echo <<secret:api>>"
+
+
+@pytest.mark.parametrize(("dest", "reason"), [
+    pytest.param(Destination.of("https", "evil.example.com", 443, "GET", "/"),
+                 "host_not_allowed", id="host"),
+    pytest.param(Destination.of("https", "api.example.com", 8443, "GET", "/"),
+                 "port_not_allowed", id="port"),
+    pytest.param(Destination.of("http", "api.example.com", 443, "GET", "/"),
+                 "scheme_not_allowed", id="scheme"),
+])
+def test_denial_reads_no_backend(engine: Engine, dest: Destination, reason: str) -> None:
+    fake = CountingResolver()
+    engine.resolver = fake  # type: ignore[assignment]
+    out = run(engine.process("acme", dest, parts()))
+    assert out.reply is not None and json.loads(out.reply.body)["reason"] == reason
+    assert fake.calls == []
+
+
+def test_backend_error_maps_to_502(engine: Engine) -> None:
+    engine.resolver = CountingResolver(error=BackendError("vault down"))  # type: ignore[assignment]
+    out = run(engine.process("acme", DEST, parts()))
+    assert out.reply is not None and out.reply.status == 502
+    assert json.loads(out.reply.body)["reason"] == "backend_unavailable"
+
+
+def test_audit_unavailable_refuses_before_resolving(engine: Engine, monkeypatch: Any) -> None:
+    fake = CountingResolver()
+    engine.resolver = fake  # type: ignore[assignment]
+    monkeypatch.setattr(engine.audit, "healthy", lambda: False)
+    out = run(engine.process("acme", DEST, parts()))
+    assert out.reply is not None and out.reply.status == 503
+    assert fake.calls == []
+
+
+def test_raw_value_to_another_host_is_refused(engine: Engine) -> None:
+    run(engine.process("acme", DEST, parts()))  # the value is now known
+    evil = Destination.of("https", "evil.example.com", 443, "GET", "/")
+    out = run(engine.process("acme", evil, parts(auth=f"Bearer {VALUE}")))
+    assert out.reply is not None and json.loads(out.reply.body)["reason"] == "raw_secret_egress"
+    # The same raw value where its own policy allows it passes.
+    ok = run(engine.process("acme", DEST, parts(auth=f"Bearer {VALUE}")))
+    assert ok.decision.verdict == "pass"
+    # Another tenant may not carry it anywhere.
+    other = run(engine.process("globex", DEST, parts(auth=f"Bearer {VALUE}")))
+    assert other.reply is not None
+
+
+def test_reload_keeps_last_good_policy(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    good = yaml.safe_load(json.dumps({
+        "version": 1, "audit": {"path": "audit.jsonl"},
+        "backends": {"local": {"type": "env"}},
+        "tenants": {"acme": {"token_sha256": TOKEN_DIGEST}},
+    }))
+    path.write_text(yaml.safe_dump(good))
+    engine = Engine.from_file(path, env={})
+    try:
+        path.write_text("version: 1\ntenants: {acme: {}}\n")
+        errors = engine.reload()
+        assert errors and any("token_sha256" in e for e in errors)
+        assert "acme" in engine.policy.tenants
+        good["tenants"]["globex"] = {"token_sha256": "c" * 64}
+        path.write_text(yaml.safe_dump(good))
+        assert engine.reload() == []
+        assert set(engine.policy.tenants) == {"acme", "globex"}
+    finally:
+        engine.close()
+
+
+def test_record_holds_no_value(engine: Engine, tmp_path: Path) -> None:
+    out = run(engine.process("acme", DEST, parts()))
+    engine.record(decision=out.decision, dest=DEST, status=200, scrubbed=1, started=0.0)
+    text = (tmp_path / "audit.jsonl").read_text()
+    rec = json.loads(text.splitlines()[-1])
+    assert rec["decision"] == "allow" and rec["secrets"] == ["api"] and rec["status"] == 200
+    assert VALUE not in text
