@@ -14,9 +14,9 @@ from mitmproxy.options import Options
 from mitmproxy.tools.dump import DumpMaster
 
 from addons.keybroker import KeyBroker
-from broker.ca import init_ca
+from broker.ca import init_ca, upstream_bundle
 from broker.engine import Engine
-from broker.policy import Policy, parse_listen
+from broker.policy import parse_listen
 
 # mitmproxy options keybroker depends on; see ../shared/MITMPROXY_NOTES.md.
 SAFE_OPTIONS: dict[str, Any] = {
@@ -30,20 +30,6 @@ SAFE_OPTIONS: dict[str, Any] = {
     "termlog_verbosity": "warn",
     "onboarding": False,
 }
-
-
-def upstream_bundle(policy: Policy) -> Path | None:
-    """mitmproxy's trusted-CA option *replaces* the default roots: give it the
-    usual roots plus ``upstream_ca``."""
-    if policy.upstream_ca is None:
-        return None
-    import certifi
-
-    out = policy.certs_dir / "upstream-bundle.pem"
-    out.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    roots = Path(certifi.where()).read_bytes()
-    out.write_bytes(roots.rstrip(b"\n") + b"\n" + policy.upstream_ca.read_bytes())
-    return out
 
 
 class _Sink:
@@ -94,8 +80,8 @@ async def serve(
     master = DumpMaster(opts, with_termlog=True, with_dumper=False)
     master.addons.add(KeyBroker(engine))
     update: dict[str, Any] = dict(SAFE_OPTIONS)
-    bundle = upstream_bundle(policy)
-    if bundle is not None:
+    if policy.upstream_ca is not None:
+        bundle = upstream_bundle(policy.certs_dir, policy.upstream_ca)
         update["ssl_verify_upstream_trusted_ca"] = str(bundle)
     master.options.update(**update)
     if not quiet and not worker:

@@ -1,0 +1,471 @@
+"""The mitmproxy addon: thin, guarded hooks that translate flows to calls on
+:class:`broker.engine.Engine` (DESIGN.md §1, §10). ``addons/keybroker.py``
+is the entry point (``keybroker run`` and ``mitmdump -s``)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import signal
+import time
+import weakref
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.connection import Client
+
+from broker.decision import Decision, Destination, Reason, failure
+from broker.decode import DecodeError, IncrementalDecoder, decode_body
+from broker.engine import Engine, Outcome
+from broker.locations import RequestParts
+from broker.policy import PolicyError
+from broker.responses import Reply, reply_for
+
+log = logging.getLogger("keybroker")
+MAGIC_HOST = "keybroker.invalid"
+_NO_BODY_STATUS = (204, 304)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class FlowState:
+    started: float = field(default_factory=time.monotonic)
+    tenant: str | None = None
+    dest: Destination | None = None
+    decision: Decision | None = None
+    ours: bool = False
+    """The response was made by keybroker (denial or error)."""
+    done: bool = False
+    """The audit record has been written."""
+    originals: tuple[http.Headers, str, bytes | None] | None = None
+    scrubbed: int = 0
+    stream: Any = None
+    fingerprints: dict[str, Any] = field(default_factory=dict)
+
+
+def _error_response(flow: http.HTTPFlow, reply: Reply) -> http.Response:
+    return http.Response.make(reply.status, reply.body, reply.headers)
+
+
+def guarded[F: Callable[..., Any]](hook: F) -> F:
+    """mitmproxy logs addon exceptions and forwards the flow; we fail closed."""
+
+    @functools.wraps(hook)
+    def sync_wrapper(self: KeyBroker, flow: http.HTTPFlow, *a: Any) -> Any:
+        try:
+            return hook(self, flow, *a)
+        except Exception as exc:
+            self.fail_closed(flow, hook.__name__, exc)
+            return None
+
+    @functools.wraps(hook)
+    async def async_wrapper(self: KeyBroker, flow: http.HTTPFlow, *a: Any) -> Any:
+        try:
+            return await hook(self, flow, *a)
+        except Exception as exc:
+            self.fail_closed(flow, hook.__name__, exc)
+            return None
+
+    wrapper = async_wrapper if asyncio.iscoroutinefunction(hook) else sync_wrapper
+    return wrapper  # type: ignore[return-value]
+
+
+class KeyBroker:
+    def __init__(
+        self, engine: Engine | None = None, *, feed_factory: Callable[[], Any] | None = None
+    ) -> None:
+        self.engine = engine
+        self._feed_factory = feed_factory
+        self._conn_tenant: weakref.WeakKeyDictionary[Client, tuple[str, str]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._state: weakref.WeakKeyDictionary[http.HTTPFlow, FlowState] = (
+            weakref.WeakKeyDictionary()
+        )
+        self.fault_injection: str | None = os.environ.get("KEYBROKER_FAULT_INJECT") or None
+        """Tests name a hook here to force an exception inside it (it fails closed)."""
+
+    # -- lifecycle ---------------------------------------------------------------
+    def load(self, loader: Any) -> None:
+        loader.add_option("keybroker_config", str, "", "Path to the keybroker policy file.")
+
+    def configure(self, updated: set[str]) -> None:
+        if "keybroker_config" in updated and ctx.options.keybroker_config and self.engine is None:
+            try:
+                self.engine = Engine.from_file(
+                    ctx.options.keybroker_config,
+                    feed=self._feed_factory() if self._feed_factory else None,
+                )
+            except PolicyError as exc:
+                raise exceptions.OptionsError("\n".join(exc.errors)) from None
+            self._configure_tls()
+        if getattr(ctx.options, "connection_strategy", "lazy") != "lazy":
+            ctx.options.connection_strategy = "lazy"  # a denial must open no upstream connection
+        if getattr(ctx.options, "ssl_insecure", False):
+            raise exceptions.OptionsError(
+                "keybroker always verifies upstream TLS: unset ssl_insecure"
+            )
+        if getattr(ctx.options, "stream_large_bodies", None):
+            raise exceptions.OptionsError(
+                "keybroker streams and scrubs itself: unset stream_large_bodies"
+            )
+
+    def _configure_tls(self) -> None:
+        """mitmproxy uses the keybroker CA, and trusts ``upstream_ca`` on top
+        of the usual roots for upstream servers."""
+        from broker.ca import init_ca, upstream_bundle
+
+        assert self.engine is not None
+        policy = self.engine.policy
+        files, _ = init_ca(policy.certs_dir)
+        update: dict[str, Any] = {}
+        if ctx.options.confdir in ("~/.mitmproxy", ""):
+            update["confdir"] = str(files.confdir)
+        if policy.upstream_ca is not None:
+            bundle = upstream_bundle(policy.certs_dir, policy.upstream_ca)
+            update["ssl_verify_upstream_trusted_ca"] = str(bundle)
+        if update:
+            ctx.options.update(**update)
+
+    def running(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGHUP, self.reload)
+            loop.add_signal_handler(signal.SIGUSR1, self.rotate_audit)
+        except (RuntimeError, NotImplementedError, ValueError):
+            pass
+
+    def reload(self) -> None:
+        if self.engine is None:
+            return
+        errors = self.engine.reload()
+        if errors:
+            log.warning(
+                "keybroker: policy reload failed, keeping the last good policy:\n  %s",
+                "\n  ".join(errors),
+            )
+        else:
+            log.warning("keybroker: policy reloaded from %s", self.engine.source)
+
+    def rotate_audit(self) -> None:
+        if self.engine is not None:
+            self.engine.audit.rotate()
+
+    def done(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+
+    # -- failure -----------------------------------------------------------------
+    def fail_closed(self, flow: http.HTTPFlow, hook: str, exc: BaseException) -> None:
+        # The exception text may hold request data: log its type only.
+        log.error("keybroker: %s failed (%s); failing closed", hook, type(exc).__name__)
+        st = self._state.get(flow) or FlowState()
+        self._state[flow] = st
+        decision = failure(
+            Reason.INTERNAL_ERROR, st.tenant, None, st.decision.secrets if st.decision else ()
+        )
+        if hook in ("responseheaders", "websocket_message") or (
+            flow.response is not None and flow.response.stream
+        ):
+            flow.kill()  # headers may already be on their way: cut the connection
+            return
+        self._restore(flow, st)
+        st.decision, st.ours = decision, True
+        flow.response = _error_response(flow, reply_for(decision))
+        if hook in ("response", "error"):
+            self._finish(flow, st)
+
+    def _inject(self, hook: str) -> None:
+        if self.fault_injection == hook:
+            raise RuntimeError("fault injected by a test")
+
+    # -- identity ----------------------------------------------------------------
+    def _deny_flow(self, flow: http.HTTPFlow, st: FlowState, decision: Decision) -> None:
+        st.decision, st.ours = decision, True
+        dest = st.dest
+        flow.response = _error_response(
+            flow,
+            reply_for(
+                decision,
+                host=dest.host if dest else "",
+                port=dest.port if dest else 0,
+                scheme=dest.scheme if dest else "",
+                method=dest.method if dest else "",
+            ),
+        )
+
+    @guarded
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        self._inject("http_connect")
+        assert self.engine is not None
+        header = flow.request.headers.get("proxy-authorization")
+        ident = self.engine.authenticate(header)
+        flow.request.headers.pop("proxy-authorization", None)
+        if ident is None:
+            st = FlowState(dest=self._dest(flow))
+            self._state[flow] = st
+            self._deny_flow(flow, st, failure(Reason.UNAUTHENTICATED, None))
+            self._finish(flow, st)  # a refused CONNECT never reaches `response`
+            return
+        self._conn_tenant[flow.client_conn] = ident
+
+    def _tenant_for(self, flow: http.HTTPFlow) -> str | None:
+        assert self.engine is not None
+        bound = self._conn_tenant.get(flow.client_conn)
+        if bound is not None:
+            tenant, digest = bound
+            return tenant if self.engine.still_valid(tenant, digest) else None
+        ident = self.engine.authenticate(flow.request.headers.get("proxy-authorization"))
+        return ident[0] if ident else None
+
+    @staticmethod
+    def _dest(flow: http.HTTPFlow) -> Destination:
+        r = flow.request
+        return Destination.of(r.scheme, r.host, r.port, r.method, r.path.split("?", 1)[0])
+
+    @guarded
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self._inject("requestheaders")
+        st = FlowState(dest=self._dest(flow))
+        self._state[flow] = st
+        st.tenant = self._tenant_for(flow)
+        for name in ("proxy-authorization", "proxy-connection"):
+            flow.request.headers.pop(name, None)
+        if st.tenant is None:
+            self._deny_flow(flow, st, failure(Reason.UNAUTHENTICATED, None))
+            return
+        if flow.request.pretty_host == MAGIC_HOST and flow.request.host == MAGIC_HOST:
+            self._whoami(flow, st)
+            return
+        assert self.engine is not None
+        length = flow.request.headers.get("content-length", "0")
+        if length.isdigit() and int(length) > self.engine.policy.limits.max_request_body:
+            self._deny_flow(flow, st, failure(Reason.BODY_TOO_LARGE, st.tenant))
+
+    def _whoami(self, flow: http.HTTPFlow, st: FlowState) -> None:
+        assert self.engine is not None and st.tenant is not None
+        import json
+
+        secrets = sorted(self.engine.policy.tenants[st.tenant].secrets)
+        st.ours, st.decision = True, Decision("pass", None, st.tenant)
+        flow.response = http.Response.make(
+            200,
+            json.dumps({"tenant": st.tenant, "secrets": secrets}).encode(),
+            {"content-type": "application/json"},
+        )
+
+    # -- the secured path ----------------------------------------------------------
+    @guarded
+    async def request(self, flow: http.HTTPFlow) -> None:
+        self._inject("request")
+        st = self._state.get(flow)
+        if st is None or st.ours or flow.response is not None:
+            return
+        assert self.engine is not None and st.dest is not None
+        req = flow.request
+        try:
+            body = req.get_content(strict=True) or b""
+        except ValueError:
+            self._deny_flow(flow, st, failure(Reason.UNDECODABLE_BODY, st.tenant))
+            return
+        path, sep, query = req.path.partition("?")
+        parts = RequestParts(
+            headers=tuple(req.headers.items(multi=True)),
+            path=path,
+            query=query,
+            body=body,
+            content_type=req.headers.get("content-type", ""),
+        )
+        outcome: Outcome = await self.engine.process(st.tenant, st.dest, parts)
+        st.decision, st.fingerprints = outcome.decision, outcome.fingerprints
+        if outcome.reply is not None:
+            st.ours = True
+            flow.response = _error_response(flow, outcome.reply)
+            return
+        if outcome.parts is None:
+            return
+        new = outcome.parts
+        st.originals = (req.headers.copy(), req.path, req.raw_content)
+        if new.headers != parts.headers:
+            req.headers = http.Headers(
+                [
+                    (k.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape"))
+                    for k, v in new.headers
+                ]
+            )
+        if new.path != path or new.query != query:
+            req.path = new.path + (sep + new.query if sep else "")
+        if new.body != body:
+            req.content = new.body
+        self._inject("request_after_substitution")
+
+    def _restore(self, flow: http.HTTPFlow, st: FlowState) -> None:
+        """Put the placeholders back so stored flows never hold a value."""
+        if st.originals is None:
+            return
+        headers, path, raw = st.originals
+        flow.request.headers = headers
+        flow.request.path = path
+        flow.request.raw_content = raw
+        st.originals = None
+
+    # -- the response path -------------------------------------------------------
+    def _scrub_headers(self, msg: http.Message | http.Headers, st: FlowState) -> None:
+        assert self.engine is not None
+        headers = msg if isinstance(msg, http.Headers) else msg.headers
+        fields = []
+        changed = False
+        for k, v in headers.fields:
+            nv, n = self.engine.scrub(v)
+            nk, m = self.engine.scrub(k)
+            st.scrubbed += n + m
+            changed |= bool(n or m)
+            fields.append((nk, nv))
+        if changed:
+            headers.fields = tuple(fields)
+
+    @guarded
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        self._inject("responseheaders")
+        st = self._state.get(flow)
+        if st is None or st.ours or flow.response is None:
+            return
+        assert self.engine is not None
+        resp = flow.response
+        self._scrub_headers(resp, st)
+        if flow.request.method == "HEAD" or resp.status_code in _NO_BODY_STATUS:
+            return
+        length = resp.headers.get("content-length")
+        limits = self.engine.policy.limits
+        streaming = (
+            "text/event-stream" in resp.headers.get("content-type", "").lower()
+            or length is None
+            or not length.isdigit()
+            or int(length) > limits.stream_threshold
+        )
+        if streaming:
+            self._start_stream(flow, st)
+
+    def _start_stream(self, flow: http.HTTPFlow, st: FlowState) -> None:
+        assert self.engine is not None and flow.response is not None
+        resp = flow.response
+        encoding = resp.headers.get("content-encoding", "").strip().lower()
+        decoder = (
+            IncrementalDecoder(encoding, self.engine.policy.limits.max_decoded_response)
+            if encoding and encoding != "identity"
+            else None
+        )
+        scrubber = self.engine.stream_scrubber()
+        resp.headers.pop("content-encoding", None)
+        resp.headers.pop("content-length", None)
+        if resp.http_version.startswith("HTTP/1"):
+            resp.headers["transfer-encoding"] = "chunked"
+
+        base = st.scrubbed
+
+        def stream(chunk: bytes) -> Iterable[bytes]:
+            try:
+                if chunk:
+                    data = decoder.feed(chunk) if decoder else chunk
+                    out = scrubber.feed(data)
+                else:
+                    tail = decoder.finish() if decoder else b""
+                    out = scrubber.feed(tail) + scrubber.flush()
+                st.scrubbed = base + scrubber.count
+                return [out] if out else []
+            except Exception as exc:
+                log.error(
+                    "keybroker: response stream failed (%s); cutting the connection",
+                    type(exc).__name__,
+                )
+                flow.kill()
+                raise RuntimeError("keybroker: response stream aborted") from None
+
+        st.stream = scrubber
+        resp.stream = stream
+
+    @guarded
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._inject("response")
+        st = self._state.get(flow)
+        if st is None or st.done:
+            return
+        if not st.ours and flow.response is not None and not flow.response.stream:
+            self._scrub_body(flow, st)
+        self._restore(flow, st)
+        self._finish(flow, st)
+
+    def _scrub_body(self, flow: http.HTTPFlow, st: FlowState) -> None:
+        assert self.engine is not None and flow.response is not None
+        resp = flow.response
+        raw = resp.raw_content or b""
+        encoding = resp.headers.get("content-encoding", "").strip().lower()
+        if raw and encoding and encoding != "identity":
+            try:
+                raw = decode_body(raw, encoding, self.engine.policy.limits.max_decoded_response)
+            except DecodeError:
+                decision = failure(
+                    Reason.UNDECODABLE_BODY,
+                    st.tenant,
+                    None,
+                    st.decision.secrets if st.decision else (),
+                )
+                self._restore(flow, st)
+                st.decision, st.ours = decision, True
+                flow.response = _error_response(flow, reply_for(decision))
+                flow.response.status_code = 502
+                return
+            resp.headers.pop("content-encoding", None)
+            resp.set_content(raw)
+        out, n = self.engine.scrub(raw)
+        if n:
+            st.scrubbed += n
+            resp.set_content(out)
+        if resp.trailers:
+            self._scrub_headers(resp.trailers, st)
+
+    @guarded
+    def error(self, flow: http.HTTPFlow) -> None:
+        st = self._state.get(flow)
+        if st is None or st.done:
+            return
+        self._restore(flow, st)
+        self._finish(flow, st)
+
+    def _finish(self, flow: http.HTTPFlow, st: FlowState) -> None:
+        if st.done or self.engine is None:
+            return
+        st.done = True
+        decision = st.decision or failure(Reason.INTERNAL_ERROR, st.tenant)
+        status = flow.response.status_code if flow.response is not None else None
+        self.engine.record(
+            decision=decision,
+            dest=st.dest,
+            status=status,
+            scrubbed=st.scrubbed,
+            started=st.started,
+            fingerprints=st.fingerprints,
+        )
+
+    # -- WebSocket ---------------------------------------------------------------
+    @guarded
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        assert self.engine is not None and flow.websocket is not None
+        messages = flow.websocket.messages
+        msg = messages[-1]
+        if not msg.from_client:
+            out, n = self.engine.scrub(msg.content)
+            if n:
+                msg.content = out
+                st = self._state.get(flow)
+                if st is not None:
+                    st.scrubbed += n
+        for old in messages[:-1]:  # do not keep a connection's history (values included)
+            old.content = b""
+        del messages[:-1]
+
+
