@@ -1,94 +1,293 @@
-"""TEMPORARY minimal audit (to be replaced by the full implementation)."""
+"""The tamper-evident decision audit: one redacted JSON record per line,
+hash-chained (DESIGN.md §6). Records hold names and destinations only: never
+a secret value, a header value, a query value, a body or a token.
+
+The chain itself (hashing and checking) lives in :mod:`broker.audit_verify`.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
-import json
+import logging
+import math
 import os
+import stat
 import threading
+import time
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from broker.audit_verify import (
+    DECISIONS,
+    GENESIS,
+    canonical,
+    chain_hash,
+    rotated_name,
+    tail_state,
+)
+from broker.audit_verify import VerifyResult as VerifyResult
+from broker.audit_verify import chain_files as chain_files
+from broker.audit_verify import verify as verify
+from broker.audit_verify import verify_chain as verify_chain
+from broker.audit_verify import verify_file as verify_file
+
+log = logging.getLogger("keybroker")
+
+RETRY_SECONDS = 1.0
+"""An unhealthy log tries to reopen its file at most this often."""
+_FP_DOMAIN = b"keybroker/fingerprint/v1\x00"
+_clock = time.monotonic
+
 
 class AuditUnavailable(Exception):
-    pass
+    """The audit cannot be written; requests carrying a secret must be refused."""
 
 
-def build_record(*, tenant: str | None, decision: str, reason: str | None, secrets: list[str],
-                 method: str, scheme: str, host: str, port: int, path: str, status: int | None,
-                 scrubbed: int, duration_ms: float,
-                 fingerprints: dict[str, Any] | None = None) -> dict[str, Any]:
+def _text(value: object) -> str:
+    # Lone surrogates (from undecodable bytes) cannot be written as UTF-8.
+    return str(value).encode("utf-8", "replace").decode("utf-8")
+
+
+def _fingerprints(fps: Mapping[str, Any]) -> dict[str, dict[str, str | None]]:
+    out: dict[str, dict[str, str | None]] = {}
+    for name, entry in fps.items():
+        fp = entry.get("fp") if isinstance(entry, Mapping) else None
+        if not isinstance(fp, str) or len(fp) != 32 or not all(c in "0123456789abcdef" for c in fp):
+            raise ValueError("an audit fingerprint must come from audit.fingerprint()")
+        version = entry.get("version")
+        out[_text(name)] = {"fp": fp, "version": None if version is None else _text(version)}
+    return out
+
+
+def build_record(
+    *,
+    tenant: str | None,
+    decision: str,
+    reason: str | None,
+    secrets: Sequence[str],
+    method: str,
+    scheme: str,
+    host: str,
+    port: int,
+    path: str,
+    status: int | None,
+    scrubbed: int,
+    duration_ms: float,
+    fingerprints: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One audit record (without ``prev``/``hash``, which :meth:`AuditLog.append` sets).
+    The query and fragment are cut from ``path``."""
+    if decision not in DECISIONS:
+        raise ValueError(f"unknown audit decision {decision!r}")
+    now = datetime.now(UTC)
+    ms = float(duration_ms)
     rec: dict[str, Any] = {
-        "ts": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "id": uuid.uuid4().hex, "tenant": tenant, "decision": decision, "reason": reason,
-        "secrets": secrets, "method": method, "scheme": scheme, "host": host, "port": port,
-        "path": path.split("?", 1)[0], "status": status, "scrubbed": scrubbed,
-        "duration_ms": round(duration_ms, 2),
+        "ts": now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z",
+        "id": uuid.uuid4().hex,
+        "tenant": None if tenant is None else _text(tenant),
+        "decision": decision,
+        "reason": None if reason is None else _text(reason),
+        "secrets": [_text(s) for s in secrets],
+        "method": _text(method),
+        "scheme": _text(scheme),
+        "host": _text(host),
+        "port": int(port),
+        "path": _text(str(path).split("?", 1)[0].split("#", 1)[0]),
+        "status": None if status is None else int(status),
+        "scrubbed": int(scrubbed),
+        "duration_ms": round(ms, 2) if math.isfinite(ms) else 0.0,
     }
     if fingerprints:
-        rec["fingerprints"] = fingerprints
+        rec["fingerprints"] = _fingerprints(fingerprints)
     return rec
 
 
 def fingerprint(key: bytes, value: bytes) -> str:
-    return hmac.new(key, b"keybroker-fp\0" + value, hashlib.sha256).hexdigest()[:32]
+    """A keyed, domain-separated fingerprint of a secret value (32 hex chars):
+    tells which value was used without revealing it."""
+    if not key:
+        raise ValueError("a fingerprint needs a non-empty key")
+    return hmac.new(key, _FP_DOMAIN + value, hashlib.sha256).hexdigest()[:32]
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:  # each pass writes at least one byte, or raises
+        n = os.write(fd, view)
+        if n <= 0:
+            raise OSError("audit write made no progress")
+        view = view[n:]
+
+
+def _rotated_last_hash(path: Path) -> str | None:
+    """The last hash of the newest rotated file of ``path``, if there is one."""
+    older = [p for p in chain_files(path) if p != path]
+    if not older:
+        return None
+    try:
+        fd = os.open(older[-1], os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        return tail_state(fd, os.fstat(fd).st_size)[0]
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 class AuditLog:
-    def __init__(self, path: Path, *, hmac_key: bytes | None = None,
-                 rotate_bytes: int | None = None) -> None:
-        self.path, self.key, self._lock = path, hmac_key, threading.Lock()
-        self.prev = "0" * 64
+    """Appends records to one JSONL file (0600, parent 0700 when created),
+    continuing the chain of whatever the file already holds."""
+
+    def __init__(
+        self, path: Path, *, hmac_key: bytes | None = None, rotate_bytes: int | None = None
+    ) -> None:
+        self.path = Path(path)
+        self._key = hmac_key or None
+        self._rotate_bytes = rotate_bytes
+        self._lock = threading.Lock()
         self._fd: int | None = None
-        self._ok = self._open()
+        self._ident: tuple[int, int] | None = None
+        self._size = 0
+        self._prev = GENESIS
+        self._next_try = 0.0
+        self._closed = False
+        with self._lock:
+            self._open()
 
+    # -- opening -----------------------------------------------------------------
     def _open(self) -> bool:
+        """Open (or create) the file; on failure leave the log unhealthy."""
+        self._next_try = _clock() + RETRY_SECONDS
+        fd = -1
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            return True
+            parent = self.path.parent
+            if not parent.exists():
+                parent.mkdir(parents=True, mode=0o700)
+                os.chmod(parent, 0o700)  # whatever the umask
+            flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK
+            fd = os.open(self.path, flags, 0o600)  # O_NONBLOCK: a FIFO must not hang us
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise OSError(f"{self.path} is not a regular file")
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+            if stat.S_IMODE(st.st_mode) != 0o600:
+                os.fchmod(fd, 0o600)
+            prev, ends_clean = tail_state(fd, st.st_size)
+            if not ends_clean:  # a crash left a partial line: keep it, start a new one
+                _write_all(fd, b"\n")
+            if st.st_size and prev is None:
+                log.warning(
+                    "keybroker: %s ends without an intact record; the chain restarts", self.path
+                )
+            if st.st_size:
+                self._prev = prev or GENESIS
+            elif self._prev == GENESIS:  # a fresh file after a rotation: continue that chain
+                self._prev = _rotated_last_hash(self.path) or GENESIS
+            self._size = os.fstat(fd).st_size
         except OSError:
+            if fd >= 0:
+                os.close(fd)
+            self._fd = None
             return False
+        self._fd, self._ident = fd, (st.st_dev, st.st_ino)
+        return True
 
+    def _drop_fd(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _ready(self) -> bool:
+        """Under the lock: is there an open fd on the file now at ``path``?"""
+        if self._closed:
+            return False
+        if self._fd is not None:
+            try:
+                st = os.stat(self.path)
+                if (st.st_dev, st.st_ino) == self._ident:
+                    return True
+            except OSError:
+                pass
+            self._drop_fd()  # removed or replaced under us: reopen, chain continues
+            return self._open()
+        if _clock() < self._next_try:
+            return False
+        return self._open()
+
+    # -- public ------------------------------------------------------------------
     def healthy(self) -> bool:
-        return self._ok and self.path.is_file()
+        """Cheap: can a record be written now? Checked before a secret is used."""
+        with self._lock:
+            return self._ready()
 
     def append(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """Chain ``record`` (sets ``prev`` and ``hash``), write it as one line, return it."""
+        rec = {k: v for k, v in record.items() if k not in ("prev", "hash")}
         with self._lock:
-            rec = dict(record)
-            rec["prev"] = self.prev
-            body = json.dumps(rec, sort_keys=True, separators=(",", ":")).encode()
-            rec["hash"] = hashlib.sha256(body).hexdigest()
+            if not self._ready():
+                raise AuditUnavailable(f"audit log {self.path} cannot be written")
+            rec["prev"] = self._prev
+            rec["hash"] = chain_hash(rec, self._key)
+            line = canonical(rec) + b"\n"
+            limit = self._rotate_bytes
+            if limit is not None and self._size and self._size + len(line) > limit:
+                self._rotate()
+                if self._fd is None:
+                    raise AuditUnavailable(f"audit log {self.path} cannot be written")
+            assert self._fd is not None
             try:
-                assert self._fd is not None
-                os.write(self._fd, json.dumps(rec).encode() + b"\n")
-            except (OSError, AssertionError):
-                self._ok = False
-                raise AuditUnavailable("audit write failed") from None
-            self.prev = rec["hash"]
+                _write_all(self._fd, line)
+            except OSError:
+                self._drop_fd()
+                self._next_try = _clock() + RETRY_SECONDS
+                raise AuditUnavailable(f"audit log {self.path} cannot be written") from None
+            self._size += len(line)
+            self._prev = rec["hash"]
             return rec
 
     def rotate(self) -> Path | None:
-        return None
+        """Move the current file aside as ``<name>.<UTC timestamp>.<n>`` and start a
+        new one whose first record continues the chain. None when there is nothing
+        to rotate (empty or unwritable file)."""
+        with self._lock:
+            if not self._ready():
+                return None
+            return self._rotate()
+
+    def _rotate(self) -> Path | None:
+        if self._fd is None or not self._size:
+            return None
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        target: Path | None = None
+        for n in range(1, 10_000):
+            candidate = rotated_name(self.path, stamp, n)
+            if not candidate.exists():
+                target = candidate
+                break
+        try:
+            if target is None:
+                raise OSError("no free rotation name")
+            os.fsync(self._fd)
+            os.rename(self.path, target)
+        except OSError:
+            log.warning("keybroker: could not rotate %s; still writing to it", self.path)
+            return None
+        self._drop_fd()
+        self._size = 0
+        self._open()
+        return target
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
-@dataclass(frozen=True)
-class VerifyResult:
-    ok: bool
-    records: int
-    bad_line: int | None
-    message: str
-
-
-def verify(path: Path, *, hmac_key: bytes | None = None) -> VerifyResult:
-    return VerifyResult(True, 0, None, "not implemented")
+        with self._lock:
+            self._closed = True
+            self._drop_fd()

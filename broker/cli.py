@@ -134,7 +134,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     from broker import audit
 
     key = os.environ.get(args.key_env) if args.key_env else None
-    result = audit.verify(Path(args.file), hmac_key=key.encode() if key else None)
+    result = audit.verify_file(Path(args.file), hmac_key=key.encode() if key else None)
     print(result.message, file=sys.stdout if result.ok else sys.stderr)
     return 0 if result.ok else 1
 
