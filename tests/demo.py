@@ -5,6 +5,7 @@ should."""
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -46,7 +47,9 @@ STEPS = [
 ]
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    args = argv if argv is not None else sys.argv[1:]
+    svg = Path(args[args.index("--svg") + 1]) if "--svg" in args else None
     with tempfile.TemporaryDirectory(prefix="keybroker-demo-") as tmp:
         work = Path(tmp)
         out.rule("[bold]keybroker demo")
@@ -66,6 +69,8 @@ def main() -> int:
             show(results)
             ok = all(r[-1] for r in results)
             out.print(f"audit: {proxy.audit_path}")
+            if svg:
+                export_feed(proxy.audit_path, svg)
     out.rule("[green]demo passed" if ok else "[red]demo FAILED")
     return 0 if ok else 1
 
@@ -87,6 +92,22 @@ def run_step(proxy: Proxy, sc: Scenario, api: Upstream,
     agent_saw = "placeholder" if "<<secret:stripe>>" in r.text else "—"
     return (step.title, f"{r.status_code} {reason}", what, agent_saw if not leaked else "LEAK",
             good)
+
+
+def export_feed(audit: Path, svg: Path) -> None:
+    """Render this run's audit as the live feed shows it, to an SVG for the README."""
+    import json
+
+    from broker.console import render_header, render_record
+
+    rec = Console(record=True, width=118, file=open(os.devnull, "w"))  # noqa: SIM115
+    rec.print(render_header(listen="127.0.0.1:8080", tenants=["acme", "globex"],
+                            backends={"vault": "vault", "local": "env"},
+                            ca_path="certs/keybroker-ca.pem", audit_path="audit/decisions.jsonl"))
+    for line in audit.read_text().splitlines():
+        rec.print(render_record(json.loads(line)))
+    rec.save_svg(str(svg), title="keybroker run")
+    out.print(f"feed picture: {svg}")
 
 
 def show(results: list[tuple[str, str, str, str, bool]]) -> None:
