@@ -5,7 +5,7 @@ should."""
 
 from __future__ import annotations
 
-import os
+import io
 import sys
 import tempfile
 import time
@@ -100,7 +100,7 @@ def export_feed(audit: Path, svg: Path) -> None:
 
     from broker.console import render_header, render_record
 
-    rec = Console(record=True, width=118, file=open(os.devnull, "w"))  # noqa: SIM115
+    rec = Console(record=True, width=118, file=io.StringIO())
     rec.print(render_header(listen="127.0.0.1:8080", tenants=["acme", "globex"],
                             backends={"vault": "vault", "local": "env"},
                             ca_path="certs/keybroker-ca.pem", audit_path="audit/decisions.jsonl"))
