@@ -337,7 +337,11 @@ class KeyBroker:
         assert self.engine is not None
         resp = flow.response
         self._scrub_headers(resp, st)
-        if flow.request.method == "HEAD" or resp.status_code in _NO_BODY_STATUS:
+        if (
+            flow.request.method == "HEAD"
+            or resp.status_code < 200  # 101: the connection switches protocol, no body
+            or resp.status_code in _NO_BODY_STATUS
+        ):
             return
         length = resp.headers.get("content-length")
         limits = self.engine.policy.limits
@@ -366,8 +370,14 @@ class KeyBroker:
             resp.headers["transfer-encoding"] = "chunked"
 
         base = st.scrubbed
+        failed = False
 
         def stream(chunk: bytes) -> Iterable[bytes]:
+            # Never raise here: mitmproxy would log a crash and leave the agent
+            # waiting on a half-finished response.
+            nonlocal failed
+            if failed:
+                return []
             try:
                 if chunk:
                     data = decoder.feed(chunk) if decoder else chunk
@@ -378,15 +388,35 @@ class KeyBroker:
                 st.scrubbed = base + scrubber.count
                 return [out] if out else []
             except Exception as exc:
-                log.error(
-                    "keybroker: response stream failed (%s); cutting the connection",
-                    type(exc).__name__,
-                )
-                flow.kill()
-                raise RuntimeError("keybroker: response stream aborted") from None
+                failed = True
+                reason = Reason.UNDECODABLE_BODY if isinstance(exc, DecodeError) else None
+                self._abort_stream(flow, st, reason or Reason.INTERNAL_ERROR, exc)
+                return []
 
         st.stream = scrubber
         resp.stream = stream
+
+    def _abort_stream(
+        self, flow: http.HTTPFlow, st: FlowState, reason: Reason, exc: BaseException
+    ) -> None:
+        """A streamed response cannot go on (undecodable, too large, a bug). Its
+        headers are already out, so no error reply is possible: drop what is
+        held, audit the failure and cut the agent's connection, so it sees a
+        truncated transfer, never a complete-looking body."""
+        log.error(
+            "keybroker: response stream failed (%s); cutting the connection", type(exc).__name__
+        )
+        secrets = st.decision.secrets if st.decision else ()
+        st.decision = failure(reason, st.tenant, None, secrets, upstream=True)
+        if flow.killable:
+            flow.kill()  # no end-of-body marker is sent when the upstream finishes
+        try:  # cut now rather than when the upstream finishes (it may never)
+            server = ctx.master.addons.get("proxyserver")
+            handler = server.connections.get(flow.client_conn.id) if server else None
+            if handler is not None:
+                handler.close_connection(handler.client)
+        except Exception as cut_exc:  # internal API: fall back to the kill above
+            log.error("keybroker: could not cut the connection (%s)", type(cut_exc).__name__)
 
     @guarded
     def response(self, flow: http.HTTPFlow) -> None:
@@ -394,8 +424,12 @@ class KeyBroker:
         st = self._state.get(flow)
         if st is None or st.done:
             return
-        if not st.ours and flow.response is not None and not flow.response.stream:
-            self._scrub_body(flow, st)
+        resp = flow.response
+        if not st.ours and resp is not None:
+            if not resp.stream:
+                self._scrub_body(flow, st)
+            if flow.response is resp and resp.trailers:  # streamed ones are sent after this hook
+                self._scrub_headers(resp.trailers, st)
         self._restore(flow, st)
         self._finish(flow, st)
 
@@ -408,16 +442,11 @@ class KeyBroker:
             try:
                 raw = decode_body(raw, encoding, self.engine.policy.limits.max_decoded_response)
             except DecodeError:
-                decision = failure(
-                    Reason.UNDECODABLE_BODY,
-                    st.tenant,
-                    None,
-                    st.decision.secrets if st.decision else (),
-                )
+                secrets = st.decision.secrets if st.decision else ()
+                decision = failure(Reason.UNDECODABLE_BODY, st.tenant, None, secrets, upstream=True)
                 self._restore(flow, st)
                 st.decision, st.ours = decision, True
                 flow.response = _error_response(flow, reply_for(decision))
-                flow.response.status_code = 502
                 return
             resp.headers.pop("content-encoding", None)
             resp.set_content(raw)
@@ -425,8 +454,6 @@ class KeyBroker:
         if n:
             st.scrubbed += n
             resp.set_content(out)
-        if resp.trailers:
-            self._scrub_headers(resp.trailers, st)
 
     @guarded
     def error(self, flow: http.HTTPFlow) -> None:
@@ -467,5 +494,3 @@ class KeyBroker:
         for old in messages[:-1]:  # do not keep a connection's history (values included)
             old.content = b""
         del messages[:-1]
-
-

@@ -97,13 +97,24 @@ class Decision:
 
     @property
     def status(self) -> int | None:
-        return None if self.reason is None or self.verdict == "pass" else status_of(self.reason)
+        if self.reason is None or self.verdict == "pass":
+            return None
+        status = status_of(self.reason)
+        return max(status, 502) if self.verdict == "error" else status
 
 
 def failure(
-    reason: Reason, tenant: str | None, secret: str | None = None, secrets: tuple[str, ...] = ()
+    reason: Reason,
+    tenant: str | None,
+    secret: str | None = None,
+    secrets: tuple[str, ...] = (),
+    *,
+    upstream: bool = False,
 ) -> Decision:
-    return Decision(verdict_of(reason), reason, tenant, secret, secrets)
+    """A denial or error. ``upstream=True``: the failure is the upstream's
+    (e.g. an undecodable response), so it is an ``error`` (5xx), not a denial."""
+    verdict: Verdict = "error" if upstream else verdict_of(reason)
+    return Decision(verdict, reason, tenant, secret, secrets)
 
 
 @lru_cache(maxsize=4096)

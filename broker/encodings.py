@@ -17,6 +17,9 @@ the broker itself injected):
 - JSON string escaping (ASCII-only and UTF-8, upper and lower hex ``\\uXXXX``,
   ``\\/`` for slashes, ``\\u003c`` for ``<>&`` as Go writes them). Values that
   are not UTF-8 have no JSON spelling.
+- everything escaped: every byte percent-encoded (``%6B%62...``) and every
+  character ``\\uXXXX``-escaped, upper and lower hex. Encoders that escape
+  all they can, or a hostile upstream, leave no literal run of the value at all.
 
 Variants shorter than :data:`MIN_VARIANT` are dropped, except the raw value: a
 short fragment (two or three base64 characters of a short secret) occurs in
@@ -98,6 +101,20 @@ def _json_forms(value: bytes) -> list[bytes]:
     return forms + [f.replace(b"/", b"\\/") for f in forms]
 
 
+def _escape_all_forms(value: bytes) -> list[bytes]:
+    percent = "".join(f"%{byte:02X}" for byte in value).encode("ascii")
+    forms = [percent, percent.lower()]
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        return forms
+    units = text.encode("utf-16-be")
+    escaped = "".join(
+        f"\\u{int.from_bytes(units[i : i + 2]):04x}" for i in range(0, len(units), 2)
+    ).encode("ascii")
+    return [*forms, escaped, _UNICODE_HEX.sub(lambda m: b"\\u" + m.group(0)[2:].upper(), escaped)]
+
+
 def variants(value: bytes) -> list[bytes]:
     """Every byte string to scrub for ``value``: the raw value first, then its
     encodings, deduplicated, in a deterministic order."""
@@ -108,6 +125,7 @@ def variants(value: bytes) -> list[bytes]:
         *_hex_forms(value),
         *_percent_forms(value),
         *_json_forms(value),
+        *_escape_all_forms(value),
     ]
     seen = {value}
     out = [value]
