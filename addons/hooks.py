@@ -19,7 +19,7 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.connection import Client
 
 from broker.decision import Decision, Destination, Reason, failure
-from broker.decode import DecodeError, IncrementalDecoder, decode_body
+from broker.decode import DecodeError, IncrementalDecoder, TooLarge, decode_body
 from broker.engine import Engine, Outcome
 from broker.locations import RequestParts
 from broker.policy import PolicyError
@@ -49,6 +49,18 @@ class FlowState:
 
 def _error_response(flow: http.HTTPFlow, reply: Reply) -> http.Response:
     return http.Response.make(reply.status, reply.body, reply.headers)
+
+
+def _frame_body(req: http.Request) -> None:
+    """mitmproxy writes an HTTP/2 body that came without content-length to an
+    HTTP/1.1 upstream unframed, so the upstream could read a second request
+    nobody decided on. Give every forwarded body a length."""
+    if (
+        req.raw_content
+        and "content-length" not in req.headers
+        and ("transfer-encoding" not in req.headers)
+    ):
+        req.headers["content-length"] = str(len(req.raw_content))
 
 
 def guarded[F: Callable[..., Any]](hook: F) -> F:
@@ -225,7 +237,16 @@ class KeyBroker:
     @staticmethod
     def _dest(flow: http.HTTPFlow) -> Destination:
         r = flow.request
-        return Destination.of(r.scheme, r.host, r.port, r.method, r.path.split("?", 1)[0])
+        authority = None if r.method == "CONNECT" else r.host_header
+        return Destination.of(
+            r.scheme,
+            r.host,
+            r.port,
+            r.method,
+            r.path.split("?", 1)[0],
+            sni=flow.client_conn.sni,
+            authority=authority,
+        )
 
     @guarded
     def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -267,10 +288,8 @@ class KeyBroker:
             return
         assert self.engine is not None and st.dest is not None
         req = flow.request
-        try:
-            body = req.get_content(strict=True) or b""
-        except ValueError:
-            self._deny_flow(flow, st, failure(Reason.UNDECODABLE_BODY, st.tenant))
+        body = self._request_body(flow, st)
+        if body is None:
             return
         path, sep, query = req.path.partition("?")
         parts = RequestParts(
@@ -286,6 +305,7 @@ class KeyBroker:
             st.ours = True
             flow.response = _error_response(flow, outcome.reply)
             return
+        _frame_body(req)
         if outcome.parts is None:
             return
         new = outcome.parts
@@ -301,7 +321,28 @@ class KeyBroker:
             req.path = new.path + (sep + new.query if sep else "")
         if new.body != body:
             req.content = new.body
+        _frame_body(req)
         self._inject("request_after_substitution")
+
+    def _request_body(self, flow: http.HTTPFlow, st: FlowState) -> bytes | None:
+        """The decoded request body, held to ``limits.max_request_body`` on the
+        wire and once decoded (a small gzip body may expand hugely); None
+        when the request was refused."""
+        assert self.engine is not None
+        limit = self.engine.policy.limits.max_request_body
+        raw = flow.request.raw_content or b""
+        encoding = flow.request.headers.get("content-encoding", "").strip().lower()
+        try:
+            if len(raw) > limit:
+                raise TooLarge("request body over the limit")
+            if raw and encoding and encoding != "identity":
+                return decode_body(raw, encoding, limit)
+            return raw
+        except TooLarge:
+            self._deny_flow(flow, st, failure(Reason.BODY_TOO_LARGE, st.tenant))
+        except DecodeError:
+            self._deny_flow(flow, st, failure(Reason.UNDECODABLE_BODY, st.tenant))
+        return None
 
     def _restore(self, flow: http.HTTPFlow, st: FlowState) -> None:
         """Put the placeholders back so stored flows never hold a value."""
@@ -484,7 +525,12 @@ class KeyBroker:
         assert self.engine is not None and flow.websocket is not None
         messages = flow.websocket.messages
         msg = messages[-1]
-        if not msg.from_client:
+        if msg.from_client and self.engine.scrubber.owners_in(msg.content):
+            # A raw value in a WebSocket message: no policy location allows it.
+            log.error("keybroker: raw secret value in a WebSocket message; closing it")
+            msg.drop()
+            flow.kill()
+        elif not msg.from_client:
             out, n = self.engine.scrub(msg.content)
             if n:
                 msg.content = out

@@ -78,7 +78,8 @@ async def serve(
     host, port = parse_listen(listen or policy.listen)
     opts = Options(listen_host=host, listen_port=port, confdir=str(files.confdir))
     master = DumpMaster(opts, with_termlog=True, with_dumper=False)
-    master.addons.add(KeyBroker(engine))
+    addon = KeyBroker(engine)
+    master.addons.add(addon)
     update: dict[str, Any] = dict(SAFE_OPTIONS)
     if policy.upstream_ca is not None:
         bundle = upstream_bundle(policy.certs_dir, policy.upstream_ca)
@@ -97,6 +98,9 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, master.shutdown)
+    # Before the port opens: a SIGHUP must never find the default handler.
+    loop.add_signal_handler(signal.SIGHUP, addon.reload)
+    loop.add_signal_handler(signal.SIGUSR1, addon.rotate_audit)
     try:
         await master.run()
     finally:

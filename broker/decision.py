@@ -75,14 +75,38 @@ class Destination:
     method: str
     path: str
     """Path without the query."""
+    names: tuple[str, ...] = ()
+    """Other names the client gave the server (TLS SNI, Host/:authority),
+    normalised. A value goes only where every one of them is the destination
+    (no domain fronting)."""
 
     @classmethod
-    def of(cls, scheme: str, host: str, port: int, method: str, path: str) -> Destination:
-        try:
-            h = normalize_host(host)
-        except HostError:
-            h = host.lower()
-        return cls(scheme.lower(), h, port, method.upper(), path)
+    def of(cls, scheme: str, host: str, port: int, method: str, path: str,
+           *, sni: str | None = None, authority: str | None = None) -> Destination:
+        names = []
+        if sni:
+            names.append(_norm(sni))
+        if authority:
+            names.append(_norm(_authority_host(authority)))
+        return cls(scheme.lower(), _norm(host), port, method.upper(), path, tuple(names))
+
+    @property
+    def fronted(self) -> bool:
+        return any(n != self.host for n in self.names)
+
+
+def _norm(host: str) -> str:
+    try:
+        return normalize_host(host)
+    except HostError:
+        return host.lower()
+
+
+def _authority_host(authority: str) -> str:
+    a = authority.strip().rsplit("@", 1)[-1]
+    if a.startswith("["):
+        return a[1 : a.find("]")] if "]" in a else a
+    return a.rsplit(":", 1)[0] if a.count(":") == 1 else a
 
 
 @dataclass(frozen=True)
@@ -176,6 +200,10 @@ def decide(policy: Policy, tenant: str | None, dest: Destination, found: ScanRes
             return failure(reason, tenant, occ.name, names)
         first_miss = first_miss or (reason, occ.name)
     used = tuple(dict.fromkeys(n for n, _ in sorted(approved)))
+    if approved and dest.fronted:  # SNI or Host names another server than the one we connect to
+        if not forward:
+            return failure(Reason.HOST_NOT_ALLOWED, tenant, used[0], names)
+        return Decision("pass", Reason.HOST_NOT_ALLOWED, tenant, used[0], names)
     if first_miss is not None and not approved:
         return Decision("pass", first_miss[0], tenant, first_miss[1], names)
     return Decision("allow", None, tenant, None, used, frozenset(approved))

@@ -142,6 +142,8 @@ class Engine:
             (f"header:{n.lower()}", v.encode("utf-8", "surrogateescape")) for n, v in parts.headers
         ]
         pieces += [
+            ("host", dest.host.encode("utf-8", "surrogateescape")),
+            *(("host", n.encode("utf-8", "surrogateescape")) for n in dest.names),
             ("path", parts.path.encode("utf-8", "surrogateescape")),
             ("query", parts.query.encode("utf-8", "surrogateescape")),
             ("body", parts.body),
@@ -151,10 +153,17 @@ class Engine:
         for location, data in pieces:
             if not data:
                 continue
-            for owner_tenant, name in sorted(self.scrubber.owners_in(data)):
-                rule = policy.tenants[tenant].secrets.get(name) if owner_tenant == tenant else None
-                if rule is None or check_rule(rule, dest, location) is not None:
-                    return failure(Reason.RAW_SECRET_EGRESS, tenant, None)
+            owners = self.scrubber.owners_in(data)
+            if not owners:
+                continue
+            # Several secrets may share a value: it may go here when one of
+            # this tenant's secrets holding it allows this place.
+            rules = policy.tenants[tenant].secrets
+            if not any(
+                t == tenant and name in rules and check_rule(rules[name], dest, location) is None
+                for t, name in owners
+            ):
+                return failure(Reason.RAW_SECRET_EGRESS, tenant, None)
         return None
 
     def _reply(self, decision: Decision, dest: Destination) -> Outcome:
@@ -221,6 +230,12 @@ class Engine:
         return self.scrubber.stream()
 
     # -- audit -------------------------------------------------------------------
+    def _clean(self, text: str) -> str:
+        """Agent-chosen text for the audit, with any known value replaced by
+        its placeholder (a raw value in an allowed path must not land here)."""
+        data, n = self.scrub(text.encode("utf-8", "surrogateescape"))
+        return data.decode("utf-8", "replace") if n else text
+
     def record(
         self,
         *,
@@ -239,9 +254,9 @@ class Engine:
             secrets=list(decision.secrets),
             method=dest.method if dest else "",
             scheme=dest.scheme if dest else "",
-            host=dest.host if dest else "",
+            host=self._clean(dest.host) if dest else "",
             port=dest.port if dest else 0,
-            path=dest.path if dest else "",
+            path=self._clean(dest.path) if dest else "",
             status=status,
             scrubbed=scrubbed,
             duration_ms=(time.monotonic() - started) * 1000.0,

@@ -49,6 +49,7 @@ def addon(tmp_path: Path) -> Iterator[KeyBroker]:
 def flow(host: str = "api.example.com", headers: dict[str, str] | None = None) -> http.HTTPFlow:
     f = tflow.tflow()
     f.request.scheme, f.request.host, f.request.port = "https", host, 443
+    f.client_conn.sni = host
     f.request.headers.clear()
     for k, v in (headers or {}).items():
         f.request.headers[k] = v
@@ -116,3 +117,19 @@ def test_stream_never_returns_empty_bytes_midstream(addon: KeyBroker) -> None:
     assert out != b""
     assert f.response.headers.get("transfer-encoding") == "chunked"
     assert b"".join(stream(b"\n\n")) + b"".join(stream(b"")) != b""
+
+
+@pytest.mark.parametrize(("sni", "host_header"), [("cdn.example.net", None),
+                                                  (None, "fronted.example")],
+                         ids=["sni", "host-header"])
+def test_domain_fronting_refused(addon: KeyBroker, sni: str | None,
+                                 host_header: str | None) -> None:
+    headers = {"Authorization": "Bearer <<secret:api>>", "Proxy-Authorization": auth()}
+    if host_header:
+        headers["Host"] = host_header
+    f = flow(headers=headers)
+    f.client_conn.sni = sni
+    send(addon, f)
+    assert f.response is not None and f.response.status_code == 403
+    assert json.loads(f.response.content or b"{}")["reason"] == "host_not_allowed"
+    assert VALUE not in str(f.request.headers)
