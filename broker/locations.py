@@ -111,6 +111,8 @@ the placeholder literal."""
 
 
 def _header_value(lname: str, value: str, approve: Approve) -> str:
+    if lname != "authorization" and not placeholders.might_contain(value):
+        return value  # the common case: nothing to write
     loc = f"header:{lname}"
 
     def write(name: str) -> str | None:
@@ -160,6 +162,7 @@ def substitute(parts: RequestParts, approve: Approve) -> RequestParts:
 
         body = placeholders.replace_bytes(body, write_body)
     return replace(parts, headers=headers, path=path, query=query, body=body)
+
 
 
 def locations_of(scan_result: ScanResult, name: str) -> Collection[str]:

@@ -61,6 +61,10 @@ class Scrubber:
         as ``placeholder``. Idempotent."""
         if not value:
             raise ValueError("an empty secret value cannot be scrubbed")
+        with self._lock:  # the common case (a value seen before) costs no encoding
+            known = self._values.get(value)
+            if known is not None and known.get(owner) == placeholder:
+                return
         forms = encodings.variants(value)
         with self._lock:
             owners = self._values.get(value)

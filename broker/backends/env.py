@@ -13,6 +13,9 @@ class EnvVarBackend:
     """Reads ``env[path]`` at each call, so a live mapping such as
     ``os.environ`` is honoured as it is now, not as it was at start-up."""
 
+    blocking = False
+    """Reading a mapping does no I/O: the resolver calls it on the event loop."""
+
     def __init__(self, name: str, env: Mapping[str, str]) -> None:
         self.name = name
         self._env = env
