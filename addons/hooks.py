@@ -358,6 +358,8 @@ class KeyBroker:
     def _scrub_headers(self, msg: http.Message | http.Headers, st: FlowState) -> None:
         assert self.engine is not None
         headers = msg if isinstance(msg, http.Headers) else msg.headers
+        if not self.engine.scrub(b"\n".join(k + b": " + v for k, v in headers.fields))[1]:
+            return  # the common case: one scan over all headers finds nothing
         fields = []
         changed = False
         for k, v in headers.fields:
