@@ -111,6 +111,65 @@ def test_engines_agree_with_reference(patterns: list[bytes], data: bytes) -> Non
         assert (engine, m.find_all(data)) == (engine, expected_all)
 
 
+# Long patterns over the bytes in which spellings of one value differ: keys are
+# windows avoiding them, and Hyperscan merges keys equal but for case.
+SPELLED = st.text(alphabet=st.sampled_from("aAbB09" * 6 + "+-/_=%\\"), min_size=1, max_size=40).map(
+    str.encode
+)
+URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    base=st.lists(SPELLED, min_size=1, max_size=5),
+    picks=st.lists(st.integers(0, 100), max_size=8),
+    noise=st.lists(SPELLED, max_size=8),
+    segments=st.booleans(),
+)
+def test_spellings_case_and_segments_agree_with_reference(
+    base: list[bytes], picks: list[int], noise: list[bytes], segments: bool
+) -> None:
+    patterns = base + [p.swapcase() for p in base] + [p.translate(URLSAFE) for p in base]
+    pieces = [patterns[i % len(patterns)] for i in picks]
+    data = b"".join(piece + (noise[i] if i < len(noise) else b"") for i, piece in enumerate(pieces))
+    expected = reference_all(patterns, data), reference_find(patterns, data)
+    with pytest.MonkeyPatch.context() as mp:
+        if segments:  # Hyperscan splits even these short inputs into 3 segments
+            mp.setattr(matcher, "_WORKERS", 3)
+            mp.setattr(matcher, "_SEGMENT_MIN", 4)
+        for engine in available_engines():
+            m = build(patterns, engine)
+            assert (engine, m.find_all(data), m.find(data)) == (engine, *expected)
+
+
+@pytest.mark.skipif("hyperscan" not in available_engines(), reason="hyperscan not installed")
+def test_hyperscan_segments_find_patterns_across_every_boundary(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(matcher, "_WORKERS", 3)
+    monkeypatch.setattr(matcher, "_SEGMENT_MIN", 1000)
+    patterns = [b"kb-canary-0123456789-long", b"short", b"Kb-Canary-0123456789-LONG"]
+    m = build(patterns, "hyperscan")
+    size = 3000  # three segments: [0, 1000), [1000, 2000), [2000, 3000)
+    for boundary in (1000, 2000):
+        for index, pattern in enumerate(patterns):
+            for start in range(boundary - len(pattern) - 1, boundary + 2):
+                data = bytearray(b"." * size)
+                data[start : start + len(pattern)] = pattern
+                found = m.find_all(bytes(data))
+                assert found == [(start, start + len(pattern), index)], (boundary, start)
+
+
+@pytest.mark.skipif("hyperscan" not in available_engines(), reason="hyperscan not installed")
+def test_hyperscan_spellings_share_literals() -> None:
+    value = b"+/=kbCanaryABCDEFGHIJKLMN+/kbCanaryOPQRSTUVWXYZ"  # key window at offset 3
+    spellings = [value, value.translate(URLSAFE), value.replace(b"/", b"\\/"), value.swapcase()]
+    m = build(spellings, "hyperscan")
+    assert len(m._literal_keys) == 1  # type: ignore[attr-defined]
+    data = b"|".join(spellings)
+    assert [i for _s, _e, i in m.find(data)] == [0, 1, 2, 3]
+
+
 @pytest.mark.parametrize("engine", [e for e in ENGINES if e.values[0] != "python"])
 def test_ten_thousand_patterns(engine: str) -> None:
     patterns = [os.urandom(16).hex().encode() for _ in range(10_000)]
