@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
 import sys
 from pathlib import Path
@@ -90,7 +91,8 @@ def cmd_env(args: argparse.Namespace) -> int:
     from broker import ca, sandbox_env
 
     policy = load_policy(args.config)
-    problem = sandbox_env.check_tenant_token(policy, args.tenant, args.token)
+    token = tenant_token(args)
+    problem = sandbox_env.check_tenant_token(policy, args.tenant, token)
     if problem:
         print(problem, file=sys.stderr)
         return 1
@@ -101,7 +103,7 @@ def cmd_env(args: argparse.Namespace) -> int:
             proxy_host=host,
             proxy_port=port,
             tenant=args.tenant,
-            token=args.token,
+            token=token,
             bundle=files.bundle,
             fmt=args.format,
             no_proxy=args.no_proxy,
@@ -129,7 +131,6 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    import os
 
     from broker import audit
 
@@ -145,8 +146,24 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from broker import doctor
 
     return doctor.run_doctor(
-        Path(args.config), args.tenant, args.token, listen=args.listen, out=Console()
+        Path(args.config), args.tenant, tenant_token(args), listen=args.listen, out=Console()
     )
+
+
+def add_token_options(parser: argparse.ArgumentParser) -> None:
+    given = parser.add_mutually_exclusive_group(required=True)
+    given.add_argument("--token", help="the tenant's token (visible to `ps`; see --token-env)")
+    given.add_argument("--token-env", metavar="NAME", help="read the token from this variable")
+
+
+def tenant_token(args: argparse.Namespace) -> str:
+    """The token from ``--token`` or from the variable ``--token-env`` names."""
+    if args.token_env is None:
+        return str(args.token)
+    token = os.environ.get(args.token_env, "")
+    if not token:
+        raise SystemExit(f"keybroker {args.cmd}: --token-env: ${args.token_env} is unset or empty")
+    return token
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     env = sub.add_parser("env", help="print proxy and CA variables for an agent sandbox")
     env.add_argument("--config", required=True)
     env.add_argument("--tenant", required=True)
-    env.add_argument("--token", required=True)
+    add_token_options(env)
     env.add_argument("--listen", help="the address agents reach the proxy at")
     env.add_argument("--format", choices=("shell", "dotenv"), default="shell")
     env.add_argument("--no-proxy", default="", help="NO_PROXY value (default: empty)")
@@ -214,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     doc = sub.add_parser("doctor", help="check the chain from an agent sandbox's side")
     doc.add_argument("--config", required=True)
     doc.add_argument("--tenant", required=True)
-    doc.add_argument("--token", required=True)
+    add_token_options(doc)
     doc.add_argument("--listen")
     doc.set_defaults(func=cmd_doctor)
     return p

@@ -176,3 +176,39 @@ def test_token_new_digest_line_is_accepted_by_a_policy(
     _, digest_line = capsys.readouterr().out.splitlines()
     path = write(tmp_path, VALID.replace(f"sha256:{DIGEST}", digest_line))
     assert load_policy(path).tenants["acme"].token_sha256 == digest_line.removeprefix("sha256:")
+
+
+def test_env_reads_the_token_from_a_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = str(write(tmp_path, VALID))
+    assert main(["env", "--config", config, "--tenant", "acme", "--token", "cli-test-token"]) == 0
+    from_argv = capsys.readouterr().out
+    monkeypatch.setenv("KB_TOKEN", "cli-test-token")
+    assert main(["env", "--config", config, "--tenant", "acme", "--token-env", "KB_TOKEN"]) == 0
+    assert capsys.readouterr().out == from_argv
+    assert "acme:cli-test-token@" in from_argv
+
+
+@pytest.mark.parametrize("value", [None, ""])
+def test_token_env_unset_or_empty_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str | None
+) -> None:
+    if value is None:
+        monkeypatch.delenv("KB_TOKEN", raising=False)
+    else:
+        monkeypatch.setenv("KB_TOKEN", value)
+    config = str(write(tmp_path, VALID))
+    with pytest.raises(SystemExit, match=r"--token-env: \$KB_TOKEN is unset or empty"):
+        main(["doctor", "--config", config, "--tenant", "acme", "--token-env", "KB_TOKEN"])
+
+
+def test_token_and_token_env_exclude_each_other(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = str(write(tmp_path, VALID))
+    argv = ["env", "--config", config, "--tenant", "acme", "--token", "t", "--token-env", "T"]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
