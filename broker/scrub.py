@@ -3,29 +3,44 @@
 
 The :class:`Scrubber` is the broker-wide registry of resolved values. Values
 are only ever added: after a rotation the old value stays, because an echo of
-the old key is still a leak. Each change marks the pattern set dirty; the
-matcher is rebuilt once, lazily, by the next scan (several adds between two
-scans cost one rebuild). Scans run outside the lock on an immutable snapshot.
+the old key is still a leak. Scans run outside the lock on an immutable
+snapshot of two layers: a *base* matcher built from every value known at some
+point, and a small *delta* matcher for the values added or changed since. A
+new value costs one build of the delta (a few dozen values), not of the whole
+set; when the delta passes :data:`DELTA_VALUES` the base is rebuilt on a
+background thread and swapped in when ready, while scans go on against the
+old base plus the delta. At any moment base + delta cover every value, so
+nothing a background build has not finished yet is ever missed. Without this,
+first use of each of 1,000 values rebuilt the whole set (~0.5 s each, on the
+proxy's event loop).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from broker import encodings, matcher
 
-__all__ = ["MAX_VALUES", "Scrubber", "ScrubberFull", "StreamScrubber"]
+__all__ = ["DELTA_VALUES", "MAX_VALUES", "Scrubber", "ScrubberFull", "StreamScrubber"]
 
+log = logging.getLogger("keybroker")
 Owner = tuple[str, str]
+_Entry = tuple[bytes, dict[Owner, bytes], list[bytes]]  # value, owners, variants
 
 MAX_VALUES = 100_000
-"""Bound on distinct values. A value yields about 8 patterns (up to ~30 with
-punctuation); a Hyperscan build takes ~0.2 s at 1,000 values, ~4 s at 10,000
-and well over a minute at this bound, so it guards memory and rebuild time
-rather than limiting a realistic deployment (100 tenants x 10 secrets, rotated,
-stays far below). Past it :meth:`Scrubber.add` raises :class:`ScrubberFull`;
-the caller must fail closed rather than inject a value it cannot scrub."""
+"""Bound on distinct values. A value yields about 12 patterns (more with
+punctuation); a Hyperscan build of the whole set takes ~0.5 s at 1,000 values,
+~7 s at 10,000 (on a background thread, see above), so this guards memory and
+rebuild time rather than limiting a realistic deployment (100 tenants x 10
+secrets, rotated, stays far below). Past it :meth:`Scrubber.add` raises
+:class:`ScrubberFull`; the caller must fail closed rather than inject a value
+it cannot scrub."""
+
+DELTA_VALUES = 32
+"""Changed values kept in the delta layer before the base is rebuilt."""
 
 
 class ScrubberFull(RuntimeError):
@@ -33,28 +48,69 @@ class ScrubberFull(RuntimeError):
 
 
 @dataclass(frozen=True)
-class _Snapshot:
+class _Layer:
     matcher: matcher.Matcher
     replacements: tuple[bytes, ...]  # per pattern: the placeholder to write
     owners: tuple[frozenset[Owner], ...]  # per pattern: whose values produce it
+
+
+Occurrence = tuple[int, int, bytes, frozenset[Owner]]  # start, end, placeholder, owners
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    layers: tuple[_Layer, ...]
     max_len: int
     has_newline: bool
     generation: int
 
+    def occurrences(self, data: bytes) -> list[Occurrence]:
+        """Every occurrence in every layer, by start, longest first."""
+        found = [
+            (start, end, layer.replacements[i], layer.owners[i])
+            for layer in self.layers
+            for start, end, i in layer.matcher.find_all(data)
+        ]
+        if len(self.layers) > 1:
+            found.sort(key=lambda m: (m[0], -m[1]))
+        return found
+
+
+def _build_layer(entries: Iterable[_Entry], engine: str) -> _Layer | None:
+    patterns: dict[bytes, tuple[bytes, set[Owner]]] = {}
+    for _value, owners, forms in sorted(entries, key=lambda e: e[0]):
+        placeholder = owners[min(owners)]  # deterministic across owners
+        for form in forms:
+            patterns.setdefault(form, (placeholder, set()))[1].update(owners)
+    if not patterns:
+        return None
+    keys = list(patterns)
+    return _Layer(
+        matcher=matcher.build(keys, engine),
+        replacements=tuple(patterns[k][0] for k in keys),
+        owners=tuple(frozenset(patterns[k][1]) for k in keys),
+    )
+
 
 class Scrubber:
     """Registry of every secret value the broker has resolved (all tenants), thread-safe.
-    Each value is replaced by the placeholder that stands for it, e.g. b"<<secret:stripe>>"."""
+    Each value is replaced by the placeholder that stands for it, e.g. b"<<secret:stripe>>".
 
-    def __init__(self, engine: str = "auto") -> None:
+    ``background=False`` rebuilds the base in the calling thread (tests, tools)."""
+
+    def __init__(self, engine: str = "auto", *, background: bool = True) -> None:
         self._engine = engine
+        self._background = background
         self._lock = threading.Lock()
         self._values: dict[bytes, dict[Owner, bytes]] = {}  # value -> owner -> placeholder
         self._variants: dict[bytes, list[bytes]] = {}
         self._max_len = 0
         self._has_newline = False
         self._generation = 0
-        self._snapshot = self._compile()
+        self._base: _Layer | None = None
+        self._changed: dict[bytes, int] = {}  # value -> generation, changes the base lacks
+        self._rebuild: threading.Thread | None = None
+        self._snapshot: _Snapshot | None = None
 
     def add(self, value: bytes, placeholder: bytes, owner: tuple[str, str]) -> None:
         """Register ``value`` (owned by ``(tenant, secret_name)``) to be written
@@ -79,6 +135,7 @@ class Scrubber:
                 self._has_newline = self._has_newline or any(b"\n" in f for f in forms)
             owners[owner] = placeholder
             self._generation += 1
+            self._changed[value] = self._generation
 
     def scrub(self, data: bytes) -> tuple[bytes, int]:
         """``data`` with every byte of every occurrence of every variant replaced,
@@ -89,10 +146,9 @@ class Scrubber:
     def owners_in(self, data: bytes) -> set[tuple[str, str]]:
         """Owners whose values appear in ``data``, in any encoding (overlapping
         occurrences included)."""
-        snap = self._current()
         found: set[Owner] = set()
-        for _start, _end, index in snap.matcher.find_all(data):
-            found |= snap.owners[index]
+        for *_span, owners in self._current().occurrences(data):
+            found |= owners
         return found
 
     @property
@@ -112,6 +168,21 @@ class Scrubber:
         with self._lock:
             return self._generation
 
+    @property
+    def delta_size(self) -> int:
+        """Values not yet in the base layer."""
+        with self._lock:
+            return len(self._changed)
+
+    def settle(self, timeout: float | None = None) -> bool:
+        """Wait for a background rebuild in flight; True when none is left."""
+        with self._lock:
+            rebuild = self._rebuild
+        if rebuild is not None:
+            rebuild.join(timeout)
+            return not rebuild.is_alive()
+        return True
+
     def stream(self) -> StreamScrubber:
         return StreamScrubber(self)
 
@@ -119,30 +190,50 @@ class Scrubber:
         with self._lock:
             return len(self._values)
 
+    def _entries(self, values: Iterable[bytes]) -> list[_Entry]:
+        return [(v, dict(self._values[v]), self._variants[v]) for v in values]
+
     def _current(self) -> _Snapshot:
         with self._lock:
-            if self._snapshot.generation != self._generation:
-                self._snapshot = self._compile()
+            snap = self._snapshot
+            if snap is not None and snap.generation == self._generation:
+                return snap
+            if len(self._changed) > DELTA_VALUES and self._rebuild is None:
+                self._start_rebuild()
+            delta = _build_layer(self._entries(self._changed), self._engine)
+            layers = tuple(layer for layer in (self._base, delta) if layer is not None)
+            if not layers:
+                layers = (_Layer(matcher.build([], self._engine), (), ()),)
+            self._snapshot = _Snapshot(layers, self._max_len, self._has_newline, self._generation)
             return self._snapshot
 
-    def _compile(self) -> _Snapshot:
-        """Build the snapshot for the current values; called with the lock held."""
-        patterns: dict[bytes, tuple[bytes, set[Owner]]] = {}
-        for value in sorted(self._values):
-            owners = self._values[value]
-            placeholder = owners[min(owners)]  # deterministic across owners
-            for form in self._variants[value]:
-                entry = patterns.setdefault(form, (placeholder, set()))
-                entry[1].update(owners)
-        keys = list(patterns)
-        return _Snapshot(
-            matcher=matcher.build(keys, self._engine),
-            replacements=tuple(patterns[k][0] for k in keys),
-            owners=tuple(frozenset(patterns[k][1]) for k in keys),
-            max_len=self._max_len,
-            has_newline=self._has_newline,
-            generation=self._generation,
-        )
+    def _start_rebuild(self) -> None:
+        """Build a base of every value now known; called with the lock held."""
+        entries, generation = self._entries(self._values), self._generation
+        if not self._background:
+            self._install(_build_layer(entries, self._engine), generation)
+            return
+
+        def run() -> None:
+            try:
+                layer = _build_layer(entries, self._engine)
+            except Exception:  # the delta still covers every value: scans stay correct
+                log.exception("keybroker: scrubber rebuild failed; will retry")
+                with self._lock:
+                    self._rebuild = None
+                return
+            with self._lock:
+                self._install(layer, generation)
+                self._rebuild = None
+
+        self._rebuild = threading.Thread(target=run, name="keybroker-scrub-build", daemon=True)
+        self._rebuild.start()
+
+    def _install(self, base: _Layer | None, generation: int) -> None:
+        """Swap in a base covering every change up to ``generation``; lock held."""
+        self._base = base
+        self._changed = {v: g for v, g in self._changed.items() if g > generation}
+        self._snapshot = None
 
 
 def _cover(snap: _Snapshot, data: bytes, begin: int, cut: int) -> tuple[bytes, int, int]:
@@ -160,13 +251,13 @@ def _cover(snap: _Snapshot, data: bytes, begin: int, cut: int) -> tuple[bytes, i
     pieces: list[bytes] = []
     cursor = begin
     count = 0
-    for start, end, index in snap.matcher.find_all(data):
+    for start, end, replacement, _owners in snap.occurrences(data):
         if end <= cursor:
             continue
         first = max(start, cursor)
         if first >= cut:
             break
-        pieces += [data[cursor:first], snap.replacements[index]]
+        pieces += [data[cursor:first], replacement]
         cursor = end
         count += 1
     rest = max(cut, cursor)

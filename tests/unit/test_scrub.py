@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -123,7 +124,90 @@ def test_rebuilds_once_per_change_not_per_scan(monkeypatch: pytest.MonkeyPatch) 
         s.scrub(b"data")
     s.add(b"kb-canary-late", b"<<secret:y>>", ("t", "y"))
     s.scrub(b"data")
-    assert len(builds) == 3  # empty set at construction, then one per burst of changes
+    assert len(builds) == 2  # one per burst of changes
+
+
+def _record_layer_builds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Sizes (values) of the layers built, with deltas capped at 4 values."""
+    sizes: list[int] = []
+    real = scrub._build_layer
+
+    def build(entries: list[scrub._Entry], engine: str) -> scrub._Layer | None:
+        sizes.append(len(entries))
+        return real(entries, engine)
+
+    monkeypatch.setattr(scrub, "_build_layer", build)
+    monkeypatch.setattr(scrub, "DELTA_VALUES", 4)
+    return sizes
+
+
+VALUES = [f"kb-canary-layer-{i:03d}-{os.urandom(8).hex()}".encode() for i in range(20)]
+
+
+def _add_and_check_each(s: Scrubber) -> None:
+    """Add VALUES one by one; after each, every value added so far is scrubbed."""
+    for i, value in enumerate(VALUES):
+        s.add(value, f"<<secret:v{i}>>".encode(), ("t", f"v{i}"))
+        data = b"|".join(base64.b64encode(v) + b" " + v for v in VALUES[: i + 1])
+        out, count = s.scrub(data)
+        assert count == 2 * (i + 1), i
+        assert not any(contains_leak(out, v) for v in VALUES[: i + 1]), i
+        assert s.owners_in(VALUES[i].hex().encode()) == {("t", f"v{i}")}
+
+
+def test_a_new_value_builds_a_small_delta_not_the_whole_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sizes = _record_layer_builds(monkeypatch)
+    _add_and_check_each(Scrubber(background=False))
+    # Deltas of 1..4 values; past 4 the base is rebuilt whole (5, 10, 15, 20 values).
+    assert [n for n in sizes if n > 4] == [5, 10, 15, 20]
+    assert sum(sizes) < sum(range(1, 21))  # rebuilding everything per value: 210
+
+
+def test_scans_stay_correct_while_a_background_rebuild_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sizes = _record_layer_builds(monkeypatch)
+    release = threading.Event()
+    build = scrub._build_layer
+
+    def slow(entries: list[scrub._Entry], engine: str) -> scrub._Layer | None:
+        if threading.current_thread().name == "keybroker-scrub-build":
+            assert release.wait(30), "the test never released the rebuild"
+        return build(entries, engine)
+
+    monkeypatch.setattr(scrub, "_build_layer", slow)
+    s = Scrubber()
+    _add_and_check_each(s)  # the first full rebuild is held: the delta covers everything
+    assert s.delta_size == 20
+    release.set()
+    assert s.settle(30)
+    assert s.delta_size < 20
+    out, count = s.scrub(b" ".join(VALUES))
+    assert (out, count) == (b" ".join(b"<<secret:v%d>>" % i for i in range(20)), 20)
+    assert 5 in sizes
+
+
+def test_a_failed_background_rebuild_leaves_the_delta_in_charge(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _record_layer_builds(monkeypatch)
+    build = scrub._build_layer
+
+    def failing(entries: list[scrub._Entry], engine: str) -> scrub._Layer | None:
+        if threading.current_thread().name == "keybroker-scrub-build":
+            raise RuntimeError("kb-test: rebuild refused")
+        return build(entries, engine)
+
+    monkeypatch.setattr(scrub, "_build_layer", failing)
+    s = Scrubber()
+    for i, value in enumerate(VALUES):
+        s.add(value, f"<<secret:v{i}>>".encode(), ("t", f"v{i}"))
+        assert s.scrub(b" ".join(VALUES[: i + 1]))[1] == i + 1
+        assert s.settle(30)
+    assert "scrubber rebuild failed" in caplog.text
+    assert s.delta_size == 20  # never folded into a base, never missed
 
 
 def test_rejects_an_empty_value() -> None:
