@@ -323,7 +323,12 @@ def parse_policy(data: object, source: str, base: Path) -> Policy:
     return _resolve_paths(policy, base)
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+# libyaml's parser when PyYAML was built with it: ~20x faster than the pure
+# Python one (a policy of 10,000 rules took 20 s to load without it).
+_SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _UniqueKeyLoader(_SafeLoader):  # type: ignore[valid-type,misc]
     """A SafeLoader that refuses duplicate mapping keys: PyYAML silently keeps
     the last one, so a second ``acme:`` block would replace the first."""
 
@@ -346,7 +351,8 @@ def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[An
                 f"found duplicate key {key!r}",
                 key_node.start_mark,
             )
-    return loader.construct_mapping(node, deep=True)
+    mapping: dict[Any, Any] = loader.construct_mapping(node, deep=True)
+    return mapping
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
