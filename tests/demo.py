@@ -36,14 +36,38 @@ class Step:
 
 
 STEPS = [
-    Step("allowed: acme calls the API with <<secret:stripe>>", "acme", "127.0.0.1",
-         "/status/200", "Bearer <<secret:stripe>>", 200),
-    Step("denied: same placeholder, a host the secret is not allowed for", "acme", "localhost",
-         "/status/200", "Bearer <<secret:stripe>>", 403),
-    Step("denied: tenant globex names acme's secret", "globex", "127.0.0.1", "/status/200",
-         "Bearer <<secret:anywhere>>", 403),
-    Step("scrubbed: the API echoes the key back; the agent sees the placeholder", "acme",
-         "127.0.0.1", "/echo/whoami", "Bearer <<secret:stripe>>", 200),
+    Step(
+        "allowed: acme calls the API with <<secret:stripe>>",
+        "acme",
+        "127.0.0.1",
+        "/status/200",
+        "Bearer <<secret:stripe>>",
+        200,
+    ),
+    Step(
+        "denied: same placeholder, a host the secret is not allowed for",
+        "acme",
+        "localhost",
+        "/status/200",
+        "Bearer <<secret:stripe>>",
+        403,
+    ),
+    Step(
+        "denied: tenant globex names acme's secret",
+        "globex",
+        "127.0.0.1",
+        "/status/200",
+        "Bearer <<secret:anywhere>>",
+        403,
+    ),
+    Step(
+        "scrubbed: the API echoes the key back; the agent sees the placeholder",
+        "acme",
+        "127.0.0.1",
+        "/echo/whoami",
+        "Bearer <<secret:stripe>>",
+        200,
+    ),
 ]
 
 
@@ -56,8 +80,12 @@ def main(argv: list[str] | None = None) -> int:
         out.print("starting an OpenBao dev server, a local HTTPS demo API and keybroker …")
         ca = TestCA(work / "demo-api-ca")
         with OpenBao() as bao, Upstream(ca) as api:
-            sc = Scenario(upstream_port=api.port, vault_url=bao.url,
-                          upstream_ca=Path(ca.ca_path), workdir=work)
+            sc = Scenario(
+                upstream_port=api.port,
+                vault_url=bao.url,
+                upstream_ca=Path(ca.ca_path),
+                workdir=work,
+            )
             sc.seed_vault(bao)
             proxy = Proxy(sc.policy(), work, env=sc.env(bao.root_token), inherit_output=True)
             results = []
@@ -75,23 +103,38 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if ok else 1
 
 
-def run_step(proxy: Proxy, sc: Scenario, api: Upstream,
-             step: Step) -> tuple[str, str, str, str, bool]:
+def run_step(
+    proxy: Proxy, sc: Scenario, api: Upstream, step: Step
+) -> tuple[str, str, str, str, bool]:
     t = getattr(sc, step.tenant)
     api.clear()
-    r = requests.get(f"https://{step.host}:{api.port}{step.path}",
-                     headers={"Authorization": step.auth}, proxies=proxy.proxies(t.name, t.token),
-                     verify=str(proxy.ca_path), timeout=30)
+    r = requests.get(
+        f"https://{step.host}:{api.port}{step.path}",
+        headers={"Authorization": step.auth},
+        proxies=proxy.proxies(t.name, t.token),
+        verify=str(proxy.ca_path),
+        timeout=30,
+    )
     value = sc.values["acme/stripe"]
     upstream_got = any(value in str(x.headers) for x in api.received)
     leaked = value in r.text or value in str(r.headers)
     reason = r.headers.get("x-keybroker-decision", "") or "allow"
-    what = ("real key on the wire" if upstream_got else "nothing sent upstream"
-            if not api.received else "sent without a key")
+    what = (
+        "real key on the wire"
+        if upstream_got
+        else "nothing sent upstream"
+        if not api.received
+        else "sent without a key"
+    )
     good = r.status_code == step.expect and not leaked and (upstream_got == (step.expect == 200))
     agent_saw = "placeholder" if "<<secret:stripe>>" in r.text else "—"
-    return (step.title, f"{r.status_code} {reason}", what, agent_saw if not leaked else "LEAK",
-            good)
+    return (
+        step.title,
+        f"{r.status_code} {reason}",
+        what,
+        agent_saw if not leaked else "LEAK",
+        good,
+    )
 
 
 def export_feed(audit: Path, svg: Path) -> None:
@@ -101,9 +144,15 @@ def export_feed(audit: Path, svg: Path) -> None:
     from broker.console import render_header, render_record
 
     rec = Console(record=True, width=118, file=io.StringIO())
-    rec.print(render_header(listen="127.0.0.1:8080", tenants=["acme", "globex"],
-                            backends={"vault": "vault", "local": "env"},
-                            ca_path="certs/keybroker-ca.pem", audit_path="audit/decisions.jsonl"))
+    rec.print(
+        render_header(
+            listen="127.0.0.1:8080",
+            tenants=["acme", "globex"],
+            backends={"vault": "vault", "local": "env"},
+            ca_path="certs/keybroker-ca.pem",
+            audit_path="audit/decisions.jsonl",
+        )
+    )
     for line in audit.read_text().splitlines():
         rec.print(render_record(json.loads(line)))
     rec.save_svg(str(svg), title="keybroker run")

@@ -34,11 +34,15 @@ def upstream(test_ca: TestCA) -> Iterator[Upstream]:
 
 
 @pytest.fixture(scope="session")
-def sc(openbao: OpenBao, upstream: Upstream, test_ca: TestCA,
-       tmp_path_factory: pytest.TempPathFactory) -> Scenario:
-    scenario = Scenario(upstream_port=upstream.port, vault_url=openbao.url,
-                        upstream_ca=Path(test_ca.ca_path),
-                        workdir=tmp_path_factory.mktemp("broker"))
+def sc(
+    openbao: OpenBao, upstream: Upstream, test_ca: TestCA, tmp_path_factory: pytest.TempPathFactory
+) -> Scenario:
+    scenario = Scenario(
+        upstream_port=upstream.port,
+        vault_url=openbao.url,
+        upstream_ca=Path(test_ca.ca_path),
+        workdir=tmp_path_factory.mktemp("broker"),
+    )
     scenario.seed_vault(openbao)
     return scenario
 

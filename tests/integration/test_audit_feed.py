@@ -21,19 +21,45 @@ from tests.support.proxy import Proxy
 from tests.support.scenario import Scenario
 
 pytestmark = pytest.mark.integration
-FIELDS = {"ts", "id", "tenant", "decision", "reason", "secrets", "method", "scheme", "host",
-          "port", "path", "status", "scrubbed", "duration_ms", "prev", "hash"}
+FIELDS = {
+    "ts",
+    "id",
+    "tenant",
+    "decision",
+    "reason",
+    "secrets",
+    "method",
+    "scheme",
+    "host",
+    "port",
+    "path",
+    "status",
+    "scrubbed",
+    "duration_ms",
+    "prev",
+    "hash",
+}
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "broker.cli", *args], capture_output=True,
-                          text=True, timeout=60, check=False, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "broker.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
 
 
 def call(proxy: Proxy, sc: Scenario, path: str, auth: str, host: str = "127.0.0.1") -> int:
-    r = requests.get(f"https://{host}:{sc.upstream_port}{path}", headers={"Authorization": auth},
-                     proxies=proxy.proxies("acme", sc.acme.token), verify=str(proxy.ca_path),
-                     timeout=20)
+    r = requests.get(
+        f"https://{host}:{sc.upstream_port}{path}",
+        headers={"Authorization": auth},
+        proxies=proxy.proxies("acme", sc.acme.token),
+        verify=str(proxy.ca_path),
+        timeout=20,
+    )
     return r.status_code
 
 
@@ -41,8 +67,9 @@ def records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_records_chain_and_verify_under_hmac_with_rotation(sc: Scenario, openbao: OpenBao,
-                                                          upstream: Any, tmp_path: Path) -> None:
+def test_records_chain_and_verify_under_hmac_with_rotation(
+    sc: Scenario, openbao: OpenBao, upstream: Any, tmp_path: Path
+) -> None:
     audit = tmp_path / "audit" / "decisions.jsonl"
     policy = sc.policy(audit={"path": str(audit), "hmac_key_env": "KB_AUDIT_KEY"})
     env = {**sc.env(openbao.root_token), "KB_AUDIT_KEY": "k" * 32}
@@ -62,7 +89,11 @@ def test_records_chain_and_verify_under_hmac_with_rotation(sc: Scenario, openbao
     assert all(set(r) - {"fingerprints"} == FIELDS for r in recs)
     allow, deny, passed = recs[0], recs[1], recs[2]
     assert (allow["decision"], allow["reason"], allow["secrets"], allow["status"]) == (
-        "allow", None, ["stripe"], 200)
+        "allow",
+        None,
+        ["stripe"],
+        200,
+    )
     assert allow["fingerprints"]["stripe"]["fp"] and "version" in allow["fingerprints"]["stripe"]
     assert (deny["decision"], deny["reason"], deny["status"]) == ("deny", "unknown_secret", 403)
     assert passed["decision"] == "pass" and passed["path"] == "/echo/c"
@@ -88,14 +119,17 @@ def _path() -> dict[str, str]:
     return {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/root")}
 
 
-def test_feed_escapes_markup_and_terminal_sequences(sc: Scenario, openbao: OpenBao,
-                                                    upstream: Any, tmp_path: Path) -> None:
+def test_feed_escapes_markup_and_terminal_sequences(
+    sc: Scenario, openbao: OpenBao, upstream: Any, tmp_path: Path
+) -> None:
     """An agent must not forge or hide feed lines through a request path."""
     policy = sc.policy(audit={"path": str(tmp_path / "a.jsonl")})
     with Proxy(policy, tmp_path, env=sc.env(openbao.root_token)) as proxy:
         raw = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
-        raw.sendall(f"CONNECT 127.0.0.1:{sc.upstream_port} HTTP/1.1\r\nProxy-Authorization: "
-                    f"{Proxy.auth_header('acme', sc.acme.token)}\r\n\r\n".encode())
+        raw.sendall(
+            f"CONNECT 127.0.0.1:{sc.upstream_port} HTTP/1.1\r\nProxy-Authorization: "
+            f"{Proxy.auth_header('acme', sc.acme.token)}\r\n\r\n".encode()
+        )
         assert b" 200 " in raw.recv(4096)
         ctx = ssl.create_default_context(cafile=str(proxy.ca_path))
         tls = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
@@ -123,8 +157,9 @@ def test_feed_escapes_markup_and_terminal_sequences(sc: Scenario, openbao: OpenB
     assert "[red]FORGED[/red]" in tail.stdout
 
 
-def test_run_shows_header_and_summary(sc: Scenario, openbao: OpenBao, upstream: Any,
-                                      tmp_path: Path) -> None:
+def test_run_shows_header_and_summary(
+    sc: Scenario, openbao: OpenBao, upstream: Any, tmp_path: Path
+) -> None:
     policy = sc.policy(audit={"path": str(tmp_path / "a.jsonl")})
     with Proxy(policy, tmp_path, env=sc.env(openbao.root_token)) as proxy:
         call(proxy, sc, "/echo/x", "<<secret:nope>>")

@@ -16,12 +16,16 @@ from tests.support.scenario import Scenario
 pytestmark = pytest.mark.integration
 
 
-def call(proxy: Proxy, sc: Scenario, path: str = "/echo/f",
-         auth: str = "Bearer <<secret:stripe>>") -> requests.Response:
-    return requests.get(f"https://127.0.0.1:{sc.upstream_port}{path}",
-                        headers={"Authorization": auth},
-                        proxies=proxy.proxies("acme", sc.acme.token),
-                        verify=str(proxy.ca_path), timeout=30)
+def call(
+    proxy: Proxy, sc: Scenario, path: str = "/echo/f", auth: str = "Bearer <<secret:stripe>>"
+) -> requests.Response:
+    return requests.get(
+        f"https://127.0.0.1:{sc.upstream_port}{path}",
+        headers={"Authorization": auth},
+        proxies=proxy.proxies("acme", sc.acme.token),
+        verify=str(proxy.ca_path),
+        timeout=30,
+    )
 
 
 def own_proxy(sc: Scenario, tmp_path: Path, env: dict[str, str], **over: Any) -> Proxy:
@@ -29,8 +33,9 @@ def own_proxy(sc: Scenario, tmp_path: Path, env: dict[str, str], **over: Any) ->
     return Proxy(policy, tmp_path, env=env)
 
 
-def test_vault_stopped_gives_502_and_nothing_upstream(sc: Scenario, upstream: Any,
-                                                      tmp_path: Path) -> None:
+def test_vault_stopped_gives_502_and_nothing_upstream(
+    sc: Scenario, upstream: Any, tmp_path: Path
+) -> None:
     bao = OpenBao().start()
     try:
         bao.put_v2("acme/stripe", {"api_key": sc.values["acme/stripe"]})
@@ -48,8 +53,9 @@ def test_vault_stopped_gives_502_and_nothing_upstream(sc: Scenario, upstream: An
         bao.cleanup()
 
 
-def test_rotation_picked_up_after_cache_ttl(sc: Scenario, openbao: OpenBao, upstream: Any,
-                                            tmp_path: Path) -> None:
+def test_rotation_picked_up_after_cache_ttl(
+    sc: Scenario, openbao: OpenBao, upstream: Any, tmp_path: Path
+) -> None:
     policy = sc.policy(audit={"path": str(tmp_path / "a.jsonl")})
     policy["backends"]["vault"]["cache_ttl"] = 1
     openbao.put_v2("acme/rotating", {"api_key": sc.values["acme/rotating"]})
@@ -65,17 +71,20 @@ def test_rotation_picked_up_after_cache_ttl(sc: Scenario, openbao: OpenBao, upst
         assert r.status_code == 200
         assert new_value in str(upstream.received[-1].headers)
         # Both the old and the new value are scrubbed from what comes back.
-        r = call(proxy, sc, path="/echo/x",
-                 auth=f"{sc.values['acme/rotating']} <<secret:rotating>>")
+        r = call(
+            proxy, sc, path="/echo/x", auth=f"{sc.values['acme/rotating']} <<secret:rotating>>"
+        )
         assert r.status_code == 200
         assert sc.values["acme/rotating"] not in r.text and new_value not in r.text
     openbao.put_v2("acme/rotating", {"api_key": sc.values["acme/rotating"]})
 
 
-@pytest.mark.parametrize("hook", ["requestheaders", "request", "request_after_substitution",
-                                  "response"])
-def test_exception_in_hook_fails_closed(sc: Scenario, openbao: OpenBao, upstream: Any,
-                                        tmp_path: Path, hook: str) -> None:
+@pytest.mark.parametrize(
+    "hook", ["requestheaders", "request", "request_after_substitution", "response"]
+)
+def test_exception_in_hook_fails_closed(
+    sc: Scenario, openbao: OpenBao, upstream: Any, tmp_path: Path, hook: str
+) -> None:
     env = {**sc.env(openbao.root_token), "KEYBROKER_FAULT_INJECT": hook}
     with own_proxy(sc, tmp_path, env) as proxy:
         upstream.clear()
@@ -91,8 +100,9 @@ def test_exception_in_hook_fails_closed(sc: Scenario, openbao: OpenBao, upstream
 
 
 @pytest.mark.parametrize("where", ["dev-full", "not-a-directory"])
-def test_unwritable_audit_gives_503(sc: Scenario, openbao: OpenBao, upstream: Any,
-                                    tmp_path: Path, where: str) -> None:
+def test_unwritable_audit_gives_503(
+    sc: Scenario, openbao: OpenBao, upstream: Any, tmp_path: Path, where: str
+) -> None:
     if where == "dev-full":
         path = "/dev/full"
     else:

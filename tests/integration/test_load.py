@@ -66,7 +66,7 @@ def _request(cat: str, n: int, rng: random.Random, port: int) -> tuple[str, str]
 
 
 def _judge(cat: str, n: int, tenant: str, status: int, body: bytes) -> str:
-    """"ok" or what was unexpected about the response."""
+    """ "ok" or what was unexpected about the response."""
     if cat in DENIED:
         if status != 403:
             return f"status {status} {body[:200]!r}"
@@ -83,16 +83,28 @@ def _judge(cat: str, n: int, tenant: str, status: int, body: bytes) -> str:
     return "ok"
 
 
-def _agent(idx: int, tenant: Tenant, proxy: Proxy, ctx: ssl.SSLContext, port: int,
-           tally: Tally, scanner: LeakScanner) -> None:
+def _agent(
+    idx: int,
+    tenant: Tenant,
+    proxy: Proxy,
+    ctx: ssl.SSLContext,
+    port: int,
+    tally: Tally,
+    scanner: LeakScanner,
+) -> None:
     rng = random.Random(idx)
     tag = f"{tenant.name}-{idx}"
     try:
         # No cookie jar: a reflected Set-Cookie comes back as k=<<secret:stripe>>,
         # which a jar would replay in Cookie, a location the policy denies.
         jar = CookieJar(DefaultCookiePolicy(allowed_domains=[]))
-        with httpx.Client(proxy=proxy.url(tenant.name, tenant.token), verify=ctx,
-                          cookies=jar, trust_env=False, timeout=REQUEST_TIMEOUT) as client:
+        with httpx.Client(
+            proxy=proxy.url(tenant.name, tenant.token),
+            verify=ctx,
+            cookies=jar,
+            trust_env=False,
+            timeout=REQUEST_TIMEOUT,
+        ) as client:
             for _ in range(tally.total):  # bounded; claim() ends it sooner
                 n = tally.claim(time.monotonic())
                 if n is None:
@@ -113,8 +125,7 @@ def _agent(idx: int, tenant: Tenant, proxy: Proxy, ctx: ssl.SSLContext, port: in
                 except Exception as e:  # counted as unexpected, never raised in a thread
                     latency = time.perf_counter() - t0
                     outcome = f"error {type(e).__name__}"
-                tally.record(cat, n, outcome, latency, leak, cat not in DENIED,
-                             time.monotonic())
+                tally.record(cat, n, outcome, latency, leak, cat not in DENIED, time.monotonic())
             tally.agent_finished()
             tally.release.wait(60)  # keep the connections open for the final sample
     except Exception as e:  # client setup/teardown; the count check catches it too
@@ -159,34 +170,45 @@ class UpstreamCheck:
 
 
 def _table(tally: Tally, up: UpstreamCheck, elapsed: float) -> str:
-    rows = [f"{'category':<15}{'done':>7}{'ok':>7}{'unexp':>7}{'upstream':>9}"
-            f"{'p50 ms':>9}{'p99 ms':>9}"]
+    rows = [
+        f"{'category':<15}{'done':>7}{'ok':>7}{'unexp':>7}{'upstream':>9}{'p50 ms':>9}{'p99 ms':>9}"
+    ]
     for cat in CATS:
         lat = sorted(tally.latency[cat])
         done = sum(tally.outcomes[cat].values())
         ok = tally.outcomes[cat]["ok"]
-        rows.append(f"{cat:<15}{done:>7}{ok:>7}{done - ok:>7}{up.per_cat[cat]:>9}"
-                    f"{percentile(lat, 50) * 1e3:>9.1f}{percentile(lat, 99) * 1e3:>9.1f}")
+        rows.append(
+            f"{cat:<15}{done:>7}{ok:>7}{done - ok:>7}{up.per_cat[cat]:>9}"
+            f"{percentile(lat, 50) * 1e3:>9.1f}{percentile(lat, 99) * 1e3:>9.1f}"
+        )
     alls = sorted(x for cat in CATS for x in tally.latency[cat])
-    rows.append(f"{'all':<15}{tally.done:>7}{'':>7}{'':>7}{sum(up.per_cat.values()):>9}"
-                f"{percentile(alls, 50) * 1e3:>9.1f}{percentile(alls, 99) * 1e3:>9.1f}")
-    rows.append(f"{tally.done} requests by {AGENTS} agents in {elapsed:.1f} s: "
-                f"{tally.done / max(elapsed, 1e-9):.1f} req/s")
+    rows.append(
+        f"{'all':<15}{tally.done:>7}{'':>7}{'':>7}{sum(up.per_cat.values()):>9}"
+        f"{percentile(alls, 50) * 1e3:>9.1f}{percentile(alls, 99) * 1e3:>9.1f}"
+    )
+    rows.append(
+        f"{tally.done} requests by {AGENTS} agents in {elapsed:.1f} s: "
+        f"{tally.done / max(elapsed, 1e-9):.1f} req/s"
+    )
     return "\n".join(rows)
 
 
 @pytest.mark.timeout(DEADLINE_S + 180)
-def test_bounded_load(sc: Scenario, openbao: OpenBao, upstream: Upstream,
-                      tmp_path: Path) -> None:
+def test_bounded_load(sc: Scenario, openbao: OpenBao, upstream: Upstream, tmp_path: Path) -> None:
     initech = Tenant("initech")
     initech_value = f"kbcanary_initechstripe_{secrets.token_hex(12)}"
     openbao.put_v2("initech/stripe", {"api_key": initech_value}, mount=sc.mount)
     policy: dict[str, Any] = sc.policy(audit={"path": str(tmp_path / "audit.jsonl")})
-    policy["tenants"]["initech"] = {"token_sha256": initech.digest,
-                                    "secrets": {"stripe": sc.secret("initech/stripe")}}
+    policy["tenants"]["initech"] = {
+        "token_sha256": initech.digest,
+        "secrets": {"stripe": sc.secret("initech/stripe")},
+    }
     tenants = [sc.acme, sc.globex, initech]
-    values = {"acme": sc.values["acme/stripe"], "globex": sc.values["globex/stripe"],
-              "initech": initech_value}
+    values = {
+        "acme": sc.values["acme/stripe"],
+        "globex": sc.values["globex/stripe"],
+        "initech": initech_value,
+    }
     owners = {v: k.split("/")[0] for k, v in sc.values.items()} | {initech_value: "initech"}
 
     scanner = LeakScanner(owners)
@@ -205,10 +227,15 @@ def test_bounded_load(sc: Scenario, openbao: OpenBao, upstream: Upstream,
         ctx = ssl.create_default_context(cafile=str(proxy.ca_path))
         start = time.monotonic()
         tally = Tally(TOTAL, start + DEADLINE_S)
-        threads = [threading.Thread(target=_agent, name=f"agent-{i}", daemon=True,
-                                    args=(i, tenants[i % 3], proxy, ctx, upstream.port,
-                                          tally, scanner))
-                   for i in range(AGENTS)]
+        threads = [
+            threading.Thread(
+                target=_agent,
+                name=f"agent-{i}",
+                daemon=True,
+                args=(i, tenants[i % 3], proxy, ctx, upstream.port, tally, scanner),
+            )
+            for i in range(AGENTS)
+        ]
         for t in threads:
             t.start()
         warm: tuple[int, int] | None = None
@@ -233,12 +260,16 @@ def test_bounded_load(sc: Scenario, openbao: OpenBao, upstream: Upstream,
 
     print("\n" + _table(tally, check, elapsed))
     if warm is not None:
-        print(f"broker pid {pid}: after warm-up ({warm_done} requests) RSS {warm[0] / 1024:.1f} "
-              f"MiB, {warm[1]} fds; at the end RSS {end[0] / 1024:.1f} MiB, {end[1]} fds "
-              f"(growth {(end[0] - warm[0]) / 1024:+.1f} MiB, {end[1] - warm[1]:+d} fds)")
-    print(f"leaks: {tally.leaks}; cross-tenant: {check.cross}; wrong/missing value upstream: "
-          f"{check.missing}; denied that arrived upstream: {check.denied_arrived}; "
-          f"placeholders upstream: {check.placeholders}; duplicates: {check.duplicates}")
+        print(
+            f"broker pid {pid}: after warm-up ({warm_done} requests) RSS {warm[0] / 1024:.1f} "
+            f"MiB, {warm[1]} fds; at the end RSS {end[0] / 1024:.1f} MiB, {end[1]} fds "
+            f"(growth {(end[0] - warm[0]) / 1024:+.1f} MiB, {end[1] - warm[1]:+d} fds)"
+        )
+    print(
+        f"leaks: {tally.leaks}; cross-tenant: {check.cross}; wrong/missing value upstream: "
+        f"{check.missing}; denied that arrived upstream: {check.denied_arrived}; "
+        f"placeholders upstream: {check.placeholders}; duplicates: {check.duplicates}"
+    )
     for note in tally.notes:
         print("  note:", note)
 
@@ -255,7 +286,8 @@ def test_bounded_load(sc: Scenario, openbao: OpenBao, upstream: Upstream,
     assert check.duplicates == 0
     assert check.ids == tally.forwarded_ids, (
         f"{len(check.ids - tally.forwarded_ids)} upstream requests no agent saw answered, "
-        f"{len(tally.forwarded_ids - check.ids)} answered requests the upstream never got")
+        f"{len(tally.forwarded_ids - check.ids)} answered requests the upstream never got"
+    )
     assert not upstream.errors, upstream.errors[:3]
     assert warm is not None
     assert end[0] - warm[0] < RSS_GROWTH_MAX_KIB, "broker RSS grew under load"

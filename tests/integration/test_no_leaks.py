@@ -26,9 +26,9 @@ def _forms(value: str) -> list[bytes]:
     return [raw, base64.b64encode(raw), raw.hex().encode()]
 
 
-def test_canaries_absent_from_everything_the_broker_wrote(sc: Scenario, openbao: OpenBao,
-                                                          upstream: Any,
-                                                          tmp_path: Path) -> None:
+def test_canaries_absent_from_everything_the_broker_wrote(
+    sc: Scenario, openbao: OpenBao, upstream: Any, tmp_path: Path
+) -> None:
     policy = sc.policy(audit={"path": str(tmp_path / "audit" / "decisions.jsonl")})
     proxy = Proxy(policy, tmp_path, env=sc.env(openbao.root_token))
     base = f"https://127.0.0.1:{sc.upstream_port}"
@@ -36,26 +36,43 @@ def test_canaries_absent_from_everything_the_broker_wrote(sc: Scenario, openbao:
         for tenant in (sc.acme, sc.globex):
             p = proxy.proxies(tenant.name, tenant.token)
             for path, auth in [
-                ("/echo/ok", "Bearer <<secret:stripe>>"),                   # allow + scrub
+                ("/echo/ok", "Bearer <<secret:stripe>>"),  # allow + scrub
                 ("/reflect?form=b64&where=body,header,location", "<<secret:stripe>>"),
-                ("/echo/nope", "<<secret:unknown>>"),                       # deny
-                ("/echo/missing", "<<secret:missing>>"),                    # 502
-                ("/echo/bad", "<<secret:bad name>>"),                       # 400
+                ("/echo/nope", "<<secret:unknown>>"),  # deny
+                ("/echo/missing", "<<secret:missing>>"),  # 502
+                ("/echo/bad", "<<secret:bad name>>"),  # 400
                 ("/sse?events=2&interval=0.01&reflect=1", "<<secret:stripe>>"),
             ]:
-                requests.get(base + path, headers={"Authorization": auth}, proxies=p,
-                             verify=str(proxy.ca_path), timeout=20)
+                requests.get(
+                    base + path,
+                    headers={"Authorization": auth},
+                    proxies=p,
+                    verify=str(proxy.ca_path),
+                    timeout=20,
+                )
             # A raw value to an unlisted host, and a wrong token.
-            requests.get(f"https://localhost:{sc.upstream_port}/echo/raw",
-                         headers={"X-Leak": sc.values["acme/stripe"]}, proxies=p,
-                         verify=str(proxy.ca_path), timeout=20)
+            requests.get(
+                f"https://localhost:{sc.upstream_port}/echo/raw",
+                headers={"X-Leak": sc.values["acme/stripe"]},
+                proxies=p,
+                verify=str(proxy.ca_path),
+                timeout=20,
+            )
         try:
-            requests.get(base + "/echo", proxies=proxy.proxies("acme", "not-the-token"),
-                         verify=str(proxy.ca_path), timeout=20)
+            requests.get(
+                base + "/echo",
+                proxies=proxy.proxies("acme", "not-the-token"),
+                verify=str(proxy.ca_path),
+                timeout=20,
+            )
         except requests.exceptions.ProxyError:
             pass
-    tail = subprocess.run([sys.executable, "-m", "broker.cli", "tail", str(proxy.audit_path)],
-                          capture_output=True, timeout=60, check=False)
+    tail = subprocess.run(
+        [sys.executable, "-m", "broker.cli", "tail", str(proxy.audit_path)],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
     outputs: dict[str, bytes] = {
         "proxy output": proxy.output().encode(),
         "keybroker tail": tail.stdout + tail.stderr,

@@ -101,8 +101,15 @@ def agent_session(proxy: Proxy, sc: Scenario) -> requests.Session:
     return s
 
 
-def fetch(s: requests.Session, proxy: Proxy, sc: Scenario, path: str, *,
-          host: str = "127.0.0.1", **kw: Any) -> requests.Response:
+def fetch(
+    s: requests.Session,
+    proxy: Proxy,
+    sc: Scenario,
+    path: str,
+    *,
+    host: str = "127.0.0.1",
+    **kw: Any,
+) -> requests.Response:
     kw.setdefault("timeout", 30)
     return s.get(f"https://{host}:{sc.upstream_port}{path}", verify=str(proxy.ca_path), **kw)
 
@@ -128,8 +135,11 @@ def new_record(proxy: Proxy, before: set[str], path: str, timeout: float = 5.0) 
     streamed response land once its last byte has gone out)."""
     deadline = time.monotonic() + timeout
     while True:
-        fresh = [r for r in audit_records(proxy.audit_path)
-                 if r["id"] not in before and r["path"] == path]
+        fresh = [
+            r
+            for r in audit_records(proxy.audit_path)
+            if r["id"] not in before and r["path"] == path
+        ]
         if fresh or time.monotonic() > deadline:
             assert len(fresh) == 1, f"expected one new audit record for {path}, got {len(fresh)}"
             return fresh[0]
@@ -144,27 +154,34 @@ def agent(broker: Proxy, sc: Scenario) -> Iterator[requests.Session]:
 
 
 @pytest.fixture(scope="module")
-def small(sc: Scenario, openbao: OpenBao,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
+def small(
+    sc: Scenario, openbao: OpenBao, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Proxy]:
     """A keybroker that decodes at most 1 MiB and buffers up to 16 MiB."""
     wd = tmp_path_factory.mktemp("scrub-small-limits")
-    policy = sc.policy(limits={"max_decoded_response": SMALL_LIMIT, "stream_threshold": 16 << 20},
-                       audit={"path": str(wd / "audit.jsonl")})
+    policy = sc.policy(
+        limits={"max_decoded_response": SMALL_LIMIT, "stream_threshold": 16 << 20},
+        audit={"path": str(wd / "audit.jsonl")},
+    )
     with Proxy(policy, wd, env=sc.env(openbao.root_token)) as proxy:
         yield proxy
 
 
 # -- the negative control ------------------------------------------------------------------
 @pytest.mark.parametrize(("form", "pad"), FORM_CASES)
-def test_negative_control_raw_upstream_output_leaks(upstream: Upstream, sc: Scenario,
-                                                    form: str, pad: int) -> None:
+def test_negative_control_raw_upstream_output_leaks(
+    upstream: Upstream, sc: Scenario, form: str, pad: int
+) -> None:
     """Fetched directly (no keybroker), the reflection holds the value in every
     form, body and headers, and the check used below finds it: a scrubbing
     failure would fail those tests."""
     value = sc.values["acme/stripe"]
-    r = requests.get(upstream.url(f"/reflect?bare=1&form={form}&pad={pad}&where={WHERE_ALL}"),
-                     headers={"Authorization": f"Bearer {value}"},
-                     verify=str(upstream.ca.ca_path), timeout=30)
+    r = requests.get(
+        upstream.url(f"/reflect?bare=1&form={form}&pad={pad}&where={WHERE_ALL}"),
+        headers={"Authorization": f"Bearer {value}"},
+        verify=str(upstream.ca.ca_path),
+        timeout=30,
+    )
     assert r.status_code == 200, r.text
     assert leak_in(r.content, value) is not None, "the detector misses the body's form"
     for name in ("X-Reflect", "Location", "Set-Cookie", "Link"):
@@ -174,14 +191,15 @@ def test_negative_control_raw_upstream_output_leaks(upstream: Upstream, sc: Scen
 
 # -- every form, body and headers, buffered ----------------------------------------
 @pytest.mark.parametrize(("form", "pad"), FORM_CASES)
-def test_reflected_value_scrubbed_from_body_and_headers(agent: requests.Session, broker: Proxy,
-                                                        sc: Scenario, upstream: Upstream,
-                                                        form: str, pad: int) -> None:
+def test_reflected_value_scrubbed_from_body_and_headers(
+    agent: requests.Session, broker: Proxy, sc: Scenario, upstream: Upstream, form: str, pad: int
+) -> None:
     value = sc.values["acme/stripe"]
     r = fetch(agent, broker, sc, f"/reflect?bare=1&form={form}&pad={pad}&where={WHERE_ALL}")
     assert r.status_code == 200, r.text
-    assert value in (upstream.last.header("authorization") if upstream.last else ""), \
+    assert value in (upstream.last.header("authorization") if upstream.last else ""), (
         "the value must have gone upstream, or there is nothing to reflect"
+    )
     assert_clean(r.content, value, f"body ({form}, pad {pad})")
     assert_clean(header_bytes(r), value, f"headers ({form}, pad {pad})")
     assert PLACEHOLDER in r.content
@@ -190,8 +208,9 @@ def test_reflected_value_scrubbed_from_body_and_headers(agent: requests.Session,
 
 
 @pytest.mark.parametrize("post", [1, 2, 3])
-def test_base64_alignment_after_the_value(agent: requests.Session, broker: Proxy,
-                                          sc: Scenario, post: int) -> None:
+def test_base64_alignment_after_the_value(
+    agent: requests.Session, broker: Proxy, sc: Scenario, post: int
+) -> None:
     """Bytes after the value change the last base64 characters too."""
     r = fetch(agent, broker, sc, f"/reflect?bare=1&form=b64&pad=1&post={post}&where=body,header")
     assert r.status_code == 200
@@ -200,8 +219,9 @@ def test_base64_alignment_after_the_value(agent: requests.Session, broker: Proxy
 
 @pytest.mark.parametrize("enc", ["gzip", "br", "zstd", "deflate", "gzip,br", "zstd,deflate"])
 @pytest.mark.parametrize(("form", "pad"), [("raw", 0), ("b64", 1), ("hex", 0), ("jsonu", 0)])
-def test_compressed_buffered(agent: requests.Session, broker: Proxy, sc: Scenario,
-                             enc: str, form: str, pad: int) -> None:
+def test_compressed_buffered(
+    agent: requests.Session, broker: Proxy, sc: Scenario, enc: str, form: str, pad: int
+) -> None:
     """Compressed bodies are decoded, scrubbed and sent on decoded."""
     r = fetch(agent, broker, sc, f"/compressed?enc={enc}&bare=1&form={form}&pad={pad}&prefix=3000")
     assert r.status_code == 200, r.text
@@ -255,9 +275,9 @@ def test_decompression_bomb_streamed_is_cut(small: Proxy, sc: Scenario, enc: str
 
 # -- egress and audit ----------------------------------------------------------------------
 @pytest.mark.parametrize("where", ["header", "query", "body-json", "body-base64"])
-def test_raw_value_to_unlisted_host_refused(agent: requests.Session, broker: Proxy,
-                                            sc: Scenario, upstream: Upstream,
-                                            where: str) -> None:
+def test_raw_value_to_unlisted_host_refused(
+    agent: requests.Session, broker: Proxy, sc: Scenario, upstream: Upstream, where: str
+) -> None:
     """Once resolved, the raw value (not a placeholder) may only go where its
     policy allows; a plain request carrying it elsewhere is refused."""
     value = sc.values["acme/stripe"]
@@ -270,22 +290,30 @@ def test_raw_value_to_unlisted_host_refused(agent: requests.Session, broker: Pro
         "body-base64": {"data": base64.b64encode(b"user:" + value.encode())},
     }[where]
     kw["headers"] = {**kw.get("headers", {}), "Authorization": None}  # no placeholder
-    r = agent.post(f"https://localhost:{sc.upstream_port}/echo/raw", timeout=30,
-                   verify=str(broker.ca_path), **kw)
+    r = agent.post(
+        f"https://localhost:{sc.upstream_port}/echo/raw",
+        timeout=30,
+        verify=str(broker.ca_path),
+        **kw,
+    )
     assert r.status_code == 403, r.text
     assert r.json()["reason"] == "raw_secret_egress"
     assert upstream.received == [], "nothing may reach the unlisted host"
     assert_clean(r.content + header_bytes(r), value, "the refusal")
 
 
-@pytest.mark.parametrize(("path", "count"), [
-    ("/reflect?bare=1&where=body", 1),
-    ("/reflect?bare=1&where=body,header,set-cookie", 3),
-    ("/reflect?bare=1&form=b64&pad=2&where=body,link", 2),
-    ("/status/200", 0),
-])
-def test_audit_counts_scrubbed_occurrences(agent: requests.Session, broker: Proxy, sc: Scenario,
-                                           path: str, count: int) -> None:
+@pytest.mark.parametrize(
+    ("path", "count"),
+    [
+        ("/reflect?bare=1&where=body", 1),
+        ("/reflect?bare=1&where=body,header,set-cookie", 3),
+        ("/reflect?bare=1&form=b64&pad=2&where=body,link", 2),
+        ("/status/200", 0),
+    ],
+)
+def test_audit_counts_scrubbed_occurrences(
+    agent: requests.Session, broker: Proxy, sc: Scenario, path: str, count: int
+) -> None:
     before = audit_ids(broker)
     r = fetch(agent, broker, sc, path)
     assert r.status_code == 200

@@ -43,12 +43,14 @@ def agent(broker: Proxy, sc: Scenario) -> Iterator[requests.Session]:
 
 
 # -- chunk boundaries at every offset --------------------------------------------------
-@pytest.mark.parametrize(("form", "pad"), [("raw", 0), ("b64", 1), ("b64url", 2), ("hex", 0),
-                                           ("jsonu", 0), ("pctall", 0), ("basic", 0)])
+@pytest.mark.parametrize(
+    ("form", "pad"),
+    [("raw", 0), ("b64", 1), ("b64url", 2), ("hex", 0), ("jsonu", 0), ("pctall", 0), ("basic", 0)],
+)
 @pytest.mark.parametrize("nl", [1, 0], ids=["newline", "no-newline"])
-def test_value_split_across_chunks_at_every_offset(agent: requests.Session, broker: Proxy,
-                                                   sc: Scenario, form: str, pad: int,
-                                                   nl: int) -> None:
+def test_value_split_across_chunks_at_every_offset(
+    agent: requests.Session, broker: Proxy, sc: Scenario, form: str, pad: int, nl: int
+) -> None:
     """``split=len(E)`` with ``prefix=k`` puts a chunk boundary at offset
     ``len(E) - k`` inside the reflected E; small splits cut it everywhere at
     once. Every output must equal the unsplit one (shifted by the filler)."""
@@ -68,17 +70,25 @@ def test_value_split_across_chunks_at_every_offset(agent: requests.Session, brok
 
 
 # -- events: streaming stays streaming ------------------------------------------------------
-@pytest.mark.parametrize(("fmt", "form", "pad"), [("sse", "raw", 0), ("sse", "b64", 1),
-                                                  ("ndjson", "raw", 0), ("ndjson", "hex", 0)])
-def test_events_arrive_live_and_scrubbed(agent: requests.Session, broker: Proxy, sc: Scenario,
-                                         fmt: str, form: str, pad: int) -> None:
+@pytest.mark.parametrize(
+    ("fmt", "form", "pad"),
+    [("sse", "raw", 0), ("sse", "b64", 1), ("ndjson", "raw", 0), ("ndjson", "hex", 0)],
+)
+def test_events_arrive_live_and_scrubbed(
+    agent: requests.Session, broker: Proxy, sc: Scenario, fmt: str, form: str, pad: int
+) -> None:
     """The first event reaches the agent while the upstream still holds the
     stream open; the event cut in the middle of E (split_event=1) is scrubbed."""
     value = sc.values["acme/stripe"]
     before = audit_ids(broker)
     t0 = time.monotonic()
-    r = fetch(agent, broker, sc, f"/sse?events=3&interval=0.5&hold=2&reflect=1&bare=1"
-              f"&format={fmt}&form={form}&pad={pad}", stream=True)
+    r = fetch(
+        agent,
+        broker,
+        sc,
+        f"/sse?events=3&interval=0.5&hold=2&reflect=1&bare=1&format={fmt}&form={form}&pad={pad}",
+        stream=True,
+    )
     events: list[tuple[float, bytes]] = []
     for line in r.iter_lines():
         if line:
@@ -99,12 +109,16 @@ def test_sse_live_with_httpx(broker: Proxy, sc: Scenario) -> None:
     value = sc.values["acme/stripe"]
     ctx = ssl.create_default_context(cafile=str(broker.ca_path))
     got: list[tuple[float, str]] = []
-    with httpx.Client(proxy=broker.url("acme", sc.acme.token), verify=ctx, timeout=30,
-                      trust_env=False) as c:
+    with httpx.Client(
+        proxy=broker.url("acme", sc.acme.token), verify=ctx, timeout=30, trust_env=False
+    ) as c:
         t0 = time.monotonic()
-        with c.stream("GET", f"https://127.0.0.1:{sc.upstream_port}/sse?events=3&interval=0.5"
-                      "&hold=2&reflect=1&bare=1&form=jsonu",
-                      headers={"Authorization": "Bearer <<secret:stripe>>"}) as r:
+        with c.stream(
+            "GET",
+            f"https://127.0.0.1:{sc.upstream_port}/sse?events=3&interval=0.5"
+            "&hold=2&reflect=1&bare=1&form=jsonu",
+            headers={"Authorization": "Bearer <<secret:stripe>>"},
+        ) as r:
             got += [(time.monotonic() - t0, line) for line in r.iter_lines() if line]
         total = time.monotonic() - t0
     assert len(got) == 3 and got[0][0] < total - 1.0
@@ -115,12 +129,17 @@ def test_sse_live_with_httpx(broker: Proxy, sc: Scenario) -> None:
 # -- compressed and large streams ------------------------------------------------------------
 @pytest.mark.parametrize("enc", ["gzip", "br", "zstd", "deflate", "gzip,br"])
 @pytest.mark.parametrize(("form", "pad"), [("raw", 0), ("b64", 2)])
-def test_compressed_streamed(agent: requests.Session, broker: Proxy, sc: Scenario,
-                             enc: str, form: str, pad: int) -> None:
+def test_compressed_streamed(
+    agent: requests.Session, broker: Proxy, sc: Scenario, enc: str, form: str, pad: int
+) -> None:
     """Streamed compressed chunks are decoded incrementally, never scanned compressed."""
     value = sc.values["acme/stripe"]
-    r = fetch(agent, broker, sc, f"/compressed?enc={enc}&stream=1&chunks=16&prefix=200000"
-              f"&bare=1&form={form}&pad={pad}")
+    r = fetch(
+        agent,
+        broker,
+        sc,
+        f"/compressed?enc={enc}&stream=1&chunks=16&prefix=200000&bare=1&form={form}&pad={pad}",
+    )
     assert r.status_code == 200
     assert "content-encoding" not in r.headers and r.headers["transfer-encoding"] == "chunked"
     assert r.content.startswith(b"compressed: " + filler(200000))
@@ -129,12 +148,14 @@ def test_compressed_streamed(agent: requests.Session, broker: Proxy, sc: Scenari
 
 
 @pytest.mark.parametrize("chunked", [0, 1], ids=["content-length", "chunked"])
-def test_value_at_the_end_of_a_large_streamed_body(agent: requests.Session, broker: Proxy,
-                                                   sc: Scenario, chunked: int) -> None:
+def test_value_at_the_end_of_a_large_streamed_body(
+    agent: requests.Session, broker: Proxy, sc: Scenario, chunked: int
+) -> None:
     """Over the 1 MiB stream threshold: streamed, the value in the last bytes."""
     size = 5_500_000
-    r = fetch(agent, broker, sc, f"/large?size={size}&reflect=1&bare=1&chunked={chunked}",
-              stream=True)
+    r = fetch(
+        agent, broker, sc, f"/large?size={size}&reflect=1&bare=1&chunked={chunked}", stream=True
+    )
     body, err = read_all(r)
     assert err is None and r.status_code == 200
     assert "content-length" not in r.headers
@@ -145,8 +166,9 @@ def test_value_at_the_end_of_a_large_streamed_body(agent: requests.Session, brok
 # -- upstream failure ------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", ["rst", "fin"])
 @pytest.mark.parametrize("after", [100, 2_000_000], ids=["buffered", "streamed"])
-def test_upstream_reset_mid_body(agent: requests.Session, broker: Proxy, sc: Scenario,
-                                 mode: str, after: int) -> None:
+def test_upstream_reset_mid_body(
+    agent: requests.Session, broker: Proxy, sc: Scenario, mode: str, after: int
+) -> None:
     """The upstream sends part of the body, then the value, then dies. The agent
     gets an error (buffered: 502) or a cut transfer, never the value."""
     r = fetch(agent, broker, sc, f"/reset?reflect=1&bare=1&after={after}&mode={mode}", stream=True)
@@ -161,16 +183,39 @@ def test_upstream_reset_mid_body(agent: requests.Session, broker: Proxy, sc: Sce
 
 
 # -- other clients: HTTP/2 and curl ------------------------------------------------------------
-@pytest.mark.parametrize("path", ["/chunked?bare=1&split=5&form=b64&pad=1",
-                                  "/sse?events=3&interval=0.05&reflect=1&bare=1",
-                                  "/compressed?enc=br&stream=1&bare=1&form=hex"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/chunked?bare=1&split=5&form=b64&pad=1",
+        "/sse?events=3&interval=0.05&reflect=1&bare=1",
+        "/compressed?enc=br&stream=1&bare=1&form=hex",
+    ],
+)
 @pytest.mark.parametrize("http", ["--http2", "--http1.1"])
 def test_curl_streams(broker: Proxy, sc: Scenario, path: str, http: str) -> None:
     out = subprocess.run(
-        ["curl", "-sS", "-N", http, "--max-time", "30",
-         "--proxy", broker.url("acme", sc.acme.token), "--cacert", str(broker.ca_path), "-H", "Authorization: Bearer <<secret:stripe>>",
-         "--compressed", "-D", "-", f"https://127.0.0.1:{sc.upstream_port}{path}"],
-        capture_output=True, timeout=60, check=False)
+        [
+            "curl",
+            "-sS",
+            "-N",
+            http,
+            "--max-time",
+            "30",
+            "--proxy",
+            broker.url("acme", sc.acme.token),
+            "--cacert",
+            str(broker.ca_path),
+            "-H",
+            "Authorization: Bearer <<secret:stripe>>",
+            "--compressed",
+            "-D",
+            "-",
+            f"https://127.0.0.1:{sc.upstream_port}{path}",
+        ],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     status = [line for line in out.stdout.split(b"\r\n") if line.startswith(b"HTTP/")][-1]
     assert status.startswith(b"HTTP/2 200" if http == "--http2" else b"HTTP/1.1 200"), status
@@ -186,8 +231,10 @@ class WsClient:
         raw = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
         auth = base64.b64encode(f"acme:{sc.acme.token}".encode()).decode()
         dest = f"127.0.0.1:{sc.upstream_port}"
-        raw.sendall(f"CONNECT {dest} HTTP/1.1\r\nHost: {dest}\r\n"
-                    f"Proxy-Authorization: Basic {auth}\r\n\r\n".encode())
+        raw.sendall(
+            f"CONNECT {dest} HTTP/1.1\r\nHost: {dest}\r\n"
+            f"Proxy-Authorization: Basic {auth}\r\n\r\n".encode()
+        )
         head = b""
         while b"\r\n\r\n" not in head:
             head += raw.recv(1) or b"\r\n\r\n"
@@ -199,8 +246,15 @@ class WsClient:
         self.accept: AcceptConnection | None = None
         self.messages: list[bytes] = []
         self._parts: list[bytes] = []
-        self.sock.sendall(self.ws.send(Request(host=dest, target=target, extra_headers=[
-            (b"authorization", b"Bearer <<secret:stripe>>")])))
+        self.sock.sendall(
+            self.ws.send(
+                Request(
+                    host=dest,
+                    target=target,
+                    extra_headers=[(b"authorization", b"Bearer <<secret:stripe>>")],
+                )
+            )
+        )
         self._pump(lambda: self.accept is not None)
 
     def _pump(self, done: object) -> None:
@@ -237,8 +291,9 @@ class WsClient:
 
 @pytest.mark.parametrize(("form", "pad"), [("raw", 0), ("b64", 1), ("hex", 0), ("jsonu", 0)])
 @pytest.mark.parametrize("frag", [0, 7], ids=["whole", "fragmented"])
-def test_websocket_server_messages_scrubbed(broker: Proxy, sc: Scenario, upstream: Upstream,
-                                            form: str, pad: int, frag: int) -> None:
+def test_websocket_server_messages_scrubbed(
+    broker: Proxy, sc: Scenario, upstream: Upstream, form: str, pad: int, frag: int
+) -> None:
     value = sc.values["acme/stripe"]
     upstream.clear()
     ws = WsClient(broker, sc, f"/ws?reflect=1&bare=1&form={form}&pad={pad}&frag={frag}")

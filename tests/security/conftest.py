@@ -66,7 +66,9 @@ class PlainRequest:
     trailers: list[tuple[str, str]]
 
     def wire(self) -> bytes:
-        return json.dumps([self.method, self.path, self.headers, self.trailers]).encode() + self.body
+        return (
+            json.dumps([self.method, self.path, self.headers, self.trailers]).encode() + self.body
+        )
 
 
 class _PlainHandler(BaseHTTPRequestHandler):
@@ -96,8 +98,14 @@ class _PlainHandler(BaseHTTPRequestHandler):
             body = self.rfile.read(n)
         rec = PlainRequest(self.command, self.path, list(self.headers.items()), body, trailers)
         self.server.received.append(rec)
-        out = json.dumps({"path": rec.path, "headers": rec.headers, "trailers": trailers,
-                          "body": body.decode("utf-8", "replace")}).encode()
+        out = json.dumps(
+            {
+                "path": rec.path,
+                "headers": rec.headers,
+                "trailers": trailers,
+                "body": body.decode("utf-8", "replace"),
+            }
+        ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(out)))
@@ -218,9 +226,11 @@ class Sec:
     v6_port: int
     cdn_port: int
     initech: Tenant = field(default_factory=lambda: Tenant("initech"))
-    extra: dict[str, str] = field(default_factory=lambda: {
-        "initech/stripe": f"kbcanary_initechstripe_{secrets.token_hex(12)}",
-    })
+    extra: dict[str, str] = field(
+        default_factory=lambda: {
+            "initech/stripe": f"kbcanary_initechstripe_{secrets.token_hex(12)}",
+        }
+    )
 
     @property
     def port(self) -> int:
@@ -237,19 +247,26 @@ class Sec:
 
     def policy(self, workdir: Path, **over: Any) -> dict[str, Any]:
         sc = self.sc
-        p = sc.policy(audit={"path": str(workdir / "audit.jsonl")},
-                      limits={"max_request_body": LIMIT})
+        p = sc.policy(
+            audit={"path": str(workdir / "audit.jsonl")}, limits={"max_request_body": LIMIT}
+        )
         acme = p["tenants"]["acme"]["secrets"]
-        acme.update({
-            # the same value as acme/stripe, under rules the destination attacks need
-            "lhonly": sc.secret("acme/stripe", hosts=["localhost"]),
-            "lhnorm": sc.secret("acme/stripe", hosts=["LocalHost."]),
-            "v6": sc.secret("acme/stripe", hosts=["[0:0::1]"], ports=[self.v6_port]),
-            "idna": sc.secret("acme/stripe", hosts=["bücher.invalid"]),
-            "cdn": sc.secret("acme/stripe", hosts=["localhost"], ports=[self.cdn_port]),
-            "plainok": sc.secret("acme/anywhere", schemes=["http"], ports=[self.plain_port],
-                                 locations=["header:authorization", "query", "body"]),
-        })
+        acme.update(
+            {
+                # the same value as acme/stripe, under rules the destination attacks need
+                "lhonly": sc.secret("acme/stripe", hosts=["localhost"]),
+                "lhnorm": sc.secret("acme/stripe", hosts=["LocalHost."]),
+                "v6": sc.secret("acme/stripe", hosts=["[0:0::1]"], ports=[self.v6_port]),
+                "idna": sc.secret("acme/stripe", hosts=["bücher.invalid"]),
+                "cdn": sc.secret("acme/stripe", hosts=["localhost"], ports=[self.cdn_port]),
+                "plainok": sc.secret(
+                    "acme/anywhere",
+                    schemes=["http"],
+                    ports=[self.plain_port],
+                    locations=["header:authorization", "query", "body"],
+                ),
+            }
+        )
         p["tenants"]["initech"] = {
             "token_sha256": self.initech.digest,
             "secrets": {"stripe": sc.secret("initech/stripe")},
@@ -259,8 +276,9 @@ class Sec:
 
 
 @pytest.fixture(scope="session")
-def sec(sc: Scenario, openbao: OpenBao, plain_upstream: _PlainServer, v6_fwd: Forwarder,
-        cdn: Upstream) -> Sec:
+def sec(
+    sc: Scenario, openbao: OpenBao, plain_upstream: _PlainServer, v6_fwd: Forwarder, cdn: Upstream
+) -> Sec:
     s = Sec(sc, plain_upstream.port, v6_fwd.port, cdn.port)
     for path, value in s.extra.items():
         openbao.put_v2(path, {"api_key": value}, mount=sc.mount)
@@ -274,8 +292,9 @@ def own_broker(sec: Sec, openbao: OpenBao, workdir: Path, **over: Any) -> Proxy:
 
 
 @pytest.fixture(scope="session")
-def sbroker(sec: Sec, openbao: OpenBao,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
+def sbroker(
+    sec: Sec, openbao: OpenBao, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Proxy]:
     """The shared security broker (read-only tests)."""
     with own_broker(sec, openbao, tmp_path_factory.mktemp("sbroker")) as proxy:
         yield proxy
@@ -352,8 +371,10 @@ class Wire:
             lines.append(self._line())
         head = b"\r\n".join(lines) + b"\r\n"
         status = int(lines[0].split()[1])
-        headers = [(k.strip(), v.strip()) for k, _, v in
-                   (ln.decode("latin-1").partition(":") for ln in lines[1:-1])]
+        headers = [
+            (k.strip(), v.strip())
+            for k, _, v in (ln.decode("latin-1").partition(":") for ln in lines[1:-1])
+        ]
         resp = RawResponse(status, headers, b"", head)
         if head_only or status in (204, 304) or 100 <= status < 200:
             return resp
@@ -397,9 +418,15 @@ def connect(proxy: Proxy) -> Wire:
     return Wire(socket.create_connection(("127.0.0.1", proxy.port), timeout=TIMEOUT))
 
 
-def tunnel(proxy: Proxy, target: str, *, creds: tuple[str, str] | None,
-           sni: str | None = None, alpn: tuple[str, ...] = ("http/1.1",),
-           tls: bool = True) -> Wire:
+def tunnel(
+    proxy: Proxy,
+    target: str,
+    *,
+    creds: tuple[str, str] | None,
+    sni: str | None = None,
+    alpn: tuple[str, ...] = ("http/1.1",),
+    tls: bool = True,
+) -> Wire:
     """``CONNECT target`` (authenticated with ``creds``), then TLS to the broker
     with ``sni`` (default: none, as clients do for IP literals)."""
     w = connect(proxy)
@@ -420,13 +447,23 @@ def tunnel(proxy: Proxy, target: str, *, creds: tuple[str, str] | None,
     return w
 
 
-def request(method: str, target: str, host: str, headers: list[tuple[str, str]] | None = None,
-            body: bytes = b"", *, length: bool = True) -> bytes:
+def request(
+    method: str,
+    target: str,
+    host: str,
+    headers: list[tuple[str, str]] | None = None,
+    body: bytes = b"",
+    *,
+    length: bool = True,
+) -> bytes:
     """A request head (+ body) exactly as written; str parts are UTF-8 with surrogates."""
     lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
     lines += [f"{k}: {v}" for k, v in headers or []]
-    if length and body and not any(k.lower() in ("content-length", "transfer-encoding")
-                                   for k, _ in headers or []):
+    if (
+        length
+        and body
+        and not any(k.lower() in ("content-length", "transfer-encoding") for k, _ in headers or [])
+    ):
         lines.append(f"Content-Length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape") + body
 
@@ -437,9 +474,12 @@ class H2:
 
     def __init__(self, w: Wire, *, validate: bool = True) -> None:
         self.w = w
-        cfg = h2.config.H2Configuration(client_side=True, header_encoding="utf-8",
-                                        validate_outbound_headers=validate,
-                                        normalize_outbound_headers=validate)
+        cfg = h2.config.H2Configuration(
+            client_side=True,
+            header_encoding="utf-8",
+            validate_outbound_headers=validate,
+            normalize_outbound_headers=validate,
+        )
         self.conn = h2.connection.H2Connection(cfg)
         self.conn.initiate_connection()
         self.flush()
@@ -494,8 +534,14 @@ def h2_tunnel(proxy: Proxy, sec: Sec, tenant: str, *, validate: bool = True) -> 
 
 
 def h2_get(sec: Sec, path: str, *extra: tuple[str, str]) -> list[tuple[str, str]]:
-    return [(":method", "GET"), (":scheme", "https"), (":authority", f"127.0.0.1:{sec.port}"),
-            (":path", path), *extra, ("authorization", "Bearer <<secret:stripe>>")]
+    return [
+        (":method", "GET"),
+        (":scheme", "https"),
+        (":authority", f"127.0.0.1:{sec.port}"),
+        (":path", path),
+        *extra,
+        ("authorization", "Bearer <<secret:stripe>>"),
+    ]
 
 
 # -- leak checks -----------------------------------------------------------------------------------

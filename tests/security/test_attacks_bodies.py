@@ -55,8 +55,9 @@ def test_body_over_limit_chunked(sbroker: Proxy, sec: Sec, upstream: Upstream) -
     n = LIMIT // len(chunk) + 2
     body = (b"%x\r\n" % len(chunk) + chunk + b"\r\n") * n + b"0\r\n\r\n"
     with acme_tunnel(sbroker, sec) as w:
-        w.send(request("POST", "/echo/bigchunked", "x",
-                       [CT, ("Transfer-Encoding", "chunked")], body))
+        w.send(
+            request("POST", "/echo/bigchunked", "x", [CT, ("Transfer-Encoding", "chunked")], body)
+        )
         resp = w.response()
     assert _too_large(resp.status, resp.reason), resp.raw[:300]
     assert upstream.received == []
@@ -94,8 +95,7 @@ def test_body_over_limit_http2(sbroker: Proxy, sec: Sec, upstream: Upstream) -> 
 
 
 @pytest.mark.parametrize("enc", ["gzip", "deflate", "br", "zstd"])
-def test_request_decompression_bomb(sbroker: Proxy, sec: Sec, upstream: Upstream,
-                                    enc: str) -> None:
+def test_request_decompression_bomb(sbroker: Proxy, sec: Sec, upstream: Upstream, enc: str) -> None:
     """Attack: a request body small on the wire (under the limit) that
     decodes to 64 MiB, 64x limits.max_request_body, so the broker's own
     decoding (to look for placeholders) exhausts memory.
@@ -110,7 +110,9 @@ def test_request_decompression_bomb(sbroker: Proxy, sec: Sec, upstream: Upstream
         resp = w.response()
     elapsed = time.monotonic() - t0
     assert resp.status in (400, 413) and resp.reason in ("body_too_large", "undecodable_body"), (
-        resp.status, resp.reason)
+        resp.status,
+        resp.reason,
+    )
     assert upstream.received == []
     assert elapsed < 5.0
 
@@ -160,15 +162,30 @@ def test_many_headers(sbroker: Proxy, sec: Sec, upstream: Upstream) -> None:
 
 
 INVALID = {
-    "header-allowed": ("GET", "/echo/u8", [("Authorization", "Bearer \udcff\udcfe<<secret:stripe>>")],
-                       b"", "header"),
+    "header-allowed": (
+        "GET",
+        "/echo/u8",
+        [("Authorization", "Bearer \udcff\udcfe<<secret:stripe>>")],
+        b"",
+        "header",
+    ),
     "header-not-allowed": ("GET", "/echo/u8", [("X-Note", "\udcff<<secret:stripe>>")], b"", None),
     "path-allowed": ("GET", "/echo/\udcff\udcfe/<<secret:anywhere>>", [], b"", "path"),
     "body-raw": ("POST", "/echo/u8", [CT], b"\xff\xfe\xc0<<secret:anywhere>>\xed\xa0\x80", "body"),
-    "body-json": ("POST", "/echo/u8", [("Content-Type", "application/json")],
-                  b'{"a": "\xff\xfe", "k": "<<secret:anywhere>>"}', "body"),
-    "body-form": ("POST", "/echo/u8", [("Content-Type", "application/x-www-form-urlencoded")],
-                  b"a=\xff&k=<<secret:anywhere>>", "body"),
+    "body-json": (
+        "POST",
+        "/echo/u8",
+        [("Content-Type", "application/json")],
+        b'{"a": "\xff\xfe", "k": "<<secret:anywhere>>"}',
+        "body",
+    ),
+    "body-form": (
+        "POST",
+        "/echo/u8",
+        [("Content-Type", "application/x-www-form-urlencoded")],
+        b"a=\xff&k=<<secret:anywhere>>",
+        "body",
+    ),
 }
 
 
@@ -193,8 +210,11 @@ def test_invalid_utf8(sbroker: Proxy, sec: Sec, upstream: Upstream, case: str) -
     got = upstream.received[-1]
     secret = "stripe" if loc == "header" else "anywhere"
     value = sec.sc.values[f"acme/{secret}"].encode()
-    wire = {"header": (got.header("authorization") or "").encode("latin-1", "replace"),
-            "path": got.path.encode("latin-1", "replace"), "body": got.body}[loc]
+    wire = {
+        "header": (got.header("authorization") or "").encode("latin-1", "replace"),
+        "path": got.path.encode("latin-1", "replace"),
+        "body": got.body,
+    }[loc]
     assert value in wire
     if loc == "body":
         assert got.body.replace(value, b"<<secret:anywhere>>") == body

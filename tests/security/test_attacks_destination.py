@@ -33,8 +33,11 @@ LOCATIONS: dict[str, dict[str, Any]] = {
     "header-x-api-key": {"headers": [("X-Api-Key", PH)]},
     "query": {"path": "/echo/q?k=%3C%3Csecret:anywhere%3E%3E"},
     "path": {"path": "/echo/bot<<secret:anywhere>>/x"},
-    "body": {"headers": [("Content-Type", "application/json")],
-             "body": b'{"k": "<<secret:anywhere>>"}', "method": "POST"},
+    "body": {
+        "headers": [("Content-Type", "application/json")],
+        "body": b'{"k": "<<secret:anywhere>>"}',
+        "method": "POST",
+    },
 }
 
 
@@ -45,25 +48,43 @@ def _creds(sec: Sec, tenant: str = "acme") -> tuple[str, str]:
 
 @pytest.mark.parametrize("loc", list(LOCATIONS))
 @pytest.mark.parametrize("where", ["unlisted-host", "unlisted-port", "unlisted-scheme"])
-def test_placeholder_to_unlisted_destination(sbroker: Proxy, sec: Sec, upstream: Upstream,
-                                             alt_fwd: Forwarder, plain_upstream: Any,
-                                             where: str, loc: str) -> None:
+def test_placeholder_to_unlisted_destination(
+    sbroker: Proxy,
+    sec: Sec,
+    upstream: Upstream,
+    alt_fwd: Forwarder,
+    plain_upstream: Any,
+    where: str,
+    loc: str,
+) -> None:
     """Attack: a placeholder the tenant may use (in a location it allows) sent
     to a host, port or scheme its rule does not list.
     Expected: 403 with host/port/scheme_not_allowed; no upstream connection,
     nothing received anywhere, no value back."""
     spec = LOCATIONS[loc]
-    raw = request(spec.get("method", "GET"), spec.get("path", "/echo/u"), "x",
-                  spec.get("headers"), spec.get("body", b""))
+    raw = request(
+        spec.get("method", "GET"),
+        spec.get("path", "/echo/u"),
+        "x",
+        spec.get("headers"),
+        spec.get("body", b""),
+    )
     upstream.clear()
     before_alt, before_plain = alt_fwd.connections, len(plain_upstream.received)
     if where == "unlisted-scheme":
         w = connect(sbroker)
         target = f"http://127.0.0.1:{plain_upstream.port}"
         line, rest = raw.split(b" ", 1)
-        w.send(line + b" " + target.encode() + rest.replace(
-            b"\r\n", f"\r\nProxy-Authorization: {Proxy.auth_header(*_creds(sec))}\r\n".encode(),
-            1))
+        w.send(
+            line
+            + b" "
+            + target.encode()
+            + rest.replace(
+                b"\r\n",
+                f"\r\nProxy-Authorization: {Proxy.auth_header(*_creds(sec))}\r\n".encode(),
+                1,
+            )
+        )
     else:
         port = alt_fwd.port if where == "unlisted-port" else sec.port
         host = "localhost" if where == "unlisted-host" else "127.0.0.1"
@@ -71,8 +92,11 @@ def test_placeholder_to_unlisted_destination(sbroker: Proxy, sec: Sec, upstream:
         w.send(raw)
     with w:
         resp = w.response()
-    reason = {"unlisted-host": "host_not_allowed", "unlisted-port": "port_not_allowed",
-              "unlisted-scheme": "scheme_not_allowed"}[where]
+    reason = {
+        "unlisted-host": "host_not_allowed",
+        "unlisted-port": "port_not_allowed",
+        "unlisted-scheme": "scheme_not_allowed",
+    }[where]
     assert (resp.status, resp.reason) == (403, reason), resp.raw[:300]
     assert upstream.received == [] and upstream.connections == 0
     assert alt_fwd.connections == before_alt
@@ -84,8 +108,9 @@ def test_placeholder_to_unlisted_destination(sbroker: Proxy, sec: Sec, upstream:
     "spoof",
     ["host-header", "sni", "absolute-uri", "all-three"],
 )
-def test_connect_target_decides_not_host_sni_or_uri(sbroker: Proxy, sec: Sec,
-                                                    upstream: Upstream, spoof: str) -> None:
+def test_connect_target_decides_not_host_sni_or_uri(
+    sbroker: Proxy, sec: Sec, upstream: Upstream, spoof: str
+) -> None:
     """Attack: CONNECT 127.0.0.1 (which `lhonly` does not list), then name
     `localhost` (which it lists) in the Host header, the SNI, an absolute-form
     request URI, or all three.
@@ -93,8 +118,7 @@ def test_connect_target_decides_not_host_sni_or_uri(sbroker: Proxy, sec: Sec,
     name = f"localhost:{sec.port}"
     sni = "localhost" if spoof in ("sni", "all-three") else None
     host = name if spoof in ("host-header", "all-three") else f"127.0.0.1:{sec.port}"
-    target = (f"https://{name}/echo/abs" if spoof in ("absolute-uri", "all-three")
-              else "/echo/abs")
+    target = f"https://{name}/echo/abs" if spoof in ("absolute-uri", "all-three") else "/echo/abs"
     upstream.clear()
     with tunnel(sbroker, f"127.0.0.1:{sec.port}", creds=_creds(sec), sni=sni) as w:
         w.send(request("GET", target, host, [("Authorization", "<<secret:lhonly>>")]))
@@ -104,7 +128,8 @@ def test_connect_target_decides_not_host_sni_or_uri(sbroker: Proxy, sec: Sec,
 
 
 def test_absolute_uri_inside_tunnel_cannot_redirect_the_connection(
-        sbroker: Proxy, sec: Sec, upstream: Upstream, alt_fwd: Forwarder) -> None:
+    sbroker: Proxy, sec: Sec, upstream: Upstream, alt_fwd: Forwarder
+) -> None:
     """Attack: CONNECT 127.0.0.1:P (allowed), then an absolute-form URI naming
     localhost on another port (`https://localhost:ALT/...`).
     Expected: the request is decided and sent on the CONNECT target (the
@@ -112,9 +137,14 @@ def test_absolute_uri_inside_tunnel_cannot_redirect_the_connection(
     before = alt_fwd.connections
     upstream.clear()
     with tunnel(sbroker, f"127.0.0.1:{sec.port}", creds=_creds(sec)) as w:
-        w.send(request("GET", f"https://localhost:{alt_fwd.port}/echo/abs2",
-                       f"localhost:{alt_fwd.port}",
-                       [("Authorization", "Bearer <<secret:stripe>>")]))
+        w.send(
+            request(
+                "GET",
+                f"https://localhost:{alt_fwd.port}/echo/abs2",
+                f"localhost:{alt_fwd.port}",
+                [("Authorization", "Bearer <<secret:stripe>>")],
+            )
+        )
         resp = w.response()
     assert alt_fwd.connections == before, "the absolute URI must not choose the connection"
     assert resp.status in (200, 400, 403), resp.raw[:300]
@@ -123,8 +153,9 @@ def test_absolute_uri_inside_tunnel_cannot_redirect_the_connection(
     assert_no_leak(resp.raw, sec)
 
 
-def test_sni_mismatch_never_sends_value_to_other_name(sbroker: Proxy, sec: Sec,
-                                                      upstream: Upstream) -> None:
+def test_sni_mismatch_never_sends_value_to_other_name(
+    sbroker: Proxy, sec: Sec, upstream: Upstream
+) -> None:
     """Attack: CONNECT 127.0.0.1:P (allowed for `stripe`), TLS to the broker
     with SNI `localhost`, a name the rule does not list.
     Expected: the broker refuses, or upstream TLS fails, or upstream TLS uses
@@ -132,8 +163,14 @@ def test_sni_mismatch_never_sends_value_to_other_name(sbroker: Proxy, sec: Sec,
     for `localhost`."""
     upstream.clear()
     with tunnel(sbroker, f"127.0.0.1:{sec.port}", creds=_creds(sec), sni="localhost") as w:
-        w.send(request("GET", "/echo/sni", f"127.0.0.1:{sec.port}",
-                       [("Authorization", "Bearer <<secret:stripe>>")]))
+        w.send(
+            request(
+                "GET",
+                "/echo/sni",
+                f"127.0.0.1:{sec.port}",
+                [("Authorization", "Bearer <<secret:stripe>>")],
+            )
+        )
         resp = w.response()
     assert_no_leak(resp.raw, sec)
     wrong = [r.sni for r in upstream.received if sec.stripe_of("acme") in str(r.headers)]
@@ -146,14 +183,20 @@ def test_domain_fronting_by_sni(sbroker: Proxy, sec: Sec, cdn: Upstream) -> None
     Expected: refused, or upstream TLS speaks to `localhost`; never the
     value in a session for `fronted.example`."""
     cdn.clear()
-    with tunnel(sbroker, f"localhost:{cdn.port}", creds=_creds(sec),
-                sni="fronted.example") as w:
-        w.send(request("GET", "/echo/front", "fronted.example",
-                       [("Authorization", "Bearer <<secret:cdn>>")]))
+    with tunnel(sbroker, f"localhost:{cdn.port}", creds=_creds(sec), sni="fronted.example") as w:
+        w.send(
+            request(
+                "GET",
+                "/echo/front",
+                "fronted.example",
+                [("Authorization", "Bearer <<secret:cdn>>")],
+            )
+        )
         resp = w.response()
     assert_no_leak(resp.raw, sec)
-    assert not any(r.sni == "fronted.example" and sec.stripe_of("acme") in str(r.headers)
-                   for r in cdn.received)
+    assert not any(
+        r.sni == "fronted.example" and sec.stripe_of("acme") in str(r.headers) for r in cdn.received
+    )
 
 
 def test_domain_fronting_by_host_header(sbroker: Proxy, sec: Sec, cdn: Upstream) -> None:
@@ -163,16 +206,25 @@ def test_domain_fronting_by_host_header(sbroker: Proxy, sec: Sec, cdn: Upstream)
     travels in a request addressed to `fronted.example`."""
     cdn.clear()
     with tunnel(sbroker, f"localhost:{cdn.port}", creds=_creds(sec), sni="localhost") as w:
-        w.send(request("GET", "/echo/front-host", "fronted.example",
-                       [("Authorization", "Bearer <<secret:cdn>>")]))
+        w.send(
+            request(
+                "GET",
+                "/echo/front-host",
+                "fronted.example",
+                [("Authorization", "Bearer <<secret:cdn>>")],
+            )
+        )
         resp = w.response()
     assert_no_leak(resp.raw, sec)
-    assert not any(r.header("host") == "fronted.example"
-                   and sec.stripe_of("acme") in str(r.headers) for r in cdn.received)
+    assert not any(
+        r.header("host") == "fronted.example" and sec.stripe_of("acme") in str(r.headers)
+        for r in cdn.received
+    )
 
 
-def test_nested_connect_inside_tunnel(sbroker: Proxy, sec: Sec, upstream: Upstream,
-                                      alt_fwd: Forwarder) -> None:
+def test_nested_connect_inside_tunnel(
+    sbroker: Proxy, sec: Sec, upstream: Upstream, alt_fwd: Forwarder
+) -> None:
     """Attack: inside an allowed tunnel, a second `CONNECT` to another target,
     then a placeholder request through it.
     Expected: the inner CONNECT is refused (4xx or closed); the other target
@@ -180,9 +232,10 @@ def test_nested_connect_inside_tunnel(sbroker: Proxy, sec: Sec, upstream: Upstre
     before = alt_fwd.connections
     upstream.clear()
     with tunnel(sbroker, f"127.0.0.1:{sec.port}", creds=_creds(sec)) as w:
-        w.send(f"CONNECT 127.0.0.1:{alt_fwd.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
-               + request("GET", "/echo/nested", "x",
-                         [("Authorization", "Bearer <<secret:stripe>>")]))
+        w.send(
+            f"CONNECT 127.0.0.1:{alt_fwd.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+            + request("GET", "/echo/nested", "x", [("Authorization", "Bearer <<secret:stripe>>")])
+        )
         try:
             first = w.response()
             status = first.status
@@ -195,8 +248,9 @@ def test_nested_connect_inside_tunnel(sbroker: Proxy, sec: Sec, upstream: Upstre
     assert_no_leak(data, sec)
 
 
-def test_plaintext_inside_connect_tunnel_is_http(sbroker: Proxy, sec: Sec,
-                                                 upstream: Upstream) -> None:
+def test_plaintext_inside_connect_tunnel_is_http(
+    sbroker: Proxy, sec: Sec, upstream: Upstream
+) -> None:
     """Attack (downgrade): CONNECT 127.0.0.1:P, then plain HTTP (no TLS) in
     the tunnel with a placeholder for an https-only secret.
     Expected: 403 scheme_not_allowed; nothing upstream."""
@@ -208,10 +262,14 @@ def test_plaintext_inside_connect_tunnel_is_http(sbroker: Proxy, sec: Sec,
     assert upstream.received == []
 
 
-@pytest.mark.parametrize(("secret", "expect"), [("anywhere", 403), ("plainok", 200)],
-                         ids=["https-only-denied", "http-listed-injected"])
-def test_plain_http_only_when_listed(sbroker: Proxy, sec: Sec, plain_upstream: Any,
-                                     secret: str, expect: int) -> None:
+@pytest.mark.parametrize(
+    ("secret", "expect"),
+    [("anywhere", 403), ("plainok", 200)],
+    ids=["https-only-denied", "http-listed-injected"],
+)
+def test_plain_http_only_when_listed(
+    sbroker: Proxy, sec: Sec, plain_upstream: Any, secret: str, expect: int
+) -> None:
     """Attack (downgrade): an absolute-form `http://` request through the
     proxy with a placeholder.
     Expected: 403 scheme_not_allowed for a secret without `http` in its
@@ -219,9 +277,14 @@ def test_plain_http_only_when_listed(sbroker: Proxy, sec: Sec, plain_upstream: A
     then the echo is scrubbed)."""
     n = len(plain_upstream.received)
     with connect(sbroker) as w:
-        w.send(request("GET", f"http://127.0.0.1:{sec.plain_port}/echo?k=<<secret:{secret}>>",
-                       f"127.0.0.1:{sec.plain_port}",
-                       [("Proxy-Authorization", Proxy.auth_header(*_creds(sec)))]))
+        w.send(
+            request(
+                "GET",
+                f"http://127.0.0.1:{sec.plain_port}/echo?k=<<secret:{secret}>>",
+                f"127.0.0.1:{sec.plain_port}",
+                [("Proxy-Authorization", Proxy.auth_header(*_creds(sec)))],
+            )
+        )
         resp = w.response()
     assert resp.status == expect, resp.raw[:300]
     got = plain_upstream.received[n:]

@@ -25,22 +25,28 @@ pytestmark = pytest.mark.integration
 def warm(sbroker: Proxy, sec: Sec) -> Iterator[str]:
     """Resolve acme/stripe and acme/anywhere once, so the broker knows the values."""
     for secret in ("stripe", "anywhere"):
-        with tunnel(sbroker, f"127.0.0.1:{sec.port}", creds=(sec.sc.acme.name,
-                                                              sec.sc.acme.token)) as w:
+        with tunnel(
+            sbroker, f"127.0.0.1:{sec.port}", creds=(sec.sc.acme.name, sec.sc.acme.token)
+        ) as w:
             w.send(request("GET", "/echo/warm", "x", [("Authorization", f"<<secret:{secret}>>")]))
             assert w.response().status == 200
     yield sec.stripe_of("acme")
 
 
 @pytest.mark.parametrize("form", ["raw", "base64", "hex", "percent-in-query"])
-def test_raw_value_encoded_to_unlisted_host(sbroker: Proxy, sec: Sec, upstream: Upstream,
-                                            warm: str, form: str) -> None:
+def test_raw_value_encoded_to_unlisted_host(
+    sbroker: Proxy, sec: Sec, upstream: Upstream, warm: str, form: str
+) -> None:
     """Attack: the raw value, encoded (base64, hex, percent), sent to a host
     no rule for it lists (`localhost`), as tenant acme and as tenant globex.
     Expected: 403 raw_secret_egress for both; nothing upstream."""
     v = warm.encode()
-    spelled = {"raw": v, "base64": base64.b64encode(b"xx" + v), "hex": v.hex().encode(),
-               "percent-in-query": quote(v, safe="").encode()}[form]
+    spelled = {
+        "raw": v,
+        "base64": base64.b64encode(b"xx" + v),
+        "hex": v.hex().encode(),
+        "percent-in-query": quote(v, safe="").encode(),
+    }[form]
     upstream.clear()
     for tenant in (sec.sc.acme, sec.sc.globex):
         with tunnel(sbroker, f"localhost:{sec.port}", creds=(tenant.name, tenant.token)) as w:
@@ -60,19 +66,28 @@ def _ws_frame(payload: bytes) -> bytes:
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
-def test_raw_value_in_websocket_message(sbroker: Proxy, sec: Sec, upstream: Upstream,
-                                        warm: str) -> None:
+def test_raw_value_in_websocket_message(
+    sbroker: Proxy, sec: Sec, upstream: Upstream, warm: str
+) -> None:
     """Attack: open a WebSocket (no placeholder: a `pass`) to the upstream
     and send the raw value in a client message.
     Expected: the message never reaches the upstream (dropped, or the
     connection killed); nothing the client gets back holds the value."""
     upstream.clear()
-    with tunnel(sbroker, f"127.0.0.1:{sec.port}", creds=(sec.sc.acme.name,
-                                                          sec.sc.acme.token)) as w:
-        w.send(request("GET", "/ws", "x", [
-            ("Upgrade", "websocket"), ("Connection", "Upgrade"),
-            ("Sec-WebSocket-Key", base64.b64encode(os.urandom(16)).decode()),
-            ("Sec-WebSocket-Version", "13")]))
+    with tunnel(sbroker, f"127.0.0.1:{sec.port}", creds=(sec.sc.acme.name, sec.sc.acme.token)) as w:
+        w.send(
+            request(
+                "GET",
+                "/ws",
+                "x",
+                [
+                    ("Upgrade", "websocket"),
+                    ("Connection", "Upgrade"),
+                    ("Sec-WebSocket-Key", base64.b64encode(os.urandom(16)).decode()),
+                    ("Sec-WebSocket-Version", "13"),
+                ],
+            )
+        )
         assert w.response(head_only=True).status == 101
         w.send(_ws_frame(b"exfil " + warm.encode()))
         back = w.rest(1.0)
@@ -88,8 +103,7 @@ def test_raw_value_as_connect_host_label(sbroker: Proxy, sec: Sec, warm: str) ->
     DNS, and to the server as SNI) and records the host.
     Expected: 403 raw_secret_egress before any lookup; the audit never holds
     the value."""
-    with tunnel(sbroker, f"{warm}.invalid:443", creds=(sec.sc.acme.name,
-                                                        sec.sc.acme.token)) as w:
+    with tunnel(sbroker, f"{warm}.invalid:443", creds=(sec.sc.acme.name, sec.sc.acme.token)) as w:
         w.send(request("GET", "/", "x"))
         resp = w.response()
     in_audit = warm in sbroker.audit_path.read_text()
@@ -97,16 +111,16 @@ def test_raw_value_as_connect_host_label(sbroker: Proxy, sec: Sec, warm: str) ->
     assert not in_audit, "the audit holds the value"
 
 
-def test_audit_never_records_a_raw_value(sbroker: Proxy, sec: Sec, upstream: Upstream,
-                                         warm: str) -> None:
+def test_audit_never_records_a_raw_value(
+    sbroker: Proxy, sec: Sec, upstream: Upstream, warm: str
+) -> None:
     """Attack: send the raw value of `anywhere` in the URL path, a location
     its rule allows at this destination (so raw-egress lets it pass), to
     make the broker write it into its own audit trail.
     Expected: forwarded (the policy allows it) but the audit record's path
     holds a placeholder, not the value."""
     value = sec.sc.values["acme/anywhere"]
-    with tunnel(sbroker, f"127.0.0.1:{sec.port}", creds=(sec.sc.acme.name,
-                                                          sec.sc.acme.token)) as w:
+    with tunnel(sbroker, f"127.0.0.1:{sec.port}", creds=(sec.sc.acme.name, sec.sc.acme.token)) as w:
         w.send(request("GET", f"/echo/raw/{value}/x", "x"))
         resp = w.response()
     assert resp.status == 200, resp.raw[:300]

@@ -38,15 +38,25 @@ def session(proxy: Proxy, sec: Sec, tenant: str = "acme") -> requests.Session:
     return s
 
 
-def call(s: requests.Session, sec: Sec, path: str, secret: str = "stripe",
-         host: str = "127.0.0.1") -> requests.Response:
-    return s.get(f"https://{host}:{sec.port}{path}", timeout=20,
-                 headers={"Authorization": f"Bearer <<secret:{secret}>>"})
+def call(
+    s: requests.Session, sec: Sec, path: str, secret: str = "stripe", host: str = "127.0.0.1"
+) -> requests.Response:
+    return s.get(
+        f"https://{host}:{sec.port}{path}",
+        timeout=20,
+        headers={"Authorization": f"Bearer <<secret:{secret}>>"},
+    )
 
 
 def verify_audit(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "broker.cli", "audit", "verify", str(path)],
-                          cwd=REPO, capture_output=True, text=True, timeout=30, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "broker.cli", "audit", "verify", str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
 
 
 def broken_policies(good: dict[str, Any]) -> dict[str, str]:
@@ -60,16 +70,18 @@ def broken_policies(good: dict[str, Any]) -> dict[str, str]:
         "yaml-syntax": text + "\ntenants: [unclosed\n",
         "empty-file": "",
         "truncated": text[: len(text) // 2],
-        "allow-all-host": variant(lambda p: p["tenants"]["acme"]["secrets"]["stripe"].update(
-            hosts=["*"])),
+        "allow-all-host": variant(
+            lambda p: p["tenants"]["acme"]["secrets"]["stripe"].update(hosts=["*"])
+        ),
         "unknown-key": variant(lambda p: p.update(allow_everything=True)),
         "bad-digest": variant(lambda p: p["tenants"]["acme"].update(token_sha256="nothex")),
         "no-tenants-type": variant(lambda p: p.update(tenants=["acme"])),
     }
 
 
-def test_sighup_broken_policy_under_load(sec: Sec, openbao: OpenBao, upstream: Upstream,
-                                         tmp_path: Path) -> None:
+def test_sighup_broken_policy_under_load(
+    sec: Sec, openbao: OpenBao, upstream: Upstream, tmp_path: Path
+) -> None:
     """Fault: while two clients fire requests (one allowed, one to an
     unlisted host), the operator pushes a series of broken policies (YAML
     error, empty, truncated, `hosts: ["*"]`, unknown key, bad digest, wrong
@@ -127,8 +139,14 @@ def test_sighup_broken_policy_under_load(sec: Sec, openbao: OpenBao, upstream: U
     assert {r[1:] for r in allowed} == {(200, None)}, sorted(set(allowed))
     assert {r[1:] for r in denied} == {(403, "host_not_allowed")}, sorted(set(denied))
     assert out.count("policy reload failed") >= len(broken_policies(good)), out[-2000:]
-    for why in ("not valid YAML", "must be a mapping", "stripe.hosts", "would allow every host",
-                "allow_everything", "tenants.acme.token_sha256"):
+    for why in (
+        "not valid YAML",
+        "must be a mapping",
+        "stripe.hosts",
+        "would allow every host",
+        "allow_everything",
+        "tenants.acme.token_sha256",
+    ):
         assert why in out, why
 
 
@@ -165,8 +183,11 @@ def traffic(proxy: Proxy, sec: Sec) -> Iterator[list[int]]:
             while not stop.is_set():
                 i += 1
                 with contextlib.suppress(requests.RequestException):
-                    statuses.append(call(s, sec, f"/echo/kill/{i}",
-                                         secret="stripe" if i % 2 else "nope").status_code)
+                    statuses.append(
+                        call(
+                            s, sec, f"/echo/kill/{i}", secret="stripe" if i % 2 else "nope"
+                        ).status_code
+                    )
 
     t = threading.Thread(target=run)
     t.start()
@@ -189,9 +210,9 @@ def _verified_up_to(audit: Path, torn_line: int | None) -> None:
 
 
 @pytest.mark.parametrize("torn", [False, True], ids=["sigkill", "sigkill-torn-tail"])
-def test_sigkill_and_restart_keeps_the_audit_chain(sec: Sec, openbao: OpenBao,
-                                                   upstream: Upstream, tmp_path: Path,
-                                                   torn: bool) -> None:
+def test_sigkill_and_restart_keeps_the_audit_chain(
+    sec: Sec, openbao: OpenBao, upstream: Upstream, tmp_path: Path, torn: bool
+) -> None:
     """Fault: SIGKILL the broker in the middle of traffic (optionally leaving
     a torn, half-written last line, as a crash mid-write or a full disk
     does), then restart it on the same audit file and serve more traffic.
@@ -223,14 +244,15 @@ def test_sigkill_and_restart_keeps_the_audit_chain(sec: Sec, openbao: OpenBao,
         with session(proxy, sec) as s:
             for i in range(5):
                 call(s, sec, f"/echo/after/{i}")
-    after = _records(audit)[len(before):]
+    after = _records(audit)[len(before) :]
     assert len(after) == 5, "every record after the restart is a whole line"
     assert after[0]["prev"] == before[-1]["hash"], "the chain restarted instead of resuming"
     _verified_up_to(audit, torn_line)
 
 
-def test_slow_vault_times_out(sec: Sec, openbao: OpenBao, upstream: Upstream,
-                              tmp_path: Path) -> None:
+def test_slow_vault_times_out(
+    sec: Sec, openbao: OpenBao, upstream: Upstream, tmp_path: Path
+) -> None:
     """Fault: the vault URL points at a server that accepts TCP connections
     and never answers; the backend timeout is 1 s.
     Expected: 502 backend_unavailable within a few seconds, nothing upstream;
@@ -250,15 +272,25 @@ def test_slow_vault_times_out(sec: Sec, openbao: OpenBao, upstream: Upstream,
 
     acceptor = threading.Thread(target=accept, daemon=True)
     acceptor.start()
-    policy_over = {"backends": {
-        "vault": {"type": "vault", "url": f"http://127.0.0.1:{lsock.getsockname()[1]}",
-                  "token_env": "KB_TEST_VAULT_TOKEN", "mount": "secret", "kv_version": 2,
-                  "timeout": 1},
-        "local": {"type": "env"},
-    }}
+    policy_over = {
+        "backends": {
+            "vault": {
+                "type": "vault",
+                "url": f"http://127.0.0.1:{lsock.getsockname()[1]}",
+                "token_env": "KB_TEST_VAULT_TOKEN",
+                "mount": "secret",
+                "kv_version": 2,
+                "timeout": 1,
+            },
+            "local": {"type": "env"},
+        }
+    }
     try:
-        with own_broker(sec, openbao, tmp_path, **policy_over) as proxy, \
-                session(proxy, sec) as s, session(proxy, sec) as s2:
+        with (
+            own_broker(sec, openbao, tmp_path, **policy_over) as proxy,
+            session(proxy, sec) as s,
+            session(proxy, sec) as s2,
+        ):
             upstream.clear()
             result: dict[str, Any] = {}
 

@@ -27,9 +27,15 @@ SAME = [
 
 
 @pytest.mark.parametrize(("secret", "host", "port"), SAME)
-def test_equivalent_spellings_match(sbroker: Proxy, sec: Sec, upstream: Upstream,
-                                    v6_fwd: Forwarder, secret: str, host: str,
-                                    port: str) -> None:
+def test_equivalent_spellings_match(
+    sbroker: Proxy,
+    sec: Sec,
+    upstream: Upstream,
+    v6_fwd: Forwarder,
+    secret: str,
+    host: str,
+    port: str,
+) -> None:
     """Attack surface: a host spelled differently in the policy (`LocalHost.`,
     `[0:0::1]`) and on the CONNECT line (case, trailing dot, IPv6 forms).
     Expected: the same host on both sides: the decision allows with the
@@ -70,8 +76,9 @@ NOT_SAME = [
 
 
 @pytest.mark.parametrize(("secret", "host"), NOT_SAME)
-def test_other_spellings_do_not_match(sbroker: Proxy, sec: Sec, upstream: Upstream,
-                                      secret: str, host: str) -> None:
+def test_other_spellings_do_not_match(
+    sbroker: Proxy, sec: Sec, upstream: Upstream, secret: str, host: str
+) -> None:
     """Attack: name a listed address or host by a spelling the resolver
     accepts but that is not the listed one (zero-padded, short, decimal, hex
     IPv4, IPv4-mapped IPv6, a name for the address, an address for the name,
@@ -91,8 +98,9 @@ def test_other_spellings_do_not_match(sbroker: Proxy, sec: Sec, upstream: Upstre
     assert upstream.received == []
 
 
-@pytest.mark.parametrize("host", ["xn--bcher-kva.invalid", "XN--BCHER-KVA.INVALID.",
-                                  "bücher.invalid", "BÜCHER.invalid"])
+@pytest.mark.parametrize(
+    "host", ["xn--bcher-kva.invalid", "XN--BCHER-KVA.INVALID.", "bücher.invalid", "BÜCHER.invalid"]
+)
 def test_idna_policy_matches_a_label_connection(sbroker: Proxy, sec: Sec, host: str) -> None:
     """Attack surface: the policy lists `bücher.invalid` (U-label); the agent
     CONNECTs to its A-label, an upper-case A-label with a trailing dot, or the

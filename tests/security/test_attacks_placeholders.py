@@ -26,45 +26,75 @@ T = [("Content-Type", "text/plain")]
 #   reject: any 4xx (mitmproxy's own parser may refuse first), nothing upstream.
 CASES: dict[str, tuple[str, str, list[tuple[str, str]], bytes, str]] = {
     "nested": ("GET", "/echo/v", [(PA, "<<secret:<<secret:stripe>>>>")], b"", "malformed"),
-    "nested-inside-name": ("GET", "/echo/v", [(PA, "<<secret:str<<secret:stripe>>ipe>>")], b"",
-                           "malformed"),
+    "nested-inside-name": (
+        "GET",
+        "/echo/v",
+        [(PA, "<<secret:str<<secret:stripe>>ipe>>")],
+        b"",
+        "malformed",
+    ),
     "keyword-upper-case": ("GET", "/echo/v", [(PA, "<<SECRET:stripe>>")], b"", "malformed"),
     "keyword-spaced": ("GET", "/echo/v", [(PA, "< < secret : stripe >>")], b"", "malformed"),
     "name-upper-case": ("GET", "/echo/v", [(PA, "<<secret:STRIPE>>")], b"", "unknown"),
     "cyrillic-s-keyword": ("GET", "/echo/v", [(PA, "<<\u0455ecret:stripe>>")], b"", "pass"),
-    "fullwidth-brackets": ("GET", "/echo/v", [(PA, "\uff1c\uff1csecret:stripe\uff1e\uff1e")],
-                           b"", "pass"),
+    "fullwidth-brackets": (
+        "GET",
+        "/echo/v",
+        [(PA, "\uff1c\uff1csecret:stripe\uff1e\uff1e")],
+        b"",
+        "pass",
+    ),
     "cyrillic-i-in-name": ("GET", "/echo/v", [(PA, "<<secret:str\u0456pe>>")], b"", "malformed"),
-    "zero-width-in-name": ("GET", "/echo/v", [(PA, "<<secret:stri\u200bpe>>")], b"",
-                           "malformed"),
+    "zero-width-in-name": ("GET", "/echo/v", [(PA, "<<secret:stri\u200bpe>>")], b"", "malformed"),
     "long-s-keyword": ("GET", "/echo/v", [(PA, "<<\u017fecret:stripe>>")], b"", "pass"),
     "crlf-in-body": ("POST", "/echo/v", T, b"<<secret:any\r\nwhere>>", "malformed"),
-    "crlf-percent-in-query": ("GET", "/echo/v?k=%3C%3Csecret:%0D%0Aanywhere%3E%3E", [], b"",
-                              "malformed"),
+    "crlf-percent-in-query": (
+        "GET",
+        "/echo/v?k=%3C%3Csecret:%0D%0Aanywhere%3E%3E",
+        [],
+        b"",
+        "malformed",
+    ),
     "header-obs-fold": ("GET", "/echo/v", [(PA, "<<secret:\r\n stripe>>")], b"", "reject"),
     "nul-in-header": ("GET", "/echo/v", [(PA, "<<secret:stripe\x00>>")], b"", "reject"),
     "nul-in-body": ("POST", "/echo/v", T, b"<<secret:anywhere\x00>>", "malformed"),
-    "nul-percent-in-path": ("GET", "/echo/%3C%3Csecret:anywhere%00%3E%3E", [], b"",
-                            "malformed"),
-    "name-over-1kb": ("GET", "/echo/v", [(PA, "<<secret:" + "a" * 1100 + ">>")], b"",
-                      "malformed"),
-    "placeholder-after-1kb-of-angles": ("GET", "/echo/v", [(PA, "<" * 1500 + "<<secret:stripe>>")],
-                                        b"", "allow"),
-    "percent-encoded-query": ("GET", "/echo/v?k=%3C%3Csecret%3Aanywhere%3E%3E", [], b"",
-                              "allow"),
+    "nul-percent-in-path": ("GET", "/echo/%3C%3Csecret:anywhere%00%3E%3E", [], b"", "malformed"),
+    "name-over-1kb": ("GET", "/echo/v", [(PA, "<<secret:" + "a" * 1100 + ">>")], b"", "malformed"),
+    "placeholder-after-1kb-of-angles": (
+        "GET",
+        "/echo/v",
+        [(PA, "<" * 1500 + "<<secret:stripe>>")],
+        b"",
+        "allow",
+    ),
+    "percent-encoded-query": ("GET", "/echo/v?k=%3C%3Csecret%3Aanywhere%3E%3E", [], b"", "allow"),
     "percent-lower-path": ("GET", "/echo/%3c%3csecret%3aanywhere%3e%3e/x", [], b"", "allow"),
-    "json-escaped-body": ("POST", "/echo/v", J,
-                          b'{"k": "\\u003c\\u003csecret:anywhere\\u003e\\u003e"}', "allow"),
-    "double-encoded-query": ("GET", "/echo/v?k=%253C%253Csecret%253Aanywhere%253E%253E", [],
-                             b"", "pass"),
+    "json-escaped-body": (
+        "POST",
+        "/echo/v",
+        J,
+        b'{"k": "\\u003c\\u003csecret:anywhere\\u003e\\u003e"}',
+        "allow",
+    ),
+    "double-encoded-query": (
+        "GET",
+        "/echo/v?k=%253C%253Csecret%253Aanywhere%253E%253E",
+        [],
+        b"",
+        "pass",
+    ),
     "double-encoded-path": ("GET", "/echo/%253C%253Csecret:anywhere%253E%253E", [], b"", "pass"),
     "overlong-utf8-angle": ("POST", "/echo/v", T, b"\xc0\xbc\xc0\xbcsecret:anywhere>>", "pass"),
     "html-entities": ("POST", "/echo/v", T, b"&lt;&lt;secret:anywhere&gt;&gt;", "pass"),
-    "split-across-headers": ("GET", "/echo/v", [(PA, "<<secret:"), (PA, "stripe>>")], b"",
-                             "malformed"),
+    "split-across-headers": (
+        "GET",
+        "/echo/v",
+        [(PA, "<<secret:"), (PA, "stripe>>")],
+        b"",
+        "malformed",
+    ),
     "in-header-name": ("GET", "/echo/v", [("X-<<secret:stripe>>", "1")], b"", "reject"),
-    "unknown-in-basic": ("GET", "/echo/v", [(PA, "Basic PDxzZWNyZXQ6bm9wZT4+")], b"",
-                         "unknown"),
+    "unknown-in-basic": ("GET", "/echo/v", [(PA, "Basic PDxzZWNyZXQ6bm9wZT4+")], b"", "unknown"),
 }
 
 
@@ -88,8 +118,7 @@ def test_placeholder_variant(sbroker: Proxy, sec: Sec, upstream: Upstream, case:
     malformed_placeholder; nothing the client receives holds a value."""
     method, target, headers, body, kind = CASES[case]
     upstream.clear()
-    with tunnel(sbroker, f"127.0.0.1:{sec.port}", creds=(sec.sc.acme.name,
-                                                          sec.sc.acme.token)) as w:
+    with tunnel(sbroker, f"127.0.0.1:{sec.port}", creds=(sec.sc.acme.name, sec.sc.acme.token)) as w:
         w.send(request(method, target, f"127.0.0.1:{sec.port}", headers, body))
         try:
             resp = w.response()
@@ -116,8 +145,7 @@ def test_split_across_body_chunks_is_found(sbroker: Proxy, sec: Sec, upstream: U
     value is substituted; the forwarded body holds no placeholder."""
     upstream.clear()
     body = b"6\r\n<<secr\r\n8\r\net:anywh\r\n5\r\nere>>\r\n0\r\n\r\n"
-    with tunnel(sbroker, f"127.0.0.1:{sec.port}", creds=(sec.sc.acme.name,
-                                                          sec.sc.acme.token)) as w:
+    with tunnel(sbroker, f"127.0.0.1:{sec.port}", creds=(sec.sc.acme.name, sec.sc.acme.token)) as w:
         w.send(request("POST", "/echo/chunks", "x", [*T, ("Transfer-Encoding", "chunked")], body))
         resp = w.response()
     assert resp.status == 200, resp.raw[:300]
@@ -125,18 +153,26 @@ def test_split_across_body_chunks_is_found(sbroker: Proxy, sec: Sec, upstream: U
     assert_no_leak(resp.raw, sec)
 
 
-@pytest.mark.parametrize("text", ["<" * 200_000, "< " * 100_000, "<<\t" * 60_000 + "secret",
-                                  "%3C" * 60_000, "<<secret:" * 20_000],
-                         ids=["angles", "angle-space", "angle-tab", "percent", "openers"])
-def test_regex_hostile_body_is_fast(sbroker: Proxy, sec: Sec, upstream: Upstream,
-                                    text: str) -> None:
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<" * 200_000,
+        "< " * 100_000,
+        "<<\t" * 60_000 + "secret",
+        "%3C" * 60_000,
+        "<<secret:" * 20_000,
+    ],
+    ids=["angles", "angle-space", "angle-tab", "percent", "openers"],
+)
+def test_regex_hostile_body_is_fast(
+    sbroker: Proxy, sec: Sec, upstream: Upstream, text: str
+) -> None:
     """Attack: a body crafted against the placeholder expressions (long runs
     of openers, whitespace between them) to make scanning slow.
     Expected: answered within 5 s (pass or 400 malformed); no value upstream."""
     upstream.clear()
     t0 = time.monotonic()
-    with tunnel(sbroker, f"127.0.0.1:{sec.port}", creds=(sec.sc.acme.name,
-                                                          sec.sc.acme.token)) as w:
+    with tunnel(sbroker, f"127.0.0.1:{sec.port}", creds=(sec.sc.acme.name, sec.sc.acme.token)) as w:
         w.send(request("POST", "/echo/redos", "x", T, text.encode()))
         resp = w.response()
     assert time.monotonic() - t0 < 5.0

@@ -17,8 +17,10 @@ pytestmark = pytest.mark.integration
 def smuggled(sec: Sec) -> bytes:
     """A whole request with a placeholder its rule allows (so a broker that
     saw it would substitute), to be hidden in the first request's body."""
-    return (f"GET /echo/smuggled HTTP/1.1\r\nHost: 127.0.0.1:{sec.port}\r\n"
-            "Authorization: Bearer <<secret:stripe>>\r\n\r\n").encode()
+    return (
+        f"GET /echo/smuggled HTTP/1.1\r\nHost: 127.0.0.1:{sec.port}\r\n"
+        "Authorization: Bearer <<secret:stripe>>\r\n\r\n"
+    ).encode()
 
 
 def framed(sec: Sec, head: list[str], body: bytes, nl: bytes = b"\r\n") -> bytes:
@@ -30,44 +32,63 @@ def cases(sec: Sec) -> dict[str, bytes]:
     s = smuggled(sec)
     chunk = b"0\r\n\r\n" + s
     return {
-        "cl-cl": framed(sec, ["Content-Length: 4", f"Content-Length: {4 + len(s)}"],
-                        b"abcd" + s),
+        "cl-cl": framed(sec, ["Content-Length: 4", f"Content-Length: {4 + len(s)}"], b"abcd" + s),
         "cl-cl-same-line": framed(sec, [f"Content-Length: 4, {4 + len(s)}"], b"abcd" + s),
-        "cl-te": framed(sec, [f"Content-Length: {len(chunk)}", "Transfer-Encoding: chunked"],
-                        chunk),
+        "cl-te": framed(
+            sec, [f"Content-Length: {len(chunk)}", "Transfer-Encoding: chunked"], chunk
+        ),
         "te-cl": framed(sec, ["Transfer-Encoding: chunked", "Content-Length: 3"], chunk),
-        "te-xchunked": framed(sec, ["Content-Length: 5", "Transfer-Encoding: xchunked"],
-                              chunk),
-        "te-space-before-colon": framed(sec, ["Content-Length: 5",
-                                              "Transfer-Encoding : chunked"], chunk),
+        "te-xchunked": framed(sec, ["Content-Length: 5", "Transfer-Encoding: xchunked"], chunk),
+        "te-space-before-colon": framed(
+            sec, ["Content-Length: 5", "Transfer-Encoding : chunked"], chunk
+        ),
         "te-tab": framed(sec, ["Content-Length: 5", "Transfer-Encoding:\tchunked"], chunk),
         "te-chunked-identity": framed(sec, ["Transfer-Encoding: chunked, identity"], chunk),
-        "te-twice": framed(sec, ["Transfer-Encoding: chunked", "Transfer-Encoding: identity"],
-                           chunk),
-        "te-line-folding": framed(sec, ["Content-Length: 5", "Transfer-Encoding:",
-                                        " chunked"], chunk),
-        "te-vertical-tab": framed(sec, ["Content-Length: 5", "Transfer-Encoding:\x0bchunked"],
-                                  chunk),
-        "chunk-size-overflow": framed(sec, ["Transfer-Encoding: chunked"],
-                                      b"1" + b"0" * 16 + b"5\r\nhello\r\n" + chunk),
+        "te-twice": framed(
+            sec, ["Transfer-Encoding: chunked", "Transfer-Encoding: identity"], chunk
+        ),
+        "te-line-folding": framed(
+            sec, ["Content-Length: 5", "Transfer-Encoding:", " chunked"], chunk
+        ),
+        "te-vertical-tab": framed(
+            sec, ["Content-Length: 5", "Transfer-Encoding:\x0bchunked"], chunk
+        ),
+        "chunk-size-overflow": framed(
+            sec, ["Transfer-Encoding: chunked"], b"1" + b"0" * 16 + b"5\r\nhello\r\n" + chunk
+        ),
         "chunk-size-0x": framed(sec, ["Transfer-Encoding: chunked"], b"0x5\r\nhello\r\n" + chunk),
-        "bare-lf": framed(sec, ["Content-Length: 4", f"Content-Length: {4 + len(s)}"],
-                          b"abcd" + s, nl=b"\n"),
+        "bare-lf": framed(
+            sec, ["Content-Length: 4", f"Content-Length: {4 + len(s)}"], b"abcd" + s, nl=b"\n"
+        ),
         "negative-cl": framed(sec, ["Content-Length: -1"], s),
         "cl-plus-sign": framed(sec, [f"Content-Length: +{len(s)}"], s),
     }
 
 
 NAMES = [
-    "cl-cl", "cl-cl-same-line", "cl-te", "te-cl", "te-xchunked", "te-space-before-colon",
-    "te-tab", "te-chunked-identity", "te-twice", "te-line-folding", "te-vertical-tab",
-    "chunk-size-overflow", "chunk-size-0x", "bare-lf", "negative-cl", "cl-plus-sign",
+    "cl-cl",
+    "cl-cl-same-line",
+    "cl-te",
+    "te-cl",
+    "te-xchunked",
+    "te-space-before-colon",
+    "te-tab",
+    "te-chunked-identity",
+    "te-twice",
+    "te-line-folding",
+    "te-vertical-tab",
+    "chunk-size-overflow",
+    "chunk-size-0x",
+    "bare-lf",
+    "negative-cl",
+    "cl-plus-sign",
 ]
 
 
 @pytest.mark.parametrize("case", NAMES)
-def test_ambiguous_http1_framing_rejected(sbroker: Proxy, sec: Sec, upstream: Upstream,
-                                          case: str) -> None:
+def test_ambiguous_http1_framing_rejected(
+    sbroker: Proxy, sec: Sec, upstream: Upstream, case: str
+) -> None:
     """Attack: inside an allowed tunnel, a POST whose framing two parsers read
     differently, hiding a second request with an allowed placeholder.
     Expected: rejected (4xx or the connection closed, never a 2xx for the
@@ -75,8 +96,7 @@ def test_ambiguous_http1_framing_rejected(sbroker: Proxy, sec: Sec, upstream: Up
     value, and nothing reaches it at all."""
     raw = cases(sec)[case]
     upstream.clear()
-    with tunnel(sbroker, f"127.0.0.1:{sec.port}", creds=(sec.sc.acme.name,
-                                                          sec.sc.acme.token)) as w:
+    with tunnel(sbroker, f"127.0.0.1:{sec.port}", creds=(sec.sc.acme.name, sec.sc.acme.token)) as w:
         w.send(raw)
         data = w.rest(2.0)
     status = int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/1.1 ") else 0
@@ -101,8 +121,9 @@ H2_CASES: dict[str, list[tuple[str, str]]] = {
 
 
 @pytest.mark.parametrize("case", list(H2_CASES))
-def test_http2_to_http1_smuggling_rejected(sbroker: Proxy, sec: Sec, upstream: Upstream,
-                                           case: str) -> None:
+def test_http2_to_http1_smuggling_rejected(
+    sbroker: Proxy, sec: Sec, upstream: Upstream, case: str
+) -> None:
     """Attack: an HTTP/2 stream whose headers are illegal in HTTP/2 and would
     split or re-frame the HTTP/1.1 request the broker writes upstream (CR/LF
     in a value, transfer-encoding, a content-length that lies about the DATA,
@@ -130,8 +151,9 @@ def test_http2_to_http1_smuggling_rejected(sbroker: Proxy, sec: Sec, upstream: U
     assert_no_leak(r["body"], sec)
 
 
-def test_http2_body_without_length_is_framed_upstream(sbroker: Proxy, sec: Sec,
-                                                      upstream: Upstream) -> None:
+def test_http2_body_without_length_is_framed_upstream(
+    sbroker: Proxy, sec: Sec, upstream: Upstream
+) -> None:
     """Attack: an HTTP/2 POST without content-length whose DATA is a whole
     HTTP/1.1 request; if the broker writes the body to the HTTP/1.1 upstream
     without framing, the upstream reads it as a second request the broker
@@ -139,8 +161,9 @@ def test_http2_body_without_length_is_framed_upstream(sbroker: Proxy, sec: Sec,
     Expected: the upstream receives exactly one request, whose body is the
     DATA (Content-Length or chunked), never `/echo/hidden`."""
     upstream.clear()
-    hidden = (f"GET /echo/hidden HTTP/1.1\r\nHost: 127.0.0.1:{sec.port}\r\n"
-              "X-Hidden: 1\r\n\r\n").encode()
+    hidden = (
+        f"GET /echo/hidden HTTP/1.1\r\nHost: 127.0.0.1:{sec.port}\r\nX-Hidden: 1\r\n\r\n"
+    ).encode()
     c = h2_tunnel(sbroker, sec, "acme")
     try:
         headers = h2_get(sec, "/echo/h2front")

@@ -32,9 +32,9 @@ def tokens(sec: Sec) -> list[str]:
 
 
 @pytest.mark.parametrize(("a", "b"), PAIRS)
-def test_keepalive_second_proxy_authorization_ignored(sbroker: Proxy, sec: Sec,
-                                                      upstream: Upstream, a: str,
-                                                      b: str) -> None:
+def test_keepalive_second_proxy_authorization_ignored(
+    sbroker: Proxy, sec: Sec, upstream: Upstream, a: str, b: str
+) -> None:
     """Attack: tenant A's tunnel on HTTP/1.1 keep-alive; later requests carry
     tenant B's Proxy-Authorization (alone, twice, or after A's own).
     Expected: every request is A's: A's value substituted, never B's; the
@@ -43,18 +43,28 @@ def test_keepalive_second_proxy_authorization_ignored(sbroker: Proxy, sec: Sec,
     extra: list[list[tuple[str, str]]] = [
         [],
         [("Proxy-Authorization", Proxy.auth_header(*creds(sec, b)))],
-        [("Proxy-Authorization", Proxy.auth_header(*creds(sec, b))),
-         ("proxy-authorization", Proxy.auth_header(*creds(sec, other)))],
-        [("Proxy-Authorization", Proxy.auth_header(*creds(sec, a))),
-         ("PROXY-AUTHORIZATION", Proxy.auth_header(*creds(sec, b)))],
+        [
+            ("Proxy-Authorization", Proxy.auth_header(*creds(sec, b))),
+            ("proxy-authorization", Proxy.auth_header(*creds(sec, other))),
+        ],
+        [
+            ("Proxy-Authorization", Proxy.auth_header(*creds(sec, a))),
+            ("PROXY-AUTHORIZATION", Proxy.auth_header(*creds(sec, b))),
+        ],
         [],
     ]
     upstream.clear()
     got = b""
     with tunnel(sbroker, f"127.0.0.1:{sec.port}", creds=creds(sec, a)) as w:
         for i, hs in enumerate(extra):
-            w.send(request("GET", f"/echo/ka/{a}/{i}", "x",
-                           [*hs, ("Authorization", "Bearer <<secret:stripe>>")]))
+            w.send(
+                request(
+                    "GET",
+                    f"/echo/ka/{a}/{i}",
+                    "x",
+                    [*hs, ("Authorization", "Bearer <<secret:stripe>>")],
+                )
+            )
             resp = w.response()
             assert resp.status == 200, resp.raw[:300]
             assert resp.header("connection") != "close"
@@ -71,8 +81,9 @@ def test_keepalive_second_proxy_authorization_ignored(sbroker: Proxy, sec: Sec,
 
 
 @pytest.mark.parametrize(("a", "b"), PAIRS)
-def test_http2_streams_keep_the_connect_tenant(sbroker: Proxy, sec: Sec, upstream: Upstream,
-                                               a: str, b: str) -> None:
+def test_http2_streams_keep_the_connect_tenant(
+    sbroker: Proxy, sec: Sec, upstream: Upstream, a: str, b: str
+) -> None:
     """Attack: two HTTP/2 tunnels, tenants A and B, whose streams interleave;
     streams in A's tunnel carry B's proxy-authorization.
     Expected: every stream gets its tunnel's tenant's value (A's never goes
@@ -83,7 +94,9 @@ def test_http2_streams_keep_the_connect_tenant(sbroker: Proxy, sec: Sec, upstrea
         sids: dict[str, list[int]] = {a: [], b: []}
         for i in range(4):
             for t, c in ((a, ca), (b, cb)):
-                spoof = [("proxy-authorization", Proxy.auth_header(*creds(sec, b if t == a else a)))]
+                spoof = [
+                    ("proxy-authorization", Proxy.auth_header(*creds(sec, b if t == a else a)))
+                ]
                 sids[t].append(c.send(h2_get(sec, f"/echo/h2/{t}/{i}", *spoof)))
             ca.flush()
             cb.flush()
@@ -107,8 +120,9 @@ def test_http2_streams_keep_the_connect_tenant(sbroker: Proxy, sec: Sec, upstrea
         assert not any(tok in wire for tok in tokens(sec))
 
 
-def test_proxy_authorization_stripped_from_plain_http(sbroker: Proxy, sec: Sec,
-                                                      plain_upstream: Any) -> None:
+def test_proxy_authorization_stripped_from_plain_http(
+    sbroker: Proxy, sec: Sec, plain_upstream: Any
+) -> None:
     """Attack: plain-http absolute-form requests (auth on every request) on
     keep-alive, with duplicated and differently-cased Proxy-Authorization,
     one of them another tenant's, and Proxy-Authorization sent again as a
@@ -122,8 +136,10 @@ def test_proxy_authorization_stripped_from_plain_http(sbroker: Proxy, sec: Sec,
     pa_b = Proxy.auth_header(*creds(sec, "globex"))
     got = b""
     with connect(sbroker) as w:
-        for hs in ([("Proxy-Authorization", pa_a), ("Proxy-Connection", "keep-alive")],
-                   [("proxy-authorization", pa_a), ("PROXY-AUTHORIZATION", pa_b)]):
+        for hs in (
+            [("Proxy-Authorization", pa_a), ("Proxy-Connection", "keep-alive")],
+            [("proxy-authorization", pa_a), ("PROXY-AUTHORIZATION", pa_b)],
+        ):
             w.send(request("GET", url, f"127.0.0.1:{sec.plain_port}", hs))
             resp = w.response()
             got += resp.raw
@@ -132,9 +148,19 @@ def test_proxy_authorization_stripped_from_plain_http(sbroker: Proxy, sec: Sec,
     # handler fails ("HTTP trailers are not implemented yet") and nothing is sent.
     with connect(sbroker) as w:
         body = b"5\r\nhello\r\n0\r\nProxy-Authorization: " + pa_b.encode() + b"\r\n\r\n"
-        w.send(request("POST", url, f"127.0.0.1:{sec.plain_port}",
-                       [("Proxy-Authorization", pa_a), ("Transfer-Encoding", "chunked"),
-                        ("Trailer", "Proxy-Authorization")], body))
+        w.send(
+            request(
+                "POST",
+                url,
+                f"127.0.0.1:{sec.plain_port}",
+                [
+                    ("Proxy-Authorization", pa_a),
+                    ("Transfer-Encoding", "chunked"),
+                    ("Trailer", "Proxy-Authorization"),
+                ],
+                body,
+            )
+        )
         got += w.rest(2.0)
     assert_no_leak(got, sec)
     assert not any(tok.encode() in got for tok in tokens(sec))

@@ -28,18 +28,56 @@ from broker.scrub import Scrubber
 from tests.support.leaks import find_leak, leak_forms
 
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-FUZZ = settings(max_examples=200, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 # -- text that is mostly placeholder syntax -------------------------------------------------------
 NAMES = ["a", "b", "stripe", "x.y-z_1"]
-FRAGMENTS = ["<", ">", "<<", ">>", "%3C", "%3c", "%3E", "%3e", "%3A", "%3a", "\\u003c",
-             "\\u003e", "\\u003C", "secret", "SECRET", ":", " ", "\t", "\r\n", "\x00", "%",
-             "\\", "\u0455", "\uff1c", "\u017f", "\udcff", "/", "?", "&", "=", '"', "+",
-             *NAMES, "<<secret:", "<<secret:a>>", "%3C%3Csecret%3Ab%3E%3E",
-             "\\u003c\\u003csecret:stripe\\u003e\\u003e"]
-syntax = st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=4)),
-                  max_size=24).map("".join)
+FRAGMENTS = [
+    "<",
+    ">",
+    "<<",
+    ">>",
+    "%3C",
+    "%3c",
+    "%3E",
+    "%3e",
+    "%3A",
+    "%3a",
+    "\\u003c",
+    "\\u003e",
+    "\\u003C",
+    "secret",
+    "SECRET",
+    ":",
+    " ",
+    "\t",
+    "\r\n",
+    "\x00",
+    "%",
+    "\\",
+    "\u0455",
+    "\uff1c",
+    "\u017f",
+    "\udcff",
+    "/",
+    "?",
+    "&",
+    "=",
+    '"',
+    "+",
+    *NAMES,
+    "<<secret:",
+    "<<secret:a>>",
+    "%3C%3Csecret%3Ab%3E%3E",
+    "\\u003c\\u003csecret:stripe\\u003e\\u003e",
+]
+syntax = st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=4)), max_size=24).map(
+    "".join
+)
 
 
 @FUZZ
@@ -66,21 +104,41 @@ def test_replace_only_the_approved_names(text: str, approved: set[str]) -> None:
     assert out.count(token) == sum(1 for n in names if n in approved)
     if not approved & set(names):
         assert out == text
-    raw = replace_bytes(text.encode("utf-8", "surrogateescape"),
-                        lambda n: (token + n).encode() if n in approved else None)
+    raw = replace_bytes(
+        text.encode("utf-8", "surrogateescape"),
+        lambda n: (token + n).encode() if n in approved else None,
+    )
     assert raw == out.encode("utf-8", "surrogateescape")
 
 
 # -- requests -----------------------------------------------------------------------------------
 VALUES = {"a": "kbfuzzAAA111aaa", "b": 'kbfuzz "B/+&=?% \u00e9b', "stripe": "kbfuzzSTRIPE9x9"}
 HEADER_NAMES = ["Authorization", "X-Api-Key", "Cookie", "X-Other"]
-LOCATIONS = ["header:authorization", "header:x-api-key", "header:cookie", "header:x-other",
-             "path", "query", "body"]
-CTYPES = ["application/json", "application/x-www-form-urlencoded", "text/plain", "",
-          "application/vnd.api+json; charset=utf-8"]
-slot = st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.sampled_from(
-    [f"<<secret:{n}>>" for n in VALUES] + [f"%3C%3Csecret:{n}%3E%3E" for n in VALUES])),
-    max_size=8).map("".join)
+LOCATIONS = [
+    "header:authorization",
+    "header:x-api-key",
+    "header:cookie",
+    "header:x-other",
+    "path",
+    "query",
+    "body",
+]
+CTYPES = [
+    "application/json",
+    "application/x-www-form-urlencoded",
+    "text/plain",
+    "",
+    "application/vnd.api+json; charset=utf-8",
+]
+slot = st.lists(
+    st.one_of(
+        st.sampled_from(FRAGMENTS),
+        st.sampled_from(
+            [f"<<secret:{n}>>" for n in VALUES] + [f"%3C%3Csecret:{n}%3E%3E" for n in VALUES]
+        ),
+    ),
+    max_size=8,
+).map("".join)
 
 
 @st.composite
@@ -88,8 +146,10 @@ def header(draw: st.DrawFn) -> tuple[str, str]:
     name = draw(st.sampled_from(HEADER_NAMES))
     value = draw(slot)
     if draw(st.booleans()):  # Basic credentials around the text
-        value = "Basic " + base64.b64encode(
-            ("user:" + value).encode("utf-8", "surrogateescape")).decode()
+        value = (
+            "Basic "
+            + base64.b64encode(("user:" + value).encode("utf-8", "surrogateescape")).decode()
+        )
     return name, value
 
 
@@ -124,10 +184,13 @@ def _pieces(parts: RequestParts) -> dict[str, bytes]:
 
 
 @FUZZ
-@given(parts=parts_st, approved=st.sets(st.tuples(st.sampled_from(list(VALUES)),
-                                                  st.sampled_from(LOCATIONS))))
+@given(
+    parts=parts_st,
+    approved=st.sets(st.tuples(st.sampled_from(list(VALUES)), st.sampled_from(LOCATIONS))),
+)
 def test_substitution_writes_values_only_where_approved(
-        parts: RequestParts, approved: set[tuple[str, str]]) -> None:
+    parts: RequestParts, approved: set[tuple[str, str]]
+) -> None:
     """Fuzz: a request with placeholders (every spelling, Basic-wrapped or
     not) in headers, path, query and body of any content type; approve a
     random set of (name, location). Property: no exception but
@@ -166,14 +229,19 @@ def test_header_value_with_line_break_is_refused(value: str) -> None:
 
 
 # -- scrubber -----------------------------------------------------------------------------------
-SCRUB_VALUES = [b"kbfuzzScrubAlpha0123", "kbfuzz p\u00e4ss\"w/rd+&=".encode(),
-                bytes(range(250, 256)) + b"\x00\x01binary\xff\xfe?>", b"kbfuzz<<secret:a>>x"]
+SCRUB_VALUES = [
+    b"kbfuzzScrubAlpha0123",
+    'kbfuzz p\u00e4ss"w/rd+&='.encode(),
+    bytes(range(250, 256)) + b"\x00\x01binary\xff\xfe?>",
+    b"kbfuzz<<secret:a>>x",
+]
 SCRUBBER = Scrubber()
 for i, v in enumerate(SCRUB_VALUES):
     SCRUBBER.add(v, f"<<secret:v{i}>>".encode(), ("t", f"v{i}"))
 FORMS = [form for v in SCRUB_VALUES for form in leak_forms(v).values()]
-NOISE = st.binary(max_size=6) | st.text("ABCDEFabcdef0123456789+/=_-%\\\"u", max_size=6).map(
-    str.encode)
+NOISE = st.binary(max_size=6) | st.text('ABCDEFabcdef0123456789+/=_-%\\"u', max_size=6).map(
+    str.encode
+)
 stream_data = st.lists(st.sampled_from(FORMS) | NOISE, max_size=12).map(b"".join)
 
 
@@ -204,9 +272,22 @@ def test_scrubber_output_never_holds_a_value(data: bytes, cuts: list[int]) -> No
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(value=st.binary(min_size=8, max_size=40), pad=st.binary(max_size=5),
-       form=st.sampled_from(["raw", "b64-padded", "b64url-unpadded", "hex-upper", "percent",
-                             "percent-plus-lower", "json-ascii", "json-utf8"]))
+@given(
+    value=st.binary(min_size=8, max_size=40),
+    pad=st.binary(max_size=5),
+    form=st.sampled_from(
+        [
+            "raw",
+            "b64-padded",
+            "b64url-unpadded",
+            "hex-upper",
+            "percent",
+            "percent-plus-lower",
+            "json-ascii",
+            "json-utf8",
+        ]
+    ),
+)
 def test_scrubber_any_value(value: bytes, pad: bytes, form: str) -> None:
     """Fuzz: a random value (any bytes, 8-40 long) in one spelling, inside
     base64 of random bytes or between them. Property: scrubbed output holds

@@ -33,7 +33,8 @@ def views(data: bytes) -> dict[str, bytes]:
         out["percent-decoded"] = unquote_to_bytes(data)
     if b"\\u" in data:
         out["unicode-unescaped"] = _UNICODE_ESCAPE.sub(
-            lambda m: chr(int(m.group(1), 16)).encode("utf-8", "surrogatepass"), data)
+            lambda m: chr(int(m.group(1), 16)).encode("utf-8", "surrogatepass"), data
+        )
     return out
 
 
@@ -139,8 +140,16 @@ class Tally:
             self.issued += 1
             return self.issued
 
-    def record(self, cat: str, n: int, outcome: str, latency: float, leak: str | None,
-               forwarded: bool, now: float) -> None:
+    def record(
+        self,
+        cat: str,
+        n: int,
+        outcome: str,
+        latency: float,
+        leak: str | None,
+        forwarded: bool,
+        now: float,
+    ) -> None:
         with self.lock:
             self.done += 1
             self.last_done_at = now

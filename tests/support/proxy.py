@@ -18,9 +18,16 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 class Proxy:
-    def __init__(self, policy: dict[str, Any], workdir: Path, *, env: dict[str, str] | None = None,
-                 extra_args: tuple[str, ...] = (), quiet: bool = False,
-                 inherit_output: bool = False) -> None:
+    def __init__(
+        self,
+        policy: dict[str, Any],
+        workdir: Path,
+        *,
+        env: dict[str, str] | None = None,
+        extra_args: tuple[str, ...] = (),
+        quiet: bool = False,
+        inherit_output: bool = False,
+    ) -> None:
         self.inherit_output = inherit_output
         self.policy = policy
         self.workdir = workdir
@@ -42,18 +49,35 @@ class Proxy:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.write_policy()
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
-        cmd = [sys.executable, "-m", "broker.cli", "run", "--config", str(self.config),
-               "--listen", f"127.0.0.1:{self.port}", *self.extra_args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "broker.cli",
+            "run",
+            "--config",
+            str(self.config),
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            *self.extra_args,
+        ]
         if self.quiet:
             cmd.append("--quiet")
         if self.inherit_output:
             self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL)
         else:
             with self.out_path.open("ab") as out:
-                self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out,
-                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        ok = wait_for(lambda: port_open(self.port) or self.proc is None
-                      or self.proc.poll() is not None, timeout)
+                self.proc = subprocess.Popen(
+                    cmd,
+                    cwd=REPO,
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                )
+        ok = wait_for(
+            lambda: port_open(self.port) or self.proc is None or self.proc.poll() is not None,
+            timeout,
+        )
         if not ok or self.proc.poll() is not None:
             self.stop()
             raise RuntimeError(f"keybroker did not start:\n{self.output()}")

@@ -34,14 +34,16 @@ class Scenario:
     workdir: Path
     acme: Tenant = field(default_factory=lambda: Tenant("acme"))
     globex: Tenant = field(default_factory=lambda: Tenant("globex"))
-    values: dict[str, str] = field(default_factory=lambda: {
-        "acme/stripe": _canary("acmestripe"),
-        "acme/basic": _canary("acmebasic"),
-        "acme/anywhere": _canary("acmeanywhere"),
-        "acme/rotating": _canary("rotating1"),
-        "globex/stripe": _canary("globexstripe"),
-        "env/local": _canary("envlocal"),
-    })
+    values: dict[str, str] = field(
+        default_factory=lambda: {
+            "acme/stripe": _canary("acmestripe"),
+            "acme/basic": _canary("acmebasic"),
+            "acme/anywhere": _canary("acmeanywhere"),
+            "acme/rotating": _canary("rotating1"),
+            "globex/stripe": _canary("globexstripe"),
+            "env/local": _canary("envlocal"),
+        }
+    )
     mount: str = "secret"
 
     def canaries(self) -> list[str]:
@@ -88,16 +90,32 @@ class Scenario:
                 "acme": {
                     "token_sha256": self.acme.digest,
                     "secrets": {
-                        "stripe": self.secret("acme/stripe", methods=["GET", "POST"],
-                                              paths=["/echo*", "/reflect*", "/sse*",
-                                                     "/chunked*", "/compressed*",
-                                                     "/large*", "/redirect*", "/ws*",
-                                                     "/status/*", "/reset*"]),
+                        "stripe": self.secret(
+                            "acme/stripe",
+                            methods=["GET", "POST"],
+                            paths=[
+                                "/echo*",
+                                "/reflect*",
+                                "/sse*",
+                                "/chunked*",
+                                "/compressed*",
+                                "/large*",
+                                "/redirect*",
+                                "/ws*",
+                                "/status/*",
+                                "/reset*",
+                            ],
+                        ),
                         "basic": self.secret("acme/basic"),
                         "anywhere": self.secret(
                             "acme/anywhere",
-                            locations=["header:authorization", "header:x-api-key", "query",
-                                       "path", "body"],
+                            locations=[
+                                "header:authorization",
+                                "header:x-api-key",
+                                "query",
+                                "path",
+                                "body",
+                            ],
                         ),
                         "getonly": self.secret("acme/stripe", methods=["GET"]),
                         "pathonly": self.secret("acme/stripe", paths=["/echo/allowed/*"]),
@@ -105,8 +123,12 @@ class Scenario:
                         "plainhttp": self.secret("acme/stripe", schemes=["http"]),
                         "rotating": self.secret("acme/rotating"),
                         "missing": self.secret("acme/does-not-exist"),
-                        "local": {"backend": "local", "path": "KB_LOCAL_SECRET",
-                                  "hosts": ["127.0.0.1"], "ports": [self.upstream_port]},
+                        "local": {
+                            "backend": "local",
+                            "path": "KB_LOCAL_SECRET",
+                            "hosts": ["127.0.0.1"],
+                            "ports": [self.upstream_port],
+                        },
                     },
                 },
                 "globex": {
