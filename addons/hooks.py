@@ -63,6 +63,17 @@ def _frame_body(req: http.Request) -> None:
         req.headers["content-length"] = str(len(req.raw_content))
 
 
+_PROXY_HEADERS = (b"proxy-authorization", b"proxy-connection")
+
+
+def _strip_proxy_headers(headers: http.Headers) -> None:
+    """Drop every Proxy-Authorization and Proxy-Connection field, in one pass
+    (names compare case-insensitively, as ``Headers.pop`` does)."""
+    fields = headers.fields
+    if any(k.lower() in _PROXY_HEADERS for k, _ in fields):
+        headers.fields = tuple(f for f in fields if f[0].lower() not in _PROXY_HEADERS)
+
+
 def guarded[F: Callable[..., Any]](hook: F) -> F:
     """mitmproxy logs addon exceptions and forwards the flow; we fail closed."""
 
@@ -254,12 +265,11 @@ class KeyBroker:
         st = FlowState(dest=self._dest(flow))
         self._state[flow] = st
         st.tenant = self._tenant_for(flow)
-        for name in ("proxy-authorization", "proxy-connection"):
-            flow.request.headers.pop(name, None)
+        _strip_proxy_headers(flow.request.headers)
         if st.tenant is None:
             self._deny_flow(flow, st, failure(Reason.UNAUTHENTICATED, None))
             return
-        if flow.request.pretty_host == MAGIC_HOST and flow.request.host == MAGIC_HOST:
+        if flow.request.host == MAGIC_HOST and flow.request.pretty_host == MAGIC_HOST:
             self._whoami(flow, st)
             return
         assert self.engine is not None
@@ -309,7 +319,7 @@ class KeyBroker:
         if outcome.parts is None:
             return
         new = outcome.parts
-        st.originals = (req.headers.copy(), req.path, req.raw_content)
+        st.originals = (http.Headers(req.headers.fields), req.path, req.raw_content)
         if new.headers != parts.headers:
             req.headers = http.Headers(
                 [

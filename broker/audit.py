@@ -49,6 +49,8 @@ class AuditUnavailable(Exception):
 
 
 def _text(value: object) -> str:
+    if type(value) is str and value.isascii():
+        return value  # the common case: nothing to replace
     # Lone surrogates (from undecodable bytes) cannot be written as UTF-8.
     return str(value).encode("utf-8", "replace").decode("utf-8")
 
@@ -84,10 +86,10 @@ def build_record(
     The query and fragment are cut from ``path``."""
     if decision not in DECISIONS:
         raise ValueError(f"unknown audit decision {decision!r}")
-    now = datetime.now(UTC)
     ms = float(duration_ms)
     rec: dict[str, Any] = {
-        "ts": now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z",
+        # 2024-05-01T12:00:00.123Z (isoformat truncates to milliseconds)
+        "ts": datetime.now(UTC).isoformat(timespec="milliseconds")[:-6] + "Z",
         "id": uuid.uuid4().hex,
         "tenant": None if tenant is None else _text(tenant),
         "decision": decision,
@@ -149,6 +151,7 @@ class AuditLog:
         self, path: Path, *, hmac_key: bytes | None = None, rotate_bytes: int | None = None
     ) -> None:
         self.path = Path(path)
+        self._spath = os.fspath(self.path)
         self._key = hmac_key or None
         self._rotate_bytes = rotate_bytes
         self._lock = threading.Lock()
@@ -213,7 +216,7 @@ class AuditLog:
             return False
         if self._fd is not None:
             try:
-                st = os.stat(self.path)
+                st = os.stat(self._spath)
                 if (st.st_dev, st.st_ino) == self._ident:
                     return True
             except OSError:

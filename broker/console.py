@@ -43,8 +43,9 @@ _TS = re.compile(r"\d{4}-\d\d-\d\dT(\d\d:\d\d:\d\d(?:\.\d{3})?)")
 def sanitize(s: object, limit: int = 200) -> str:
     """Printable, single-line, length-capped text (an ellipsis marks the cut)."""
     text = (s if isinstance(s, str) else str(s))[:_PRECAP]
-    text = _INVISIBLE.sub("", _ESCAPES.sub("", text))
-    text = text.encode("utf-8", "replace").decode("utf-8")
+    if not (text.isascii() and text.isprintable()):  # else: no control, escape or bidi
+        text = _INVISIBLE.sub("", _ESCAPES.sub("", text))
+        text = text.encode("utf-8", "replace").decode("utf-8")
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

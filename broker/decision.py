@@ -81,8 +81,17 @@ class Destination:
     (no domain fronting)."""
 
     @classmethod
-    def of(cls, scheme: str, host: str, port: int, method: str, path: str,
-           *, sni: str | None = None, authority: str | None = None) -> Destination:
+    def of(
+        cls,
+        scheme: str,
+        host: str,
+        port: int,
+        method: str,
+        path: str,
+        *,
+        sni: str | None = None,
+        authority: str | None = None,
+    ) -> Destination:
         names = []
         if sni:
             names.append(_norm(sni))
@@ -95,11 +104,25 @@ class Destination:
         return any(n != self.host for n in self.names)
 
 
+_NORM_CACHED = 255
+"""Longer names (never valid hosts) are normalised each time, so the cache
+stays small whatever the agent sends."""
+
+
 def _norm(host: str) -> str:
+    return _norm_cached(host) if len(host) <= _NORM_CACHED else _norm_uncached(host)
+
+
+def _norm_uncached(host: str) -> str:
     try:
         return normalize_host(host)
     except HostError:
         return host.lower()
+
+
+# A pure function of the string; every request normalises the same few names
+# (host, SNI, Host header), and normalize_host is costly (ipaddress parsing).
+_norm_cached = lru_cache(maxsize=1024)(_norm_uncached)
 
 
 def _authority_host(authority: str) -> str:

@@ -138,6 +138,16 @@ class Engine:
         """A raw secret value (not a placeholder) going where it is not allowed."""
         if not len(self.scrubber):
             return None
+        texts = [
+            *(v for _, v in parts.headers),
+            dest.host,
+            *dest.names,
+            parts.path,
+            parts.query,
+        ]
+        joined = "\n".join(texts).encode("utf-8", "surrogateescape")
+        if not self.scrubber.owners_in(joined + b"\n" + parts.body):
+            return None  # the common case: one scan, no value anywhere
         pieces: list[tuple[str, bytes]] = [
             (f"header:{n.lower()}", v.encode("utf-8", "surrogateescape")) for n, v in parts.headers
         ]
@@ -148,8 +158,6 @@ class Engine:
             ("query", parts.query.encode("utf-8", "surrogateescape")),
             ("body", parts.body),
         ]
-        if not self.scrubber.owners_in(b"\n".join(data for _, data in pieces)):
-            return None  # the common case: one scan, no value anywhere
         for location, data in pieces:
             if not data:
                 continue
@@ -230,11 +238,16 @@ class Engine:
         return self.scrubber.stream()
 
     # -- audit -------------------------------------------------------------------
-    def _clean(self, text: str) -> str:
+    def _clean(self, *texts: str) -> tuple[str, ...]:
         """Agent-chosen text for the audit, with any known value replaced by
         its placeholder (a raw value in an allowed path must not land here)."""
-        data, n = self.scrub(text.encode("utf-8", "surrogateescape"))
-        return data.decode("utf-8", "replace") if n else text
+        if not self.scrub("\n".join(texts).encode("utf-8", "surrogateescape"))[1]:
+            return texts  # the common case: one scan finds no value in any of them
+        out = []
+        for text in texts:
+            data, n = self.scrub(text.encode("utf-8", "surrogateescape"))
+            out.append(data.decode("utf-8", "replace") if n else text)
+        return tuple(out)
 
     def record(
         self,
@@ -247,6 +260,7 @@ class Engine:
         fingerprints: Mapping[str, Any] | None = None,
     ) -> None:
         """Write the one audit record for a request, and show it in the feed."""
+        host, path = self._clean(dest.host, dest.path) if dest else ("", "")
         rec = audit.build_record(
             tenant=decision.tenant,
             decision=decision.verdict,
@@ -254,9 +268,9 @@ class Engine:
             secrets=list(decision.secrets),
             method=dest.method if dest else "",
             scheme=dest.scheme if dest else "",
-            host=self._clean(dest.host) if dest else "",
+            host=host,
             port=dest.port if dest else 0,
-            path=self._clean(dest.path) if dest else "",
+            path=path,
             status=status,
             scrubbed=scrubbed,
             duration_ms=(time.monotonic() - started) * 1000.0,

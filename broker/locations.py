@@ -164,6 +164,5 @@ def substitute(parts: RequestParts, approve: Approve) -> RequestParts:
     return replace(parts, headers=headers, path=path, query=query, body=body)
 
 
-
 def locations_of(scan_result: ScanResult, name: str) -> Collection[str]:
     return {o.location for o in scan_result.occurrences if o.name == name}

@@ -7,8 +7,8 @@ the old key is still a leak. Scans run outside the lock on an immutable
 snapshot of two layers: a *base* matcher built from every value known at some
 point, and a small *delta* matcher for the values added or changed since. A
 new value costs one build of the delta (a few dozen values), not of the whole
-set; when the delta passes :data:`DELTA_VALUES` the base is rebuilt on a
-background thread and swapped in when ready, while scans go on against the
+set; when the delta passes :data:`DELTA_VALUES` the base is rebuilt (on a
+background thread unless the delta is most of the values) and swapped in, while scans go on against the
 old base plus the delta. At any moment base + delta cover every value, so
 nothing a background build has not finished yet is ever missed. Without this,
 first use of each of 1,000 values rebuilt the whole set (~0.5 s each, on the
@@ -200,7 +200,9 @@ class Scrubber:
                 return snap
             if len(self._changed) > DELTA_VALUES and self._rebuild is None:
                 self._start_rebuild()
-            delta = _build_layer(self._entries(self._changed), self._engine)
+            delta = (
+                _build_layer(self._entries(self._changed), self._engine) if self._changed else None
+            )
             layers = tuple(layer for layer in (self._base, delta) if layer is not None)
             if not layers:
                 layers = (_Layer(matcher.build([], self._engine), (), ()),)
@@ -208,9 +210,12 @@ class Scrubber:
             return self._snapshot
 
     def _start_rebuild(self) -> None:
-        """Build a base of every value now known; called with the lock held."""
+        """Build a base of every value now known; called with the lock held.
+        When the changed values are most of them (start-up, a burst) the delta
+        would cost nearly as much as the whole set, so the base is built here
+        instead of twice (delta now, base in the background)."""
         entries, generation = self._entries(self._values), self._generation
-        if not self._background:
+        if not self._background or 2 * len(self._changed) > len(self._values):
             self._install(_build_layer(entries, self._engine), generation)
             return
 

@@ -28,17 +28,24 @@ def auth(tenant: str = "acme", token: str = TOKEN) -> str:
 
 @pytest.fixture
 def addon(tmp_path: Path) -> Iterator[KeyBroker]:
-    policy = parse_policy({
-        "version": 1,
-        "certs_dir": str(tmp_path / "certs"),
-        "audit": {"path": str(tmp_path / "audit.jsonl")},
-        "backends": {"local": {"type": "env"}},
-        "tenants": {"acme": {
-            "token_sha256": hashlib.sha256(TOKEN.encode()).hexdigest(),
-            "secrets": {"api": {"backend": "local", "path": "API_KEY",
-                                "hosts": ["api.example.com"]}},
-        }},
-    }, "t.yaml", tmp_path)
+    policy = parse_policy(
+        {
+            "version": 1,
+            "certs_dir": str(tmp_path / "certs"),
+            "audit": {"path": str(tmp_path / "audit.jsonl")},
+            "backends": {"local": {"type": "env"}},
+            "tenants": {
+                "acme": {
+                    "token_sha256": hashlib.sha256(TOKEN.encode()).hexdigest(),
+                    "secrets": {
+                        "api": {"backend": "local", "path": "API_KEY", "hosts": ["api.example.com"]}
+                    },
+                }
+            },
+        },
+        "t.yaml",
+        tmp_path,
+    )
     engine = Engine(policy, env={"API_KEY": VALUE})
     a = KeyBroker(engine)
     with taddons.context(a):
@@ -74,8 +81,12 @@ def test_connect_binds_tenant_to_connection(addon: KeyBroker) -> None:
     connect.request.headers["proxy-authorization"] = auth()
     addon.http_connect(connect)
     assert connect.response is None
-    f = flow(headers={"Authorization": "Bearer <<secret:api>>",
-                      "Proxy-Authorization": auth("globex", "other")})
+    f = flow(
+        headers={
+            "Authorization": "Bearer <<secret:api>>",
+            "Proxy-Authorization": auth("globex", "other"),
+        }
+    )
     f.client_conn = connect.client_conn
     send(addon, f)
     assert f.response is None
@@ -86,8 +97,9 @@ def test_connect_binds_tenant_to_connection(addon: KeyBroker) -> None:
 def test_placeholders_restored_after_response(addon: KeyBroker) -> None:
     f = flow(headers={"Authorization": "Bearer <<secret:api>>", "Proxy-Authorization": auth()})
     send(addon, f)
-    f.response = http.Response.make(200, f"echo {VALUE}".encode(),
-                                    {"content-type": "text/plain", "content-length": "41"})
+    f.response = http.Response.make(
+        200, f"echo {VALUE}".encode(), {"content-type": "text/plain", "content-length": "41"}
+    )
     addon.responseheaders(f)
     addon.response(f)
     assert f.request.headers["authorization"] == "Bearer <<secret:api>>"
@@ -119,11 +131,14 @@ def test_stream_never_returns_empty_bytes_midstream(addon: KeyBroker) -> None:
     assert b"".join(stream(b"\n\n")) + b"".join(stream(b"")) != b""
 
 
-@pytest.mark.parametrize(("sni", "host_header"), [("cdn.example.net", None),
-                                                  (None, "fronted.example")],
-                         ids=["sni", "host-header"])
-def test_domain_fronting_refused(addon: KeyBroker, sni: str | None,
-                                 host_header: str | None) -> None:
+@pytest.mark.parametrize(
+    ("sni", "host_header"),
+    [("cdn.example.net", None), (None, "fronted.example")],
+    ids=["sni", "host-header"],
+)
+def test_domain_fronting_refused(
+    addon: KeyBroker, sni: str | None, host_header: str | None
+) -> None:
     headers = {"Authorization": "Bearer <<secret:api>>", "Proxy-Authorization": auth()}
     if host_header:
         headers["Host"] = host_header
@@ -133,3 +148,18 @@ def test_domain_fronting_refused(addon: KeyBroker, sni: str | None,
     assert f.response is not None and f.response.status_code == 403
     assert json.loads(f.response.content or b"{}")["reason"] == "host_not_allowed"
     assert VALUE not in str(f.request.headers)
+
+
+def test_every_proxy_header_field_is_stripped(addon: KeyBroker) -> None:
+    f = flow(headers={"Authorization": "Bearer <<secret:api>>"})
+    f.request.headers.fields += (
+        (b"PROXY-Authorization", auth().encode()),
+        (b"Proxy-Connection", b"keep-alive"),
+        (b"proxy-connection", b"close"),
+        (b"X-Other", b"kept"),
+    )
+    send(addon, f)
+    assert f.response is None
+    names = [k.lower() for k, _ in f.request.headers.fields]
+    assert b"proxy-authorization" not in names and b"proxy-connection" not in names
+    assert f.request.headers["x-other"] == "kept"

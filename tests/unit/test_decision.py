@@ -486,3 +486,11 @@ def test_decision_is_frozen() -> None:
     decision = failure(Reason.HOST_NOT_ALLOWED, "acme", "stripe")
     with pytest.raises(AttributeError):
         decision.verdict = "allow"  # type: ignore[misc]
+
+
+def test_destination_of_normalises_long_and_repeated_names_alike() -> None:
+    long_host = "A" * 300 + ".example.com."
+    for _ in range(2):  # the second pass is served from the cache (or, when long, not)
+        d = Destination.of("https", "API.Example.COM.", 443, "GET", "/", sni="api.example.com")
+        assert (d.host, d.names) == ("api.example.com", ("api.example.com",))
+        assert Destination.of("https", long_host, 443, "GET", "/").host == long_host.lower()

@@ -29,12 +29,18 @@ def make_policy(tmp_path: Path, **over: Any) -> Any:
         "audit": {"path": str(tmp_path / "audit.jsonl")},
         "backends": {"local": {"type": "env"}},
         "tenants": {
-            "acme": {"token_sha256": TOKEN_DIGEST, "secrets": {
-                "api": {"backend": "local", "path": "API_KEY", "hosts": ["api.example.com"]},
-            }},
-            "globex": {"token_sha256": "b" * 64, "secrets": {
-                "api": {"backend": "local", "path": "OTHER_KEY", "hosts": ["api.example.com"]},
-            }},
+            "acme": {
+                "token_sha256": TOKEN_DIGEST,
+                "secrets": {
+                    "api": {"backend": "local", "path": "API_KEY", "hosts": ["api.example.com"]},
+                },
+            },
+            "globex": {
+                "token_sha256": "b" * 64,
+                "secrets": {
+                    "api": {"backend": "local", "path": "OTHER_KEY", "hosts": ["api.example.com"]},
+                },
+            },
         },
     }
     data.update(over)
@@ -55,8 +61,12 @@ class CountingResolver:
 
 
 def parts(auth: str = "Bearer <<secret:api>>", **kw: Any) -> RequestParts:
-    return RequestParts(headers=(("Authorization", auth),), path=kw.get("path", "/v1"),
-                        query=kw.get("query", ""), body=kw.get("body", b""))
+    return RequestParts(
+        headers=(("Authorization", auth),),
+        path=kw.get("path", "/v1"),
+        query=kw.get("query", ""),
+        body=kw.get("body", b""),
+    )
 
 
 DEST = Destination.of("https", "api.example.com", 443, "GET", "/v1")
@@ -81,14 +91,26 @@ def test_allow_substitutes_and_teaches_the_scrubber(engine: Engine) -> None:
     assert n == 1 and scrubbed == b"echo <<secret:api>>"
 
 
-@pytest.mark.parametrize(("dest", "reason"), [
-    pytest.param(Destination.of("https", "evil.example.com", 443, "GET", "/"),
-                 "host_not_allowed", id="host"),
-    pytest.param(Destination.of("https", "api.example.com", 8443, "GET", "/"),
-                 "port_not_allowed", id="port"),
-    pytest.param(Destination.of("http", "api.example.com", 443, "GET", "/"),
-                 "scheme_not_allowed", id="scheme"),
-])
+@pytest.mark.parametrize(
+    ("dest", "reason"),
+    [
+        pytest.param(
+            Destination.of("https", "evil.example.com", 443, "GET", "/"),
+            "host_not_allowed",
+            id="host",
+        ),
+        pytest.param(
+            Destination.of("https", "api.example.com", 8443, "GET", "/"),
+            "port_not_allowed",
+            id="port",
+        ),
+        pytest.param(
+            Destination.of("http", "api.example.com", 443, "GET", "/"),
+            "scheme_not_allowed",
+            id="scheme",
+        ),
+    ],
+)
 def test_denial_reads_no_backend(engine: Engine, dest: Destination, reason: str) -> None:
     fake = CountingResolver()
     engine.resolver = fake  # type: ignore[assignment]
@@ -128,11 +150,16 @@ def test_raw_value_to_another_host_is_refused(engine: Engine) -> None:
 
 def test_reload_keeps_last_good_policy(tmp_path: Path) -> None:
     path = tmp_path / "policy.yaml"
-    good = yaml.safe_load(json.dumps({
-        "version": 1, "audit": {"path": "audit.jsonl"},
-        "backends": {"local": {"type": "env"}},
-        "tenants": {"acme": {"token_sha256": TOKEN_DIGEST}},
-    }))
+    good = yaml.safe_load(
+        json.dumps(
+            {
+                "version": 1,
+                "audit": {"path": "audit.jsonl"},
+                "backends": {"local": {"type": "env"}},
+                "tenants": {"acme": {"token_sha256": TOKEN_DIGEST}},
+            }
+        )
+    )
     path.write_text(yaml.safe_dump(good))
     engine = Engine.from_file(path, env={})
     try:
@@ -155,3 +182,16 @@ def test_record_holds_no_value(engine: Engine, tmp_path: Path) -> None:
     rec = json.loads(text.splitlines()[-1])
     assert rec["decision"] == "allow" and rec["secrets"] == ["api"] and rec["status"] == 200
     assert VALUE not in text
+
+
+def test_record_scrubs_a_raw_value_in_host_or_path(engine: Engine, tmp_path: Path) -> None:
+    run(engine.process("acme", DEST, parts()))  # the scrubber learns VALUE
+    for host, path in (("api.example.com", f"/v1/{VALUE}/x"), (f"{VALUE}.example.com", "/v1")):
+        dest = Destination.of("https", host, 443, "GET", path)
+        out = run(engine.process("acme", dest, parts()))
+        engine.record(decision=out.decision, dest=dest, status=403, scrubbed=0, started=0.0)
+    text = (tmp_path / "audit.jsonl").read_text()
+    assert VALUE not in text
+    first, second = (json.loads(line) for line in text.splitlines()[-2:])
+    assert (first["host"], first["path"]) == ("api.example.com", "/v1/<<secret:api>>/x")
+    assert (second["host"], second["path"]) == ("<<secret:api>>.example.com", "/v1")
