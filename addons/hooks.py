@@ -5,96 +5,28 @@ is the entry point (``keybroker run`` and ``mitmdump -s``)."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import signal
-import time
 import weakref
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.connection import Client
 
+from addons.flows import FlowState, error_response, frame_body, guarded, strip_proxy_headers
+from addons.streaming import start_stream
 from broker.decision import Decision, Destination, Reason, failure
-from broker.decode import DecodeError, IncrementalDecoder, TooLarge, decode_body
+from broker.decode import DecodeError, TooLarge, decode_body
 from broker.engine import Engine, Outcome
 from broker.locations import RequestParts
 from broker.policy import PolicyError
-from broker.responses import Reply, reply_for
+from broker.responses import reply_for
 
 log = logging.getLogger("keybroker")
 MAGIC_HOST = "keybroker.invalid"
 _NO_BODY_STATUS = (204, 304)
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-@dataclass
-class FlowState:
-    started: float = field(default_factory=time.monotonic)
-    tenant: str | None = None
-    dest: Destination | None = None
-    decision: Decision | None = None
-    ours: bool = False
-    """The response was made by keybroker (denial or error)."""
-    done: bool = False
-    """The audit record has been written."""
-    originals: tuple[http.Headers, str, bytes | None] | None = None
-    scrubbed: int = 0
-    stream: Any = None
-    fingerprints: dict[str, Any] = field(default_factory=dict)
-
-
-def _error_response(flow: http.HTTPFlow, reply: Reply) -> http.Response:
-    return http.Response.make(reply.status, reply.body, reply.headers)
-
-
-def _frame_body(req: http.Request) -> None:
-    """mitmproxy writes an HTTP/2 body that came without content-length to an
-    HTTP/1.1 upstream unframed, so the upstream could read a second request
-    nobody decided on. Give every forwarded body a length."""
-    if (
-        req.raw_content
-        and "content-length" not in req.headers
-        and ("transfer-encoding" not in req.headers)
-    ):
-        req.headers["content-length"] = str(len(req.raw_content))
-
-
-_PROXY_HEADERS = (b"proxy-authorization", b"proxy-connection")
-
-
-def _strip_proxy_headers(headers: http.Headers) -> None:
-    """Drop every Proxy-Authorization and Proxy-Connection field, in one pass
-    (names compare case-insensitively, as ``Headers.pop`` does)."""
-    fields = headers.fields
-    if any(k.lower() in _PROXY_HEADERS for k, _ in fields):
-        headers.fields = tuple(f for f in fields if f[0].lower() not in _PROXY_HEADERS)
-
-
-def guarded[F: Callable[..., Any]](hook: F) -> F:
-    """mitmproxy logs addon exceptions and forwards the flow; we fail closed."""
-
-    @functools.wraps(hook)
-    def sync_wrapper(self: KeyBroker, flow: http.HTTPFlow, *a: Any) -> Any:
-        try:
-            return hook(self, flow, *a)
-        except Exception as exc:
-            self.fail_closed(flow, hook.__name__, exc)
-            return None
-
-    @functools.wraps(hook)
-    async def async_wrapper(self: KeyBroker, flow: http.HTTPFlow, *a: Any) -> Any:
-        try:
-            return await hook(self, flow, *a)
-        except Exception as exc:
-            self.fail_closed(flow, hook.__name__, exc)
-            return None
-
-    wrapper = async_wrapper if asyncio.iscoroutinefunction(hook) else sync_wrapper
-    return wrapper  # type: ignore[return-value]
 
 
 class KeyBroker:
@@ -198,7 +130,7 @@ class KeyBroker:
             return
         self._restore(flow, st)
         st.decision, st.ours = decision, True
-        flow.response = _error_response(flow, reply_for(decision))
+        flow.response = error_response(flow, reply_for(decision))
         if hook in ("response", "error"):
             self._finish(flow, st)
 
@@ -210,7 +142,7 @@ class KeyBroker:
     def _deny_flow(self, flow: http.HTTPFlow, st: FlowState, decision: Decision) -> None:
         st.decision, st.ours = decision, True
         dest = st.dest
-        flow.response = _error_response(
+        flow.response = error_response(
             flow,
             reply_for(
                 decision,
@@ -265,7 +197,7 @@ class KeyBroker:
         st = FlowState(dest=self._dest(flow))
         self._state[flow] = st
         st.tenant = self._tenant_for(flow)
-        _strip_proxy_headers(flow.request.headers)
+        strip_proxy_headers(flow.request.headers)
         if st.tenant is None:
             self._deny_flow(flow, st, failure(Reason.UNAUTHENTICATED, None))
             return
@@ -313,9 +245,9 @@ class KeyBroker:
         st.decision, st.fingerprints = outcome.decision, outcome.fingerprints
         if outcome.reply is not None:
             st.ours = True
-            flow.response = _error_response(flow, outcome.reply)
+            flow.response = error_response(flow, outcome.reply)
             return
-        _frame_body(req)
+        frame_body(req)
         if outcome.parts is None:
             return
         new = outcome.parts
@@ -331,7 +263,7 @@ class KeyBroker:
             req.path = new.path + (sep + new.query if sep else "")
         if new.body != body:
             req.content = new.body
-        _frame_body(req)
+        frame_body(req)
         self._inject("request_after_substitution")
 
     def _request_body(self, flow: http.HTTPFlow, st: FlowState) -> bytes | None:
@@ -405,71 +337,7 @@ class KeyBroker:
             or int(length) > limits.stream_threshold
         )
         if streaming:
-            self._start_stream(flow, st)
-
-    def _start_stream(self, flow: http.HTTPFlow, st: FlowState) -> None:
-        assert self.engine is not None and flow.response is not None
-        resp = flow.response
-        encoding = resp.headers.get("content-encoding", "").strip().lower()
-        decoder = (
-            IncrementalDecoder(encoding, self.engine.policy.limits.max_decoded_response)
-            if encoding and encoding != "identity"
-            else None
-        )
-        scrubber = self.engine.stream_scrubber()
-        resp.headers.pop("content-encoding", None)
-        resp.headers.pop("content-length", None)
-        if resp.http_version.startswith("HTTP/1"):
-            resp.headers["transfer-encoding"] = "chunked"
-
-        base = st.scrubbed
-        failed = False
-
-        def stream(chunk: bytes) -> Iterable[bytes]:
-            # Never raise here: mitmproxy would log a crash and leave the agent
-            # waiting on a half-finished response.
-            nonlocal failed
-            if failed:
-                return []
-            try:
-                if chunk:
-                    data = decoder.feed(chunk) if decoder else chunk
-                    out = scrubber.feed(data)
-                else:
-                    tail = decoder.finish() if decoder else b""
-                    out = scrubber.feed(tail) + scrubber.flush()
-                st.scrubbed = base + scrubber.count
-                return [out] if out else []
-            except Exception as exc:
-                failed = True
-                reason = Reason.UNDECODABLE_BODY if isinstance(exc, DecodeError) else None
-                self._abort_stream(flow, st, reason or Reason.INTERNAL_ERROR, exc)
-                return []
-
-        st.stream = scrubber
-        resp.stream = stream
-
-    def _abort_stream(
-        self, flow: http.HTTPFlow, st: FlowState, reason: Reason, exc: BaseException
-    ) -> None:
-        """A streamed response cannot go on (undecodable, too large, a bug). Its
-        headers are already out, so no error reply is possible: drop what is
-        held, audit the failure and cut the agent's connection, so it sees a
-        truncated transfer, never a complete-looking body."""
-        log.error(
-            "keybroker: response stream failed (%s); cutting the connection", type(exc).__name__
-        )
-        secrets = st.decision.secrets if st.decision else ()
-        st.decision = failure(reason, st.tenant, None, secrets, upstream=True)
-        if flow.killable:
-            flow.kill()  # no end-of-body marker is sent when the upstream finishes
-        try:  # cut now rather than when the upstream finishes (it may never)
-            server = ctx.master.addons.get("proxyserver")
-            handler = server.connections.get(flow.client_conn.id) if server else None
-            if handler is not None:
-                handler.close_connection(handler.client)
-        except Exception as cut_exc:  # internal API: fall back to the kill above
-            log.error("keybroker: could not cut the connection (%s)", type(cut_exc).__name__)
+            start_stream(self.engine, flow, st)
 
     @guarded
     def response(self, flow: http.HTTPFlow) -> None:
@@ -499,7 +367,7 @@ class KeyBroker:
                 decision = failure(Reason.UNDECODABLE_BODY, st.tenant, None, secrets, upstream=True)
                 self._restore(flow, st)
                 st.decision, st.ours = decision, True
-                flow.response = _error_response(flow, reply_for(decision))
+                flow.response = error_response(flow, reply_for(decision))
                 return
             resp.headers.pop("content-encoding", None)
             resp.set_content(raw)

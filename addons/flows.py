@@ -1,0 +1,83 @@
+"""Per-flow state and the small helpers the hooks in :mod:`addons.hooks` share."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mitmproxy import http
+
+from broker.decision import Decision, Destination
+from broker.responses import Reply
+
+__all__ = ["FlowState", "error_response", "frame_body", "guarded", "strip_proxy_headers"]
+
+
+@dataclass
+class FlowState:
+    started: float = field(default_factory=time.monotonic)
+    tenant: str | None = None
+    dest: Destination | None = None
+    decision: Decision | None = None
+    ours: bool = False
+    """The response was made by keybroker (denial or error)."""
+    done: bool = False
+    """The audit record has been written."""
+    originals: tuple[http.Headers, str, bytes | None] | None = None
+    scrubbed: int = 0
+    stream: Any = None
+    fingerprints: dict[str, Any] = field(default_factory=dict)
+
+
+def error_response(flow: http.HTTPFlow, reply: Reply) -> http.Response:
+    return http.Response.make(reply.status, reply.body, reply.headers)
+
+
+def frame_body(req: http.Request) -> None:
+    """mitmproxy writes an HTTP/2 body that came without content-length to an
+    HTTP/1.1 upstream unframed, so the upstream could read a second request
+    nobody decided on. Give every forwarded body a length."""
+    if (
+        req.raw_content
+        and "content-length" not in req.headers
+        and ("transfer-encoding" not in req.headers)
+    ):
+        req.headers["content-length"] = str(len(req.raw_content))
+
+
+_PROXY_HEADERS = (b"proxy-authorization", b"proxy-connection")
+
+
+def strip_proxy_headers(headers: http.Headers) -> None:
+    """Drop every Proxy-Authorization and Proxy-Connection field, in one pass
+    (names compare case-insensitively, as ``Headers.pop`` does)."""
+    fields = headers.fields
+    if any(k.lower() in _PROXY_HEADERS for k, _ in fields):
+        headers.fields = tuple(f for f in fields if f[0].lower() not in _PROXY_HEADERS)
+
+
+def guarded[F: Callable[..., Any]](hook: F) -> F:
+    """mitmproxy logs addon exceptions and forwards the flow; we fail closed."""
+
+    @functools.wraps(hook)
+    def sync_wrapper(self: Any, flow: http.HTTPFlow, *a: Any) -> Any:
+        try:
+            return hook(self, flow, *a)
+        except Exception as exc:
+            self.fail_closed(flow, hook.__name__, exc)
+            return None
+
+    @functools.wraps(hook)
+    async def async_wrapper(self: Any, flow: http.HTTPFlow, *a: Any) -> Any:
+        try:
+            return await hook(self, flow, *a)
+        except Exception as exc:
+            self.fail_closed(flow, hook.__name__, exc)
+            return None
+
+    wrapper = async_wrapper if asyncio.iscoroutinefunction(hook) else sync_wrapper
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,84 @@
+"""Streamed responses (DESIGN.md §7.6): scrubbed chunk by chunk, never a
+compressed stream passed through unscanned, cut rather than completed when
+anything goes wrong."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from mitmproxy import ctx, http
+
+from addons.flows import FlowState
+from broker.decision import Reason, failure
+from broker.decode import DecodeError, IncrementalDecoder
+from broker.engine import Engine
+
+__all__ = ["abort_stream", "start_stream"]
+
+log = logging.getLogger("keybroker")
+
+
+def start_stream(engine: Engine, flow: http.HTTPFlow, st: FlowState) -> None:
+    """Scrub ``flow``'s response as it streams: decode it incrementally (the
+    agent gets it identity-encoded), scrub it with a stateful scrubber, and on
+    any failure cut the agent's connection (:func:`abort_stream`)."""
+    assert flow.response is not None
+    resp = flow.response
+    encoding = resp.headers.get("content-encoding", "").strip().lower()
+    decoder = (
+        IncrementalDecoder(encoding, engine.policy.limits.max_decoded_response)
+        if encoding and encoding != "identity"
+        else None
+    )
+    scrubber = engine.stream_scrubber()
+    resp.headers.pop("content-encoding", None)
+    resp.headers.pop("content-length", None)
+    if resp.http_version.startswith("HTTP/1"):
+        resp.headers["transfer-encoding"] = "chunked"
+
+    base = st.scrubbed
+    failed = False
+
+    def stream(chunk: bytes) -> Iterable[bytes]:
+        # Never raise here: mitmproxy would log a crash and leave the agent
+        # waiting on a half-finished response.
+        nonlocal failed
+        if failed:
+            return []
+        try:
+            if chunk:
+                data = decoder.feed(chunk) if decoder else chunk
+                out = scrubber.feed(data)
+            else:
+                tail = decoder.finish() if decoder else b""
+                out = scrubber.feed(tail) + scrubber.flush()
+            st.scrubbed = base + scrubber.count
+            return [out] if out else []
+        except Exception as exc:
+            failed = True
+            reason = Reason.UNDECODABLE_BODY if isinstance(exc, DecodeError) else None
+            abort_stream(flow, st, reason or Reason.INTERNAL_ERROR, exc)
+            return []
+
+    st.stream = scrubber
+    resp.stream = stream
+
+
+def abort_stream(flow: http.HTTPFlow, st: FlowState, reason: Reason, exc: BaseException) -> None:
+    """A streamed response cannot go on (undecodable, too large, a bug). Its
+    headers are already out, so no error reply is possible: drop what is
+    held, audit the failure and cut the agent's connection, so it sees a
+    truncated transfer, never a complete-looking body."""
+    log.error("keybroker: response stream failed (%s); cutting the connection", type(exc).__name__)
+    secrets = st.decision.secrets if st.decision else ()
+    st.decision = failure(reason, st.tenant, None, secrets, upstream=True)
+    if flow.killable:
+        flow.kill()  # no end-of-body marker is sent when the upstream finishes
+    try:  # cut now rather than when the upstream finishes (it may never)
+        server = ctx.master.addons.get("proxyserver")
+        handler = server.connections.get(flow.client_conn.id) if server else None
+        if handler is not None:
+            handler.close_connection(handler.client)
+    except Exception as cut_exc:  # internal API: fall back to the kill above
+        log.error("keybroker: could not cut the connection (%s)", type(cut_exc).__name__)
