@@ -300,18 +300,12 @@ class KeyBroker:
     def _scrub_headers(self, msg: http.Message | http.Headers, st: FlowState) -> None:
         assert self.engine is not None
         headers = msg if isinstance(msg, http.Headers) else msg.headers
-        if not self.engine.scrub(b"\n".join(k + b": " + v for k, v in headers.fields))[1]:
-            return  # the common case: one scan over all headers finds nothing
-        fields = []
-        changed = False
-        for k, v in headers.fields:
-            nv, n = self.engine.scrub(v)
-            nk, m = self.engine.scrub(k)
-            st.scrubbed += n + m
-            changed |= bool(n or m)
-            fields.append((nk, nv))
-        if changed:
-            headers.fields = tuple(fields)
+        done = self.engine.scrub_many([part for field in headers.fields for part in field])
+        n = sum(count for _, count in done)
+        if n:  # the common case, nothing found, costs one scan over all fields
+            st.scrubbed += n
+            out = [data for data, _ in done]
+            headers.fields = tuple(zip(out[::2], out[1::2], strict=True))
 
     @guarded
     def responseheaders(self, flow: http.HTTPFlow) -> None:

@@ -138,16 +138,6 @@ class Engine:
         """A raw secret value (not a placeholder) going where it is not allowed."""
         if not len(self.scrubber):
             return None
-        texts = [
-            *(v for _, v in parts.headers),
-            dest.host,
-            *dest.names,
-            parts.path,
-            parts.query,
-        ]
-        joined = "\n".join(texts).encode("utf-8", "surrogateescape")
-        if not self.scrubber.owners_in(joined + b"\n" + parts.body):
-            return None  # the common case: one scan, no value anywhere
         pieces: list[tuple[str, bytes]] = [
             (f"header:{n.lower()}", v.encode("utf-8", "surrogateescape")) for n, v in parts.headers
         ]
@@ -158,6 +148,8 @@ class Engine:
             ("query", parts.query.encode("utf-8", "surrogateescape")),
             ("body", parts.body),
         ]
+        if not self.scrubber.owners_in(b"\n".join(data for _, data in pieces)):
+            return None  # the common case: one scan, no value anywhere
         for location, data in pieces:
             if not data:
                 continue
@@ -234,20 +226,23 @@ class Engine:
             return data, 0
         return self.scrubber.scrub(data)
 
+    def scrub_many(self, pieces: list[bytes]) -> list[tuple[bytes, int]]:
+        if not len(self.scrubber):
+            return [(piece, 0) for piece in pieces]
+        return self.scrubber.scrub_many(pieces)
+
     def stream_scrubber(self) -> StreamScrubber:
         return self.scrubber.stream()
 
     # -- audit -------------------------------------------------------------------
-    def _clean(self, *texts: str) -> tuple[str, ...]:
+    def _clean(self, *texts: str) -> list[str]:
         """Agent-chosen text for the audit, with any known value replaced by
         its placeholder (a raw value in an allowed path must not land here)."""
-        if not self.scrub("\n".join(texts).encode("utf-8", "surrogateescape"))[1]:
-            return texts  # the common case: one scan finds no value in any of them
-        out = []
-        for text in texts:
-            data, n = self.scrub(text.encode("utf-8", "surrogateescape"))
-            out.append(data.decode("utf-8", "replace") if n else text)
-        return tuple(out)
+        done = self.scrub_many([t.encode("utf-8", "surrogateescape") for t in texts])
+        return [
+            out.decode("utf-8", "replace") if n else t
+            for (out, n), t in zip(done, texts, strict=True)
+        ]
 
     def record(
         self,

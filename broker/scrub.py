@@ -8,8 +8,8 @@ snapshot of two layers: a *base* matcher built from every value known at some
 point, and a small *delta* matcher for the values added or changed since. A
 new value costs one build of the delta (a few dozen values), not of the whole
 set; when the delta passes :data:`DELTA_VALUES` the base is rebuilt (on a
-background thread unless the delta is most of the values) and swapped in, while scans go on against the
-old base plus the delta. At any moment base + delta cover every value, so
+background thread unless the delta is most of the values) and swapped in,
+while scans go on against the old base plus the delta. At any moment base + delta cover every value, so
 nothing a background build has not finished yet is ever missed. Without this,
 first use of each of 1,000 values rebuilt the whole set (~0.5 s each, on the
 proxy's event loop).
@@ -142,6 +142,14 @@ class Scrubber:
         and the number of placeholders written."""
         out, count, _rest = _cover(self._current(), data, 0, len(data))
         return out, count
+
+    def scrub_many(self, pieces: list[bytes]) -> list[tuple[bytes, int]]:
+        """Each piece scrubbed on its own, as :meth:`scrub` would. The common
+        case, no value in any of them, costs one scan of them joined (a hit
+        there only means each piece is then scanned alone)."""
+        if not self.scrub(b"\n".join(pieces))[1]:
+            return [(piece, 0) for piece in pieces]
+        return [self.scrub(piece) for piece in pieces]
 
     def owners_in(self, data: bytes) -> set[tuple[str, str]]:
         """Owners whose values appear in ``data``, in any encoding (overlapping

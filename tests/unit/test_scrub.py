@@ -388,3 +388,13 @@ def test_value_added_mid_stream_is_scrubbed_from_unreleased_bytes() -> None:
     out = released + stream.feed(late[10:] + b" tail") + stream.flush()
     assert_no_leak(out, late)
     assert out == b"no newline yet <<secret:late>> tail"
+
+
+def test_scrub_many_scrubs_each_piece_alone() -> None:
+    s = Scrubber()
+    s.add(b"kb-canary-many", b"<<secret:m>>", ("t", "m"))
+    s.add(b"kb-canary\nsplit", b"<<secret:n>>", ("t", "n"))
+    assert s.scrub_many([b"a", b"b"]) == [(b"a", 0), (b"b", 0)]
+    assert s.scrub_many([b"x kb-canary-many", b"clean"]) == [(b"x <<secret:m>>", 1), (b"clean", 0)]
+    # Joined with "\n" the two pieces spell a value; alone neither holds one.
+    assert s.scrub_many([b"kb-canary", b"split"]) == [(b"kb-canary", 0), (b"split", 0)]
