@@ -10,8 +10,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mitmproxy.addons import (
+    block,
+    core,
+    disable_h2c,
+    errorcheck,
+    next_layer,
+    proxyserver,
+    tlsconfig,
+)
+from mitmproxy.master import Master
 from mitmproxy.options import Options
-from mitmproxy.tools.dump import DumpMaster
 
 from addons.keybroker import KeyBroker
 from broker.ca import init_ca, upstream_bundle
@@ -28,8 +37,38 @@ SAFE_OPTIONS: dict[str, Any] = {
     "proxy_debug": False,
     "stream_large_bodies": None,
     "termlog_verbosity": "warn",
-    "onboarding": False,
 }
+
+
+def proxy_master(opts: Options) -> Master:
+    """A mitmproxy master with only the addons a broker needs.
+
+    mitmdump loads ~35 addons (playback, map-local/remote, body and header
+    rewriting, sticky cookies, flow saving, scripts, the mitm.it onboarding
+    app, ...) and calls every one of them on every event of every flow; that
+    dispatch is about a third of bare mitmdump's CPU per request. keybroker
+    needs none of them, and several (flow saving, scripts, rewriting after
+    our hooks) would be ways around it, so it runs without them:
+
+    - ``Core``: options and commands; ``ErrorCheck``: exit if start-up failed
+      (for example the port is taken);
+    - ``Proxyserver``, ``NextLayer``, ``TlsConfig``: the proxy itself;
+    - ``Block``: refuse clients from public addresses unless configured
+      (mitmproxy's ``block_global`` default);
+    - ``DisableH2C``: refuse h2c upgrades and cleartext HTTP/2 prefaces,
+      which mitmproxy cannot inspect.
+    """
+    master = Master(opts, with_termlog=True)
+    master.addons.add(
+        core.Core(),
+        errorcheck.ErrorCheck(),
+        block.Block(),
+        disable_h2c.DisableH2C(),
+        proxyserver.Proxyserver(),
+        next_layer.NextLayer(),
+        tlsconfig.TlsConfig(),
+    )
+    return master
 
 
 class _Sink:
@@ -77,7 +116,7 @@ async def serve(
     files, _created = init_ca(policy.certs_dir)
     host, port = parse_listen(listen or policy.listen)
     opts = Options(listen_host=host, listen_port=port, confdir=str(files.confdir))
-    master = DumpMaster(opts, with_termlog=True, with_dumper=False)
+    master = proxy_master(opts)
     addon = KeyBroker(engine)
     master.addons.add(addon)
     update: dict[str, Any] = dict(SAFE_OPTIONS)

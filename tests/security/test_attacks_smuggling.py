@@ -5,9 +5,11 @@ hidden from its decision, nothing with a value reaching the upstream."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from tests.security.conftest import Sec, assert_no_leak, h2_get, h2_tunnel, tunnel
+from tests.security.conftest import Sec, assert_no_leak, connect, h2_get, h2_tunnel, tunnel
 from tests.support.proxy import Proxy
 from tests.support.upstream import Upstream
 
@@ -176,3 +178,27 @@ def test_http2_body_without_length_is_framed_upstream(
     upstream.wait_for(2, timeout=1.0)
     assert [r.path for r in upstream.received] == ["/echo/h2front"]
     assert upstream.received[0].body == hidden
+
+
+def test_h2c_upgrade_never_offered_upstream(sbroker: Proxy, sec: Sec, plain_upstream: Any) -> None:
+    """Attack: a cleartext request asking the upstream to switch to h2c. Once
+    switched, the connection would carry HTTP/2 mitmproxy does not parse:
+    requests past the policy, responses past the scrubber.
+    Expected: the request arrives without the upgrade headers (mitmproxy's
+    DisableH2C stays in keybroker's addon set), so nothing switches."""
+    before = len(plain_upstream.received)
+    auth = Proxy.auth_header(sec.sc.acme.name, sec.sc.acme.token)
+    target = f"127.0.0.1:{plain_upstream.port}"
+    with connect(sbroker) as w:
+        w.send(
+            f"GET http://{target}/h2c HTTP/1.1\r\nHost: {target}\r\n"
+            f"Proxy-Authorization: {auth}\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+            "Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n".encode()
+        )
+        resp = w.response()
+    assert resp.status == 200, resp.raw[:300]
+    got = plain_upstream.received[before:]
+    assert [r.path for r in got] == ["/h2c"]
+    names = {k.lower() for k, _ in got[0].headers}
+    assert not names & {"upgrade", "http2-settings"}, got[0].headers
+    assert_no_leak(resp.raw, sec)
