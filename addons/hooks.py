@@ -297,15 +297,26 @@ class KeyBroker:
         st.originals = None
 
     # -- the response path -------------------------------------------------------
-    def _scrub_headers(self, msg: http.Message | http.Headers, st: FlowState) -> None:
+    def _scrub_headers(
+        self, msg: http.Message | http.Headers, st: FlowState, body: bytes | None = None
+    ) -> bytes | None:
+        """Scrub the header fields in place; with ``body``, scrub it in the same
+        scan and return it scrubbed (None when nothing was found in it)."""
         assert self.engine is not None
         headers = msg if isinstance(msg, http.Headers) else msg.headers
-        done = self.engine.scrub_many([part for field in headers.fields for part in field])
+        pieces = [part for field in headers.fields for part in field]
+        done = self.engine.scrub_many(pieces if body is None else [*pieces, body])
         n = sum(count for _, count in done)
-        if n:  # the common case, nothing found, costs one scan over all fields
-            st.scrubbed += n
-            out = [data for data, _ in done]
-            headers.fields = tuple(zip(out[::2], out[1::2], strict=True))
+        if not n:  # the common case, nothing found, costs one scan of everything
+            return None
+        st.scrubbed += n
+        body_out: bytes | None = None
+        if body is not None:
+            data, in_body = done.pop()
+            body_out = data if in_body else None
+        out = [data for data, _ in done]
+        headers.fields = tuple(zip(out[::2], out[1::2], strict=True))
+        return body_out
 
     @guarded
     def responseheaders(self, flow: http.HTTPFlow) -> None:
@@ -315,12 +326,12 @@ class KeyBroker:
             return
         assert self.engine is not None
         resp = flow.response
-        self._scrub_headers(resp, st)
         if (
             flow.request.method == "HEAD"
             or resp.status_code < 200  # 101: the connection switches protocol, no body
             or resp.status_code in _NO_BODY_STATUS
         ):
+            self._scrub_headers(resp, st)
             return
         length = resp.headers.get("content-length")
         limits = self.engine.policy.limits
@@ -330,8 +341,11 @@ class KeyBroker:
             or not length.isdigit()
             or int(length) > limits.stream_threshold
         )
-        if streaming:
+        if streaming:  # the headers leave before the body: scrub them now
+            self._scrub_headers(resp, st)
             start_stream(self.engine, flow, st)
+        else:  # buffered: nothing leaves before `response`, which scans both at once
+            st.headers_pending = True
 
     @guarded
     def response(self, flow: http.HTTPFlow) -> None:
@@ -365,9 +379,14 @@ class KeyBroker:
                 return
             resp.headers.pop("content-encoding", None)
             resp.set_content(raw)
-        out, n = self.engine.scrub(raw)
-        if n:
+        if st.headers_pending:
+            st.headers_pending = False
+            out = self._scrub_headers(resp, st, raw)
+        else:
+            scrubbed, n = self.engine.scrub(raw)
             st.scrubbed += n
+            out = scrubbed if n else None
+        if out is not None:
             resp.set_content(out)
 
     @guarded

@@ -25,9 +25,8 @@ from typing import Any
 from broker.audit_verify import (
     DECISIONS,
     GENESIS,
-    canonical,
-    chain_hash,
     rotated_name,
+    sealed,
     tail_state,
 )
 from broker.audit_verify import VerifyResult as VerifyResult
@@ -240,8 +239,8 @@ class AuditLog:
             if not self._ready():
                 raise AuditUnavailable(f"audit log {self.path} cannot be written")
             rec["prev"] = self._prev
-            rec["hash"] = chain_hash(rec, self._key)
-            line = canonical(rec) + b"\n"
+            rec["hash"], line = sealed(rec, self._key)
+            line += b"\n"
             limit = self._rotate_bytes
             if limit is not None and self._size and self._size + len(line) > limit:
                 self._rotate()

@@ -43,12 +43,27 @@ def canonical(record: Mapping[str, Any]) -> bytes:
     return text.encode("utf-8")
 
 
-def chain_hash(record: Mapping[str, Any], key: bytes | None) -> str:
-    """The ``hash`` of ``record`` (any ``hash`` key in it is ignored)."""
-    body = canonical({k: v for k, v in record.items() if k != "hash"})
+def _digest(body: bytes, key: bytes | None) -> str:
     if key:
         return hmac.new(key, body, hashlib.sha256).hexdigest()
     return hashlib.sha256(body).hexdigest()
+
+
+def chain_hash(record: Mapping[str, Any], key: bytes | None) -> str:
+    """The ``hash`` of ``record`` (any ``hash`` key in it is ignored)."""
+    return _digest(canonical({k: v for k, v in record.items() if k != "hash"}), key)
+
+
+def sealed(record: Mapping[str, Any], key: bytes | None) -> tuple[str, bytes]:
+    """``chain_hash(record)`` and the canonical line of ``record`` with that
+    ``hash``, serialising the record once (the writer's hot path). Keys are
+    sorted, so the canonical text is the keys before "hash", then "hash",
+    then the keys after it: each half is serialised once and spliced."""
+    head = canonical({k: v for k, v in record.items() if k < "hash"})[:-1]  # b"{..." or b"{"
+    tail = canonical({k: v for k, v in record.items() if k > "hash"})[1:]  # b"...}" or b"}"
+    before, after = (b"," if len(head) > 1 else b""), (b"," if len(tail) > 1 else b"")
+    digest = _digest(head + (before if after else b"") + tail, key)
+    return digest, head + before + b'"hash":"' + digest.encode() + b'"' + after + tail
 
 
 def _hash_of(line: bytes) -> str | None:

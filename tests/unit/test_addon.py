@@ -163,3 +163,68 @@ def test_every_proxy_header_field_is_stripped(addon: KeyBroker) -> None:
     names = [k.lower() for k, _ in f.request.headers.fields]
     assert b"proxy-authorization" not in names and b"proxy-connection" not in names
     assert f.request.headers["x-other"] == "kept"
+
+
+def _echoing_response(a: KeyBroker, body: bytes, headers: dict[str, str]) -> http.HTTPFlow:
+    f = flow(headers={"Authorization": "Bearer <<secret:api>>", "Proxy-Authorization": auth()})
+    send(a, f)
+    f.response = http.Response.make(200, body, headers)
+    return f
+
+
+def test_buffered_response_headers_and_body_scrubbed_in_one_scan(
+    addon: KeyBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    f = _echoing_response(addon, f"echo {VALUE}".encode(), {"x-reflect": VALUE})
+    assert addon.engine is not None
+    scans: list[int] = []
+    real = addon.engine.scrubber.scrub
+    monkeypatch.setattr(addon.engine.scrubber, "scrub", lambda d: scans.append(len(d)) or real(d))
+    addon.responseheaders(f)
+    assert f.response is not None and f.response.headers["x-reflect"] == VALUE  # nothing sent yet
+    assert scans == []
+    pieces = [part for field in f.response.headers.fields for part in field]
+    pieces.append(f.response.raw_content or b"")
+    addon.response(f)
+    assert f.response.headers["x-reflect"] == "<<secret:api>>"
+    assert f.response.content == b"echo <<secret:api>>"
+    assert f.response.headers["content-length"] == str(len(b"echo <<secret:api>>"))
+    # One scan of headers and body joined, then each of the 5 pieces once (a
+    # value was found: 2 header fields before the content-length was set, and
+    # the body), then one of the audit record's host and path.
+    assert len(pieces) == 5 and len(scans) == 1 + 5 + 1
+    assert scans[0] == len(b"\n".join(pieces))  # every header byte and the body, joined
+
+
+@pytest.mark.parametrize(
+    ("status", "method", "headers"),
+    [
+        (200, "GET", {"content-type": "text/event-stream"}),  # streamed
+        (204, "GET", {}),  # no body
+        (200, "HEAD", {}),
+        (101, "GET", {"upgrade": "websocket"}),
+    ],
+    ids=["streamed", "204", "head", "101"],
+)
+def test_headers_that_leave_before_the_body_are_scrubbed_at_once(
+    addon: KeyBroker, status: int, method: str, headers: dict[str, str]
+) -> None:
+    f = _echoing_response(addon, b"", {**headers, "x-reflect": VALUE})
+    assert f.response is not None
+    f.request.method = method
+    f.response.status_code = status
+    if "text/event-stream" in headers.values():
+        del f.response.headers["content-length"]
+    addon.responseheaders(f)
+    assert f.response.headers["x-reflect"] == "<<secret:api>>"
+
+
+def test_failing_buffered_response_hook_never_sends_unscrubbed_headers(
+    addon: KeyBroker,
+) -> None:
+    f = _echoing_response(addon, b"ok", {"x-reflect": VALUE})
+    addon.responseheaders(f)
+    addon.fault_injection = "response"
+    addon.response(f)
+    assert f.response is not None and f.response.status_code == 502
+    assert VALUE not in str(f.response.headers) and VALUE.encode() not in f.response.raw_content

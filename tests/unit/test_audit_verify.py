@@ -9,12 +9,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from broker.audit import AuditLog, build_record
 from broker.audit_verify import (
     GENESIS,
+    canonical,
     chain_files,
     chain_hash,
+    sealed,
     tail_state,
     verify,
     verify_chain,
@@ -245,3 +249,22 @@ def test_tail_state_finds_a_line_longer_than_the_window(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert GENESIS == "0" * 64
+
+
+_KEYS = st.sampled_from(
+    ["decision", "h", "has", "hash", "hasha", "hb", "host", "id", "prev", "ts", "a", "z", "é"]
+)
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text() | st.floats(allow_nan=False),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@given(record=st.dictionaries(_KEYS, _VALUES, max_size=8), key=st.sampled_from([None, b"k"]))
+def test_sealed_matches_hash_then_serialise(record: dict[str, object], key: bytes | None) -> None:
+    """The writer's one-pass seal equals hashing the record, then serialising
+    it with the hash: what `audit verify` (and any other reader) recomputes."""
+    digest, line = sealed(record, key)
+    assert digest == chain_hash(record, key)
+    assert line == canonical({**record, "hash": digest})

@@ -117,6 +117,7 @@ def test_rebuilds_once_per_change_not_per_scan(monkeypatch: pytest.MonkeyPatch) 
     builds: list[int] = []
     real_build = scrub.matcher.build
     monkeypatch.setattr(scrub.matcher, "build", lambda p, e: builds.append(1) or real_build(p, e))
+    monkeypatch.setattr(scrub, "_clock", lambda: 0.0)  # no idle merge
     s = Scrubber()
     for i in range(3):
         s.add(f"kb-canary-{i}".encode(), b"<<secret:x>>", ("t", f"x{i}"))
@@ -138,6 +139,7 @@ def _record_layer_builds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(scrub, "_build_layer", build)
     monkeypatch.setattr(scrub, "DELTA_VALUES", 4)
+    monkeypatch.setattr(scrub, "_clock", lambda: 0.0)  # no idle merge unless a test moves time
     return sizes
 
 
@@ -218,6 +220,62 @@ def test_a_failed_background_rebuild_leaves_the_delta_in_charge(
         assert s.scrub(b" ".join(VALUES[: i + 1]))[1] == i + 1
         assert s.settle(30)
     assert "scrubber rebuild failed" in caplog.text  # and every scrub above was complete
+
+
+def _settled_with_a_delta(monkeypatch: pytest.MonkeyPatch) -> tuple[Scrubber, list[float]]:
+    """A scrubber holding VALUES as a base plus a delta, on a clock the test moves."""
+    now = [0.0]
+    monkeypatch.setattr(scrub, "_clock", lambda: now[0])
+    s = Scrubber()
+    for i, value in enumerate(VALUES[:7]):  # 5 start a base (> 4); 6 and 7 stay in a delta
+        s.add(value, f"<<secret:v{i}>>".encode(), ("t", f"v{i}"))
+        s.scrub(value)
+        assert s.settle(30)
+    assert (len(s._current().layers), s.delta_size) == (2, 2)
+    return s, now
+
+
+def test_a_settled_delta_is_folded_into_the_base(monkeypatch: pytest.MonkeyPatch) -> None:
+    sizes = _record_layer_builds(monkeypatch)
+    s, now = _settled_with_a_delta(monkeypatch)
+    built = len(sizes)
+    now[0] += scrub.MERGE_AFTER / 2
+    s.scrub(b"data")
+    assert s.settle(30) and len(sizes) == built  # not yet: the delta changed recently
+    now[0] += scrub.MERGE_AFTER
+    s.scrub(b"data")  # settled: starts the merge; this scan still uses both layers
+    assert s.settle(30)
+    assert sizes[built:] == [7] and s.delta_size == 0
+    assert len(s._current().layers) == 1
+    expected = b" ".join(b"<<secret:v%d>>" % i for i in range(7))
+    assert s.scrub(b" ".join(VALUES[:7])) == (expected, 7)
+
+
+def test_a_failed_merge_is_retried_after_a_pause(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _record_layer_builds(monkeypatch)
+    s, now = _settled_with_a_delta(monkeypatch)
+    attempts: list[int] = []
+    build = scrub._build_layer
+
+    def failing(entries: list[scrub._Entry], engine: str) -> scrub._Layer | None:
+        if threading.current_thread().name == "keybroker-scrub-build":
+            attempts.append(len(entries))
+            raise RuntimeError("kb-test: merge refused")
+        return build(entries, engine)
+
+    monkeypatch.setattr(scrub, "_build_layer", failing)
+    now[0] += scrub.MERGE_AFTER
+    for _ in range(5):  # one attempt, not one per scan
+        assert s.scrub(VALUES[6]) == (b"<<secret:v6>>", 1)
+        assert s.settle(30)
+    assert attempts == [7] and "scrubber rebuild failed" in caplog.text
+    now[0] += scrub.MERGE_AFTER
+    s.scrub(b"data")
+    assert s.settle(30)
+    assert attempts == [7, 7]
+    assert s.delta_size == 2  # the delta still covers what the base lacks
 
 
 def test_rejects_an_empty_value() -> None:
