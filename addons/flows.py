@@ -29,8 +29,8 @@ class FlowState:
     """The audit record has been written."""
     originals: tuple[http.Headers, str, bytes | None] | None = None
     scrubbed: int = 0
-    headers_pending: bool = False
-    """A buffered response's headers wait to be scrubbed with its body."""
+    headers_scrubbed: bool = False
+    """The response headers were scrubbed (a buffered response's wait for its body)."""
     stream: Any = None
     fingerprints: dict[str, Any] = field(default_factory=dict)
 

@@ -16,7 +16,7 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.connection import Client
 
 from addons.flows import FlowState, error_response, frame_body, guarded, strip_proxy_headers
-from addons.streaming import start_stream
+from addons.scrubbing import ResponseHooks
 from broker.decision import Decision, Destination, Reason, failure
 from broker.decode import DecodeError, TooLarge, decode_body
 from broker.engine import Engine, Outcome
@@ -26,10 +26,9 @@ from broker.responses import reply_for
 
 log = logging.getLogger("keybroker")
 MAGIC_HOST = "keybroker.invalid"
-_NO_BODY_STATUS = (204, 304)
 
 
-class KeyBroker:
+class KeyBroker(ResponseHooks):
     def __init__(
         self, engine: Engine | None = None, *, feed_factory: Callable[[], Any] | None = None
     ) -> None:
@@ -296,99 +295,6 @@ class KeyBroker:
         flow.request.raw_content = raw
         st.originals = None
 
-    # -- the response path -------------------------------------------------------
-    def _scrub_headers(
-        self, msg: http.Message | http.Headers, st: FlowState, body: bytes | None = None
-    ) -> bytes | None:
-        """Scrub the header fields in place; with ``body``, scrub it in the same
-        scan and return it scrubbed (None when nothing was found in it)."""
-        assert self.engine is not None
-        headers = msg if isinstance(msg, http.Headers) else msg.headers
-        pieces = [part for field in headers.fields for part in field]
-        done = self.engine.scrub_many(pieces if body is None else [*pieces, body])
-        n = sum(count for _, count in done)
-        if not n:  # the common case, nothing found, costs one scan of everything
-            return None
-        st.scrubbed += n
-        body_out: bytes | None = None
-        if body is not None:
-            data, in_body = done.pop()
-            body_out = data if in_body else None
-        out = [data for data, _ in done]
-        headers.fields = tuple(zip(out[::2], out[1::2], strict=True))
-        return body_out
-
-    @guarded
-    def responseheaders(self, flow: http.HTTPFlow) -> None:
-        self._inject("responseheaders")
-        st = self._state.get(flow)
-        if st is None or st.ours or flow.response is None:
-            return
-        assert self.engine is not None
-        resp = flow.response
-        if (
-            flow.request.method == "HEAD"
-            or resp.status_code < 200  # 101: the connection switches protocol, no body
-            or resp.status_code in _NO_BODY_STATUS
-        ):
-            self._scrub_headers(resp, st)
-            return
-        length = resp.headers.get("content-length")
-        limits = self.engine.policy.limits
-        streaming = (
-            "text/event-stream" in resp.headers.get("content-type", "").lower()
-            or length is None
-            or not length.isdigit()
-            or int(length) > limits.stream_threshold
-        )
-        if streaming:  # the headers leave before the body: scrub them now
-            self._scrub_headers(resp, st)
-            start_stream(self.engine, flow, st)
-        else:  # buffered: nothing leaves before `response`, which scans both at once
-            st.headers_pending = True
-
-    @guarded
-    def response(self, flow: http.HTTPFlow) -> None:
-        self._inject("response")
-        st = self._state.get(flow)
-        if st is None or st.done:
-            return
-        resp = flow.response
-        if not st.ours and resp is not None:
-            if not resp.stream:
-                self._scrub_body(flow, st)
-            if flow.response is resp and resp.trailers:  # streamed ones are sent after this hook
-                self._scrub_headers(resp.trailers, st)
-        self._restore(flow, st)
-        self._finish(flow, st)
-
-    def _scrub_body(self, flow: http.HTTPFlow, st: FlowState) -> None:
-        assert self.engine is not None and flow.response is not None
-        resp = flow.response
-        raw = resp.raw_content or b""
-        encoding = resp.headers.get("content-encoding", "").strip().lower()
-        if raw and encoding and encoding != "identity":
-            try:
-                raw = decode_body(raw, encoding, self.engine.policy.limits.max_decoded_response)
-            except DecodeError:
-                secrets = st.decision.secrets if st.decision else ()
-                decision = failure(Reason.UNDECODABLE_BODY, st.tenant, None, secrets, upstream=True)
-                self._restore(flow, st)
-                st.decision, st.ours = decision, True
-                flow.response = error_response(flow, reply_for(decision))
-                return
-            resp.headers.pop("content-encoding", None)
-            resp.set_content(raw)
-        if st.headers_pending:
-            st.headers_pending = False
-            out = self._scrub_headers(resp, st, raw)
-        else:
-            scrubbed, n = self.engine.scrub(raw)
-            st.scrubbed += n
-            out = scrubbed if n else None
-        if out is not None:
-            resp.set_content(out)
-
     @guarded
     def error(self, flow: http.HTTPFlow) -> None:
         st = self._state.get(flow)
@@ -411,25 +317,3 @@ class KeyBroker:
             started=st.started,
             fingerprints=st.fingerprints,
         )
-
-    # -- WebSocket ---------------------------------------------------------------
-    @guarded
-    def websocket_message(self, flow: http.HTTPFlow) -> None:
-        assert self.engine is not None and flow.websocket is not None
-        messages = flow.websocket.messages
-        msg = messages[-1]
-        if msg.from_client and self.engine.scrubber.owners_in(msg.content):
-            # A raw value in a WebSocket message: no policy location allows it.
-            log.error("keybroker: raw secret value in a WebSocket message; closing it")
-            msg.drop()
-            flow.kill()
-        elif not msg.from_client:
-            out, n = self.engine.scrub(msg.content)
-            if n:
-                msg.content = out
-                st = self._state.get(flow)
-                if st is not None:
-                    st.scrubbed += n
-        for old in messages[:-1]:  # do not keep a connection's history (values included)
-            old.content = b""
-        del messages[:-1]

@@ -464,8 +464,15 @@ class Bench:
         workers = int(extra[extra.index("--workers") + 1]) if "--workers" in extra else 1
         cmd = [sys.executable, "-m", "broker.cli", "run", "--config", str(setup.config)]
         cmd += ["--listen", f"127.0.0.1:{port}", *extra]
-        slug = re.sub(r"[^A-Za-z0-9]+", "-", tag).strip("-")
-        return Proc(tag, cmd, port, env, self.work / f"{slug}.log", workers)
+        return Proc(tag, cmd, port, env, self.logfile(tag), workers)
+
+    def script(self, name: str, script: str, port: int, *args: str) -> Proc:
+        """A ``bench/<script> --port PORT ARGS`` process (not started)."""
+        cmd = [sys.executable, str(REPO / "bench" / script), "--port", str(port), *args]
+        return Proc(name, cmd, port, dict(os.environ), self.logfile(name))
+
+    def logfile(self, name: str) -> Path:
+        return self.work / (re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-") + ".log")
 
     def start(self, *procs: Proc) -> None:
         """Launch together, then wait for each (startup times overlap)."""
@@ -510,22 +517,7 @@ def _run(b: Bench, args: argparse.Namespace) -> str:
     up_bundle = work / "upstream-bundle.pem"
     up_bundle.write_bytes(Path(certifi.where()).read_bytes() + b"\n" + ca.ca_pem)
     up_port = free_port()
-    upstream = Proc(
-        "upstream",
-        [
-            sys.executable,
-            str(REPO / "bench" / "upstream_fast.py"),
-            "--cert",
-            cert,
-            "--key",
-            key,
-            "--port",
-            str(up_port),
-        ],
-        up_port,
-        dict(os.environ),
-        work / "upstream.log",
-    )
+    upstream = b.script("upstream", "upstream_fast.py", up_port, "--cert", cert, "--key", key)
     base = f"https://localhost:{up_port}"
     main = make_setup(work, "main", 100, 10, up_port, ca.ca_path)
     kb = b.kb(main, "keybroker")
@@ -558,21 +550,14 @@ def _run(b: Bench, args: argparse.Namespace) -> str:
     )
     bare_proxy = f"http://bench:bench@127.0.0.1:{bare_port}"
     lean_port = free_port()
-    lean = Proc(
+    lean = b.script(
         "mitmproxy with keybroker's addon set",
-        [
-            sys.executable,
-            str(REPO / "bench" / "lean_proxy.py"),
-            "--port",
-            str(lean_port),
-            "--confdir",
-            str(files.confdir),
-            "--upstream-ca",
-            str(up_bundle),
-        ],
+        "lean_proxy.py",
         lean_port,
-        dict(os.environ),
-        work / "lean.log",
+        "--confdir",
+        str(files.confdir),
+        "--upstream-ca",
+        str(up_bundle),
     )
     lean_proxy = f"http://bench:bench@127.0.0.1:{lean_port}"
     extra = [] if quick else [b.kb(main, "keybroker --workers 2", "--workers", "2")]

@@ -164,7 +164,9 @@ class _Keyed(Matcher):
             key, offset = _key(pattern)
             groups.setdefault(key, []).append((pattern, index, offset))
         self._keys = list(groups)
-        self._groups = [groups[key] for key in self._keys]
+        # Tuples, not lists: tuples of plain values leave the cyclic GC's
+        # lists, which a full collection would otherwise walk every time.
+        self._groups = tuple(tuple(groups[key]) for key in self._keys)
 
     def _confirm(self, data: bytes, hits: Iterable[tuple[int, int]]) -> list[Match]:
         """Patterns found around key hits ``(key_id, start of the key)``."""
@@ -188,8 +190,8 @@ class _Hyperscan(_Keyed):
         literals: dict[bytes, list[int]] = {}
         for key_id, key in enumerate(self._keys):
             literals.setdefault(key.lower(), []).append(key_id)
-        self._literal_keys = list(literals.values())
-        self._literal_lens = [len(lower) for lower in literals]
+        self._literal_keys = tuple(tuple(ids) for ids in literals.values())
+        self._literal_lens = tuple(len(lower) for lower in literals)
         # Literal mode stops at a NUL byte, so the literals are compiled as
         # expressions with every non-alphanumeric byte escaped as \\xHH.
         sources = [

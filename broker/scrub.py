@@ -95,10 +95,11 @@ def _build_layer(entries: Iterable[_Entry], engine: str) -> _Layer | None:
     if not patterns:
         return None
     keys = list(patterns)
+    shared: dict[frozenset[Owner], frozenset[Owner]] = {}  # one set per owner group, not per form
     return _Layer(
         matcher=matcher.build(keys, engine),
         replacements=tuple(patterns[k][0] for k in keys),
-        owners=tuple(frozenset(patterns[k][1]) for k in keys),
+        owners=tuple(shared.setdefault(o, o) for o in (frozenset(patterns[k][1]) for k in keys)),
     )
 
 

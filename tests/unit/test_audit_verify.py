@@ -255,7 +255,11 @@ _KEYS = st.sampled_from(
     ["decision", "h", "has", "hash", "hasha", "hb", "host", "id", "prev", "ts", "a", "z", "é"]
 )
 _VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text() | st.floats(allow_nan=False),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.text()
+    | st.floats(allow_nan=False, allow_infinity=False),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
     max_leaves=8,
 )
