@@ -10,6 +10,8 @@ What runs (all on 127.0.0.1, every wait and loop bounded):
 - ``bench/upstream_fast.py``: an asyncio HTTPS upstream with its own test CA.
 - bare mitmdump: ``mitmdump -q --set connection_strategy=lazy`` with
   ``ssl_verify_upstream_trusted_ca`` (system roots + the test CA), no addon.
+- ``bench/lean_proxy.py``: mitmproxy with keybroker's addon set and no
+  keybroker, so keybroker's own cost shows apart from the proxy's.
 - keybroker: ``keybroker run`` with 100 tenants × 10 secrets from the ``env``
   backend (values in environment variables set here; ``cache_ttl`` 300 s, like
   a cached vault read). Every request substitutes ``Authorization: Bearer
