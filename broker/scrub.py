@@ -223,7 +223,7 @@ class Scrubber:
                     and self._rebuild is None
                     and _clock() - self._changed_at >= MERGE_AFTER
                 ):
-                    self._start_rebuild()  # settled: fold the delta into the base
+                    self._start_rebuild(idle=True)  # settled: fold the delta into the base
                 return snap
             if len(self._changed) > DELTA_VALUES and self._rebuild is None:
                 self._start_rebuild()
@@ -236,13 +236,16 @@ class Scrubber:
             self._snapshot = _Snapshot(layers, self._max_len, self._has_newline, self._generation)
             return self._snapshot
 
-    def _start_rebuild(self) -> None:
+    def _start_rebuild(self, *, idle: bool = False) -> None:
         """Build a base of every value now known; called with the lock held.
         When the changed values are most of them (start-up, a burst) the delta
         would cost nearly as much as the whole set, so the base is built here
-        instead of twice (delta now, base in the background)."""
+        instead of twice (delta now, base in the background). An ``idle``
+        merge is never urgent: the delta already covers its values, so it
+        always goes to the background."""
         entries, generation = self._entries(self._values), self._generation
-        if not self._background or 2 * len(self._changed) > len(self._values):
+        most = 2 * len(self._changed) > len(self._values)
+        if not self._background or (most and not idle):
             self._install(_build_layer(entries, self._engine), generation)
             return
 

@@ -251,6 +251,30 @@ def test_a_settled_delta_is_folded_into_the_base(monkeypatch: pytest.MonkeyPatch
     assert s.scrub(b" ".join(VALUES[:7])) == (expected, 7)
 
 
+def test_an_idle_merge_never_builds_on_the_scanning_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    threads: list[str] = []
+    build = scrub._build_layer
+
+    def recording(entries: list[scrub._Entry], engine: str) -> scrub._Layer | None:
+        threads.append(threading.current_thread().name)
+        return build(entries, engine)
+
+    monkeypatch.setattr(scrub, "_build_layer", recording)
+    now = [0.0]
+    monkeypatch.setattr(scrub, "_clock", lambda: now[0])
+    s = Scrubber()
+    for i, value in enumerate(VALUES[:3]):  # every value is in the delta: "most" changed
+        s.add(value, f"<<secret:v{i}>>".encode(), ("t", f"v{i}"))
+    s.scrub(b"data")
+    assert threads == [threading.current_thread().name]  # the delta itself, built to scan
+    now[0] += scrub.MERGE_AFTER
+    s.scrub(b"data")
+    assert s.settle(30)
+    assert threads[1:] == ["keybroker-scrub-build"] and s.delta_size == 0
+
+
 def test_a_failed_merge_is_retried_after_a_pause(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
