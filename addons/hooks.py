@@ -1,6 +1,8 @@
 """The mitmproxy addon: thin, guarded hooks that translate flows to calls on
-:class:`broker.engine.Engine` (DESIGN.md §1, §10). ``addons/keybroker.py``
-is the entry point (``keybroker run`` and ``mitmdump -s``)."""
+:class:`broker.engine.Engine` (DESIGN.md §1, §10): identity, the secured
+request path and the audit record here, the response path in
+:mod:`addons.scrubbing`. ``addons/keybroker.py`` is the entry point
+(``keybroker run`` and ``mitmdump -s``)."""
 
 from __future__ import annotations
 
