@@ -39,6 +39,11 @@ log = logging.getLogger("keybroker")
 
 RETRY_SECONDS = 1.0
 """An unhealthy log tries to reopen its file at most this often."""
+MIN_FREE_BYTES = 1 << 20
+"""Below this much free space (for an unprivileged writer) on the audit file's
+filesystem, :meth:`AuditLog.healthy` is False: a request carrying a secret is
+refused before it is forwarded, instead of being forwarded on a full disk and
+then not recorded."""
 _FP_DOMAIN = b"keybroker/fingerprint/v1\x00"
 _clock = time.monotonic
 
@@ -230,7 +235,17 @@ class AuditLog:
     def healthy(self) -> bool:
         """Cheap: can a record be written now? Checked before a secret is used."""
         with self._lock:
-            return self._ready()
+            return self._ready() and self._room()
+
+    def _room(self) -> bool:
+        """Under the lock, with the file open: room for records on its filesystem?"""
+        assert self._fd is not None
+        try:
+            fs = os.fstatvfs(self._fd)
+        except OSError:
+            return False
+        # f_blocks == 0: a filesystem that reports no sizes; the write decides.
+        return fs.f_blocks == 0 or fs.f_bavail * fs.f_frsize >= MIN_FREE_BYTES
 
     def append(self, record: Mapping[str, Any]) -> dict[str, Any]:
         """Chain ``record`` (sets ``prev`` and ``hash``), write it as one line, return it."""

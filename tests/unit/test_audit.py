@@ -396,3 +396,31 @@ def test_no_secret_value_reaches_the_file(tmp_path: Path) -> None:
     assert_no_leak(data, CANARY.encode(), "audit file")
     assert_no_leak(data, KEY, "audit file")
     assert verify(path, hmac_key=KEY).ok
+
+
+def _free_space(monkeypatch: pytest.MonkeyPatch, blocks: int, available: int) -> None:
+    real = os.fstatvfs
+
+    def fake(fd: int) -> os.statvfs_result:
+        st = real(fd)
+        fields = list(st)
+        fields[0] = fields[1] = 4096  # f_bsize, f_frsize
+        fields[2], fields[4] = blocks, available  # f_blocks, f_bavail
+        return os.statvfs_result(fields)
+
+    monkeypatch.setattr(os, "fstatvfs", fake)
+
+
+def test_a_full_disk_is_unhealthy_before_a_write_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = AuditLog(tmp_path / "audit.jsonl")
+    assert log.healthy()
+    room = audit.MIN_FREE_BYTES // 4096
+    _free_space(monkeypatch, blocks=1 << 20, available=room - 1)
+    assert not log.healthy(), "less than MIN_FREE_BYTES left: refuse before forwarding"
+    _free_space(monkeypatch, blocks=1 << 20, available=room)
+    assert log.healthy()
+    _free_space(monkeypatch, blocks=0, available=0)  # a filesystem that reports no sizes
+    assert log.healthy()
+    log.close()
