@@ -11,8 +11,8 @@ from typing import Any
 
 from mitmproxy import http
 
-from broker.decision import Decision, Destination
-from broker.responses import Reply
+from broker.request.decision import Decision, Destination
+from broker.request.responses import Reply
 
 __all__ = ["FlowState", "error_response", "frame_body", "guarded", "strip_proxy_headers"]
 

@@ -19,12 +19,12 @@ from mitmproxy.connection import Client
 
 from addons.flows import FlowState, error_response, frame_body, guarded, strip_proxy_headers
 from addons.scrubbing import ResponseHooks
-from broker.decision import Decision, Destination, Reason, failure
-from broker.decode import DecodeError, TooLarge, decode_body
 from broker.engine import Engine, Outcome
-from broker.locations import RequestParts
-from broker.policy import PolicyError
-from broker.responses import reply_for
+from broker.policy.load import PolicyError
+from broker.request.codings import DecodeError, TooLarge, decode_body
+from broker.request.decision import Decision, Destination, Reason, failure
+from broker.request.locations import RequestParts
+from broker.request.responses import reply_for
 
 log = logging.getLogger("keybroker")
 MAGIC_HOST = "keybroker.invalid"
@@ -73,7 +73,7 @@ class KeyBroker(ResponseHooks):
     def _configure_tls(self) -> None:
         """mitmproxy uses the keybroker CA, and trusts ``upstream_ca`` on top
         of the usual roots for upstream servers."""
-        from broker.ca import init_ca, upstream_bundle
+        from broker.tls.ca import init_ca, upstream_bundle
 
         assert self.engine is not None
         policy = self.engine.policy

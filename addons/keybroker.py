@@ -20,7 +20,7 @@ from addons.hooks import KeyBroker
 def _feed() -> Any:
     from rich.console import Console
 
-    from broker.console import Feed
+    from broker.cli.console import Feed
 
     return Feed(Console(stderr=True))
 

@@ -24,9 +24,9 @@ from mitmproxy.master import Master
 from mitmproxy.options import Options
 
 from addons.keybroker import KeyBroker
-from broker.ca import init_ca, upstream_bundle
 from broker.engine import Engine
-from broker.policy import parse_listen
+from broker.policy.schema import parse_listen
+from broker.tls.ca import init_ca, upstream_bundle
 
 # mitmproxy options keybroker depends on; see ../shared/MITMPROXY_NOTES.md.
 SAFE_OPTIONS: dict[str, Any] = {
@@ -105,7 +105,7 @@ async def serve(
 ) -> int:
     from rich.console import Console
 
-    from broker import console as feedmod
+    from broker.cli import console as feedmod
 
     err = Console(stderr=True)
     summary = feedmod.Summary()
@@ -163,7 +163,7 @@ def supervise(config: Path, *, listen: str | None, quiet: bool, workers: int) ->
     import subprocess
     import time
 
-    from broker.policy import load_policy
+    from broker.policy.load import load_policy
 
     policy = load_policy(config)
     init_ca(policy.certs_dir)  # once, before the workers race for it

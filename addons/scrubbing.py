@@ -12,10 +12,10 @@ from mitmproxy import http
 
 from addons.flows import FlowState, error_response, guarded
 from addons.streaming import start_stream
-from broker.decision import Reason, failure
-from broker.decode import DecodeError, decode_body
 from broker.engine import Engine
-from broker.responses import reply_for
+from broker.request.codings import DecodeError, decode_body
+from broker.request.decision import Reason, failure
+from broker.request.responses import reply_for
 
 log = logging.getLogger("keybroker")
 _NO_BODY_STATUS = (204, 304)

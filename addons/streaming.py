@@ -10,9 +10,9 @@ from collections.abc import Iterable
 from mitmproxy import ctx, http
 
 from addons.flows import FlowState
-from broker.decision import Reason, failure
-from broker.decode import DecodeError, IncrementalDecoder
 from broker.engine import Engine
+from broker.request.codings import DecodeError, IncrementalDecoder
+from broker.request.decision import Reason, failure
 
 __all__ = ["abort_stream", "start_stream"]
 

@@ -510,8 +510,8 @@ def run(args: argparse.Namespace) -> str:
 def _run(b: Bench, args: argparse.Namespace) -> str:
     import certifi
 
-    from broker.ca import ca_files
-    from broker.policy import load_policy
+    from broker.policy.load import load_policy
+    from broker.tls.ca import ca_files
 
     quick, work = b.quick, b.work
     ca = TestCA(work / "upstream-ca")

@@ -25,9 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from broker.encodings import variants
-from broker.matcher import available_engines
-from broker.scrub import Scrubber
+from broker.scrub.matcher import available_engines
+from broker.scrub.scrubber import Scrubber
+from broker.scrub.spellings import variants
 
 PRINTABLE = bytes(range(0x20, 0x7F))
 RE_LIMIT_S = 20.0

@@ -13,16 +13,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from broker import audit, locations
-from broker.auth import authenticate, still_valid
+from broker.audit import log as audit
 from broker.backends.base import Backend, BackendError, build_backends, cache_ttls
-from broker.decision import Decision, Destination, Reason, check_rule, decide, failure
-from broker.locations import RequestParts, SubstitutionError
-from broker.placeholders import placeholder
-from broker.policy import Policy, PolicyError, load_policy
-from broker.resolver import Resolver
-from broker.responses import Reply, reply_for
-from broker.scrub import Scrubber, StreamScrubber
+from broker.backends.resolver import Resolver
+from broker.policy.load import PolicyError, load_policy
+from broker.policy.schema import Policy
+from broker.request import locations
+from broker.request.auth import authenticate, still_valid
+from broker.request.decision import Decision, Destination, Reason, check_rule, decide, failure
+from broker.request.locations import RequestParts, SubstitutionError
+from broker.request.placeholders import placeholder
+from broker.request.responses import Reply, reply_for
+from broker.scrub.scrubber import Scrubber, StreamScrubber
 from broker.secret import SecretValue
 
 log = logging.getLogger("keybroker")

@@ -141,7 +141,7 @@ def export_feed(audit: Path, svg: Path) -> None:
     """Render this run's audit as the live feed shows it, to an SVG for the README."""
     import json
 
-    from broker.console import render_header, render_record
+    from broker.cli.console import render_header, render_record
 
     rec = Console(record=True, width=118, file=io.StringIO())
     rec.print(

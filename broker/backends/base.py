@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from typing import Protocol, assert_never
 
-from broker.policy import EnvBackend, VaultBackend
+from broker.policy.schema import EnvBackend, VaultBackend
 from broker.secret import SecretValue
 
 
@@ -69,5 +69,5 @@ def build_backends(
 
 
 def cache_ttls(configs: Mapping[str, VaultBackend | EnvBackend]) -> dict[str, float]:
-    """The ``cache_ttl`` of each backend, as :class:`broker.resolver.Resolver` wants them."""
+    """The ``cache_ttl`` of each backend, as :class:`broker.backends.resolver.Resolver` wants them."""
     return {name: cfg.cache_ttl for name, cfg in configs.items()}

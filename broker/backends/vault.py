@@ -27,7 +27,7 @@ import hvac.exceptions as hvac_exc
 import requests
 
 from broker.backends.base import BackendError, SecretNotFound
-from broker.policy import VaultBackend
+from broker.policy.schema import VaultBackend
 from broker.secret import SecretValue
 
 RELOGIN_MARGIN = 5.0

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from broker.backends import BackendError, SecretNotFound
+from broker.backends.resolver import Resolver
 from broker.backends.vault import VaultKVBackend
-from broker.policy import SecretRule, VaultBackend
-from broker.resolver import Resolver
+from broker.policy.schema import SecretRule, VaultBackend
 from broker.secret import SecretValue
 from tests.support.openbao import OpenBao
 

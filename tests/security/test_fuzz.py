@@ -22,9 +22,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker.locations import RequestParts, SubstitutionError, scan, substitute
-from broker.placeholders import find_names, replace_bytes, replace_str
-from broker.scrub import Scrubber
+from broker.request.locations import RequestParts, SubstitutionError, scan, substitute
+from broker.request.placeholders import find_names, replace_bytes, replace_str
+from broker.scrub.scrubber import Scrubber
 from tests.support.leaks import find_leak, leak_forms
 
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")

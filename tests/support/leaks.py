@@ -1,6 +1,6 @@
 """An independent leak detector for scrubbing tests.
 
-It derives the spellings of a secret differently from ``broker.encodings``
+It derives the spellings of a secret differently from ``broker.scrub.spellings``
 (base64 fragments as the characters that stay the same whatever bytes
 surround the value; percent-encoding by hand) and, for base64 and hex, also
 decodes every run of the alphabet at every alignment and looks for the raw

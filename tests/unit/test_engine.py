@@ -12,10 +12,10 @@ import pytest
 import yaml
 
 from broker.backends.base import BackendError
-from broker.decision import Destination
 from broker.engine import Engine
-from broker.locations import RequestParts
-from broker.policy import parse_policy
+from broker.policy.load import parse_policy
+from broker.request.decision import Destination
+from broker.request.locations import RequestParts
 from broker.secret import SecretValue
 
 TOKEN_DIGEST = "a" * 64

@@ -1,0 +1,274 @@
+"""``keybroker doctor``: walk the chain an agent depends on, from the
+sandbox's side, one line per step with ✓/✗ and, on failure, what to do.
+
+Plain ``socket`` and ``ssl``: the broker answers ``keybroker.invalid`` itself
+(``/whoami``), so nothing here needs an upstream or mitmproxy."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import http.client
+import json
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from rich.console import Console
+from rich.text import Text
+
+from broker.cli.sandbox_env import check_tenant_token
+from broker.policy.load import PolicyError, load_policy
+from broker.policy.schema import parse_listen
+from broker.tls import ca, trust
+
+MAGIC_HOST = "keybroker.invalid"
+MAX_BODY = 1024 * 1024
+_WILDCARD = {"0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104
+_STEPS = ("policy", "tenant and token", "CA and bundle", "proxy reachable", "CONNECT",
+          "TLS inside the tunnel", "whoami")  # fmt: skip
+
+
+class _Fail(Exception):
+    """A failed step: what went wrong and what to do."""
+
+    def __init__(self, what: str, fix: str = "") -> None:
+        super().__init__(what)
+        self.what, self.fix = what, fix
+
+
+@dataclass
+class _Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def explain(self) -> str:
+        """Status, the broker's decision header and its ``detail`` sentence."""
+        parts = [f"status {self.status}"]
+        if decision := self.headers.get("x-keybroker-decision"):
+            parts.append(f"X-Keybroker-Decision: {decision}")
+        try:
+            data = json.loads(self.body)
+        except ValueError:
+            data = None
+        if isinstance(data, dict) and data.get("detail"):
+            parts.append(str(data["detail"]))
+        return "; ".join(parts)
+
+
+class _Report:
+    def __init__(self, out: Console) -> None:
+        self.out, self.failed = out, False
+
+    def ok(self, n: int, what: str) -> None:
+        self.out.print(Text.assemble(("✓", "green"), f" {n} {what}"))
+
+    def fail(self, n: int, err: _Fail) -> None:
+        self.failed = True
+        self.out.print(Text.assemble(("✗", "bold red"), f" {n} {err.what}"))
+        if err.fix:
+            self.out.print(Text(f"    → {err.fix}"))
+
+    def skip_from(self, first: int, needs: int) -> None:
+        self.failed = True
+        for n in range(first, len(_STEPS) + 1):
+            msg = f" {n} {_STEPS[n - 1]} (skipped: needs step {needs})"
+            self.out.print(Text.assemble(("-", "dim"), msg))
+
+
+def run_doctor(
+    policy_path: Path | str,
+    tenant: str,
+    token: str,
+    *,
+    listen: str | None = None,
+    out: Console,
+    bundle: Path | None = None,
+    timeout: float = 5.0,
+) -> int:
+    """0 when every step passes, else 1. ``bundle`` overrides the CA bundle
+    (default: the one under the policy's ``certs_dir``)."""
+    r = _Report(out)
+    cfg = f"--config {policy_path}"
+    try:
+        policy = load_policy(policy_path)
+    except PolicyError as exc:
+        r.fail(1, _Fail("policy does not load:\n    " + "\n    ".join(exc.errors),
+                        f"fix these, then check with `keybroker check {cfg}`"))  # fmt: skip
+        return 1
+    r.ok(1, f"policy {policy_path} loads ({len(policy.tenants)} tenant(s))")
+
+    problem = check_tenant_token(policy, tenant, token)
+    if problem:
+        r.fail(2, _Fail(problem))
+    else:
+        r.ok(2, f"tenant {tenant!r} exists and the token matches its token_sha256")
+
+    files = ca.ca_files(policy.certs_dir)
+    ca_bundle = bundle or files.bundle
+    ca_ok = _step(r, 3, lambda: _check_ca(files, ca_bundle, cfg))
+
+    try:
+        host, port = parse_listen(listen or policy.listen)
+    except ValueError as exc:
+        r.fail(4, _Fail(str(exc), "pass --listen HOST:PORT"))
+        return 1
+    host = _WILDCARD.get(host, host)
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        raw = socket.create_connection((host, port), timeout=timeout)
+    except OSError as exc:
+        r.fail(4, _Fail(f"cannot connect to the proxy at {where}: {exc.strerror or exc}",
+                        f"is `keybroker run {cfg}` running? If it listens elsewhere, "
+                        "pass --listen HOST:PORT"))  # fmt: skip
+        r.skip_from(5, needs=4)
+        return 1
+    r.ok(4, f"proxy reachable at {where}")
+    with raw:
+        if not _step(r, 5, lambda: _check_connect(raw, tenant, token)):
+            r.skip_from(6, needs=5)
+            return 1
+        if not ca_ok:
+            r.skip_from(6, needs=3)
+            return 1
+        try:
+            tls = _tls(raw, ca_bundle, cfg)
+        except _Fail as err:
+            r.fail(6, err)
+            r.skip_from(7, needs=6)
+            return 1
+        r.ok(6, f"TLS to {MAGIC_HOST} inside the tunnel verifies with {ca_bundle}")
+        with tls:
+            _step(r, 7, lambda: _check_whoami(tls, tenant))
+    return 1 if r.failed else 0
+
+
+def _step(r: _Report, n: int, check: Callable[[], str]) -> bool:
+    try:
+        what = check()
+    except _Fail as err:
+        r.fail(n, err)
+        return False
+    r.ok(n, what)
+    return True
+
+
+def _check_ca(files: ca.CAFiles, bundle: Path, cfg: str) -> str:
+    init = f"run `keybroker ca init {cfg}`"
+    if not files.cert.is_file():
+        raise _Fail(f"no CA certificate at {files.cert}", init)
+    try:
+        cert = x509.load_pem_x509_certificate(files.cert.read_bytes())
+    except ValueError as exc:
+        raise _Fail(f"{files.cert} is not a PEM certificate: {exc}", init + " --force") from None
+    if cert.not_valid_after_utc <= datetime.datetime.now(datetime.UTC):
+        raise _Fail(f"the CA expired on {cert.not_valid_after_utc:%Y-%m-%d}", init + " --force")
+    if not bundle.is_file():
+        raise _Fail(f"no CA bundle at {bundle}", init + " (it writes the bundle)")
+    if not trust.in_bundle(files.cert, bundle):
+        raise _Fail(
+            f"{bundle} does not contain the CA in {files.cert} (made before a rotation?)",
+            init + " to rewrite it, then give sandboxes the new bundle",
+        )
+    return f"CA {files.cert} ({ca.fingerprint(cert)[:23]}…) and bundle {bundle} exist"
+
+
+def _check_connect(sock: socket.socket, tenant: str, token: str) -> str:
+    cred = base64.b64encode(f"{tenant}:{token}".encode()).decode("ascii")
+    target = f"{MAGIC_HOST}:443"
+    req = (
+        f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: Basic {cred}\r\n\r\n"
+    )
+    try:
+        resp = _exchange(sock, req, "CONNECT")
+    except (OSError, http.client.HTTPException) as exc:
+        raise _Fail(
+            f"CONNECT {target} failed: {_why(exc)}", "is that port keybroker's proxy?"
+        ) from None
+    if resp.status == 407:
+        raise _Fail(
+            f"CONNECT {target}: 407, the proxy rejected the credentials of tenant {tenant!r} "
+            f"({resp.explain()})",
+            "wrong tenant or token: compare with step 2 and the policy the proxy runs "
+            "(after editing it, send SIGHUP to `keybroker run`)",
+        )
+    if resp.status != 200:
+        raise _Fail(f"CONNECT {target}: {resp.explain()}", "is that port keybroker's proxy?")
+    return f"CONNECT {target} as tenant {tenant!r}: 200"
+
+
+def _tls(sock: socket.socket, bundle: Path, cfg: str) -> ssl.SSLSocket:
+    ctx = ssl.create_default_context(cafile=str(bundle))
+    ctx.verify_flags |= ssl.VERIFY_X509_STRICT  # what Python 3.13 clients demand
+    ctx.set_alpn_protocols(["http/1.1"])
+    try:
+        return ctx.wrap_socket(sock, server_hostname=MAGIC_HOST)
+    except ssl.SSLCertVerificationError as exc:
+        raise _Fail(
+            f"the client does not trust the keybroker CA: {exc.verify_message}",
+            f"set SSL_CERT_FILE (and the other variables from `keybroker env {cfg} …`) to "
+            f"{bundle}, or run `keybroker ca install {cfg}`; if the CA was rotated, restart "
+            "`keybroker run`",
+        ) from None
+    except (OSError, ssl.SSLError) as exc:
+        raise _Fail(
+            f"TLS handshake inside the tunnel failed: {exc}", "see `keybroker run`'s log"
+        ) from None
+
+
+def _check_whoami(tls: ssl.SSLSocket, tenant: str) -> str:
+    req = (
+        f"GET /whoami HTTP/1.1\r\nHost: {MAGIC_HOST}\r\n"
+        "Accept: application/json\r\nConnection: close\r\n\r\n"
+    )
+    try:
+        resp = _exchange(tls, req, "GET")
+    except (OSError, http.client.HTTPException) as exc:
+        raise _Fail(
+            f"GET https://{MAGIC_HOST}/whoami failed: {_why(exc)}", "see `keybroker run`'s log"
+        ) from None
+    if resp.status != 200:
+        raise _Fail(
+            f"GET https://{MAGIC_HOST}/whoami: {resp.explain()}",
+            "the proxy did not answer for itself: is it keybroker (not a bare mitmproxy), "
+            "and recent enough to know /whoami?",
+        )
+    try:
+        data = json.loads(resp.body)
+        who, secrets = data["tenant"], data["secrets"]
+        names = [str(s) for s in secrets]
+    except (ValueError, KeyError, TypeError):
+        raise _Fail('/whoami answered 200 but not {"tenant", "secrets"} JSON') from None
+    if who != tenant:
+        raise _Fail(
+            f"the broker identified this connection as tenant {who!r}, not {tenant!r}",
+            "two tenants share a token? `keybroker check` the policy the proxy runs",
+        )
+    return f"/whoami: tenant {who!r}, secrets: {', '.join(names) or '(none)'}"
+
+
+def _exchange(sock: socket.socket, request: str, method: str) -> _Response:
+    """Send one request and parse the response with ``http.client`` (status
+    line, headers, Content-Length or chunked body; at most MAX_BODY bytes)."""
+    sock.sendall(request.encode("ascii"))
+    resp = http.client.HTTPResponse(sock, method=method)
+    try:
+        resp.begin()
+        sized = resp.getheader("content-length") or resp.chunked
+        body = resp.read(MAX_BODY) if sized or method != "CONNECT" else b""
+        headers = {k.lower(): v for k, v in resp.getheaders()}
+        return _Response(resp.status, headers, body)
+    finally:
+        resp.close()
+
+
+def _why(exc: Exception) -> str:
+    if isinstance(exc, http.client.RemoteDisconnected):
+        return "the proxy closed the connection without a response"
+    if isinstance(exc, http.client.BadStatusLine):
+        return f"not an HTTP response: {str(exc).strip()[:80]!r}"
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,258 @@
+"""The ``keybroker`` command (DESIGN.md §2)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+from pathlib import Path
+
+from broker.policy.load import PolicyError, load_policy
+from broker.policy.schema import parse_listen
+from broker.tls.ca import CAError
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        policy = load_policy(args.config)
+    except PolicyError as exc:
+        for e in exc.errors:
+            print(e, file=sys.stderr)
+        print(f"{args.config}: {len(exc.errors)} error(s)", file=sys.stderr)
+        return 1
+    n = sum(len(t.secrets) for t in policy.tenants.values())
+    print(
+        f"{args.config}: valid ({len(policy.tenants)} tenants, {n} secrets, "
+        f"{len(policy.backends)} backends)"
+    )
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        load_policy(args.config)
+    except PolicyError as exc:
+        for e in exc.errors:
+            print(e, file=sys.stderr)
+        return 1
+    if args.listen:
+        parse_listen(args.listen)
+    from addons.runner import main as run_main  # the only place mitmproxy enters
+
+    return run_main(
+        Path(args.config),
+        listen=args.listen,
+        quiet=args.quiet,
+        workers=args.workers,
+        worker=args.worker_index,
+    )
+
+
+def cmd_token_new(args: argparse.Namespace) -> int:
+    from broker.request.auth import token_digest
+
+    token = "kb_" + secrets.token_urlsafe(32)
+    print(token)
+    print(f"sha256:{token_digest(token)}")
+    return 0
+
+
+def cmd_ca(args: argparse.Namespace) -> int:
+    from broker.tls import ca
+
+    policy = load_policy(args.config)
+    if args.ca_cmd == "path":
+        print(ca.ca_files(policy.certs_dir).cert.resolve())
+        return 0
+    if args.ca_cmd == "init":
+        files, created = ca.init_ca(policy.certs_dir, force=args.force)
+        if created and args.force:
+            print(ca.rotation_notice(files))
+        print(f"{'created' if created else 'exists'}: {files.cert.resolve()}")
+        return 0
+    from broker.tls import trust
+
+    files = ca.ca_files(policy.certs_dir)
+    try:
+        if args.ca_cmd == "install":
+            result = trust.install_ca(files.cert)
+        else:
+            result = trust.uninstall_ca(files.cert)
+    except trust.TrustError as exc:
+        print(f"keybroker ca {args.ca_cmd}: {exc}", file=sys.stderr)
+        return 1
+    print(result.message)
+    if not result.executed:
+        print(*result.commands, sep="\n")
+    return 0
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    from broker.cli import sandbox_env
+    from broker.tls import ca
+
+    policy = load_policy(args.config)
+    token = tenant_token(args)
+    problem = sandbox_env.check_tenant_token(policy, args.tenant, token)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 1
+    files, _ = ca.init_ca(policy.certs_dir)
+    host, port = parse_listen(args.listen or policy.listen)
+    print(
+        sandbox_env.render_env(
+            proxy_host=host,
+            proxy_port=port,
+            tenant=args.tenant,
+            token=token,
+            bundle=files.bundle,
+            fmt=args.format,
+            no_proxy=args.no_proxy,
+        ),
+        end="",
+    )
+    return 0
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from broker.cli import console
+
+    if args.file:
+        path = Path(args.file)
+    elif args.config:
+        path = load_policy(args.config).audit.path
+    else:
+        print("keybroker tail: give an AUDIT_FILE or --config FILE", file=sys.stderr)
+        return 2
+    return console.tail(
+        path, follow=args.follow, tenant=args.tenant, decision=args.decision, console=Console()
+    )
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+
+    from broker.audit import chain
+
+    key = os.environ.get(args.key_env) if args.key_env else None
+    result = chain.verify_file(Path(args.file), hmac_key=key.encode() if key else None)
+    print(result.message, file=sys.stdout if result.ok else sys.stderr)
+    return 0 if result.ok else 1
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from broker.cli import doctor
+
+    return doctor.run_doctor(
+        Path(args.config), args.tenant, tenant_token(args), listen=args.listen, out=Console()
+    )
+
+
+def add_token_options(parser: argparse.ArgumentParser) -> None:
+    given = parser.add_mutually_exclusive_group(required=True)
+    given.add_argument("--token", help="the tenant's token (visible to `ps`; see --token-env)")
+    given.add_argument("--token-env", metavar="NAME", help="read the token from this variable")
+
+
+def tenant_token(args: argparse.Namespace) -> str:
+    """The token from ``--token`` or from the variable ``--token-env`` names."""
+    if args.token_env is None:
+        return str(args.token)
+    token = os.environ.get(args.token_env, "")
+    if not token:
+        raise SystemExit(f"keybroker {args.cmd}: --token-env: ${args.token_env} is unset or empty")
+    return token
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="keybroker", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    run = sub.add_parser("run", help="run the proxy in the foreground with the live feed")
+    run.add_argument("--config", required=True)
+    run.add_argument("--listen", help="HOST:PORT (overrides the policy's listen)")
+    run.add_argument("--quiet", action="store_true", help="no live feed")
+    run.add_argument(
+        "--workers", type=int, default=1, help="proxy processes sharing the listen address"
+    )
+    run.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check", help="validate a policy file")
+    check.add_argument("--config", required=True)
+    check.set_defaults(func=cmd_check)
+
+    ca = sub.add_parser("ca", help="the broker's CA")
+    ca_sub = ca.add_subparsers(dest="ca_cmd", required=True)
+    for name, text in (
+        ("init", "create the CA (idempotent)"),
+        ("path", "print the CA path"),
+        ("install", "add the CA to the system trust store"),
+        ("uninstall", "remove the CA from the system trust store"),
+    ):
+        c = ca_sub.add_parser(name, help=text)
+        c.add_argument("--config", required=True)
+        if name == "init":
+            c.add_argument("--force", action="store_true", help="rotate: make a new CA")
+        c.set_defaults(func=cmd_ca)
+
+    token = sub.add_parser("token", help="tenant tokens")
+    token_sub = token.add_subparsers(dest="token_cmd", required=True)
+    token_sub.add_parser("new", help="print a new token and its sha256 form").set_defaults(
+        func=cmd_token_new
+    )
+
+    env = sub.add_parser("env", help="print proxy and CA variables for an agent sandbox")
+    env.add_argument("--config", required=True)
+    env.add_argument("--tenant", required=True)
+    add_token_options(env)
+    env.add_argument("--listen", help="the address agents reach the proxy at")
+    env.add_argument("--format", choices=("shell", "dotenv"), default="shell")
+    env.add_argument("--no-proxy", default="", help="NO_PROXY value (default: empty)")
+    env.set_defaults(func=cmd_env)
+
+    tail = sub.add_parser("tail", help="render the audit as a live feed")
+    tail.add_argument("file", nargs="?")
+    tail.add_argument("--config")
+    tail.add_argument("-f", "--follow", action="store_true")
+    tail.add_argument("--tenant")
+    tail.add_argument("--decision", choices=("allow", "pass", "deny", "error"))
+    tail.set_defaults(func=cmd_tail)
+
+    aud = sub.add_parser("audit", help="audit log tools")
+    aud_sub = aud.add_subparsers(dest="audit_cmd", required=True)
+    ver = aud_sub.add_parser("verify", help="check the hash chain")
+    ver.add_argument("file")
+    ver.add_argument("--key-env", help="environment variable holding the HMAC key")
+    ver.set_defaults(func=cmd_audit_verify)
+
+    doc = sub.add_parser("doctor", help="check the chain from an agent sandbox's side")
+    doc.add_argument("--config", required=True)
+    doc.add_argument("--tenant", required=True)
+    add_token_options(doc)
+    doc.add_argument("--listen")
+    doc.set_defaults(func=cmd_doctor)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except PolicyError as exc:
+        for e in exc.errors:
+            print(e, file=sys.stderr)
+        return 1
+    except (CAError, OSError) as exc:
+        print(f"keybroker: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

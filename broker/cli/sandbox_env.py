@@ -1,0 +1,119 @@
+"""The agent sandbox's environment (``keybroker env``): proxy variables that
+carry the tenant's credentials, and the CA bundle under every name common
+clients read.
+
+``NODE_USE_ENV_PROXY=1`` makes Node (22.21+ and 24+) honour ``HTTP(S)_PROXY``
+and ``NO_PROXY`` in ``fetch()`` and, on recent releases, in ``http``/``https``;
+older Node ignores it (see docs/agents.md for undici's ``EnvHttpProxyAgent``).
+"""
+
+from __future__ import annotations
+
+import hmac
+from pathlib import Path
+from typing import Literal
+from urllib.parse import quote
+
+from broker.policy.load import token_digest
+from broker.policy.schema import Policy
+
+Format = Literal["shell", "dotenv"]
+
+PROXY_VARS = ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy")
+NO_PROXY_VARS = ("NO_PROXY", "no_proxy")
+BUNDLE_VARS = (
+    "SSL_CERT_FILE",  # OpenSSL-based clients: Python ssl, httpx, Ruby, many CLIs
+    "REQUESTS_CA_BUNDLE",  # Python requests
+    "CURL_CA_BUNDLE",  # curl, and requests as a fallback
+    "NODE_EXTRA_CA_CERTS",  # Node, read once at start-up
+    "GIT_SSL_CAINFO",  # git over https
+    "PIP_CERT",  # pip
+    "AWS_CA_BUNDLE",  # AWS CLI and SDKs
+)
+_UNSPECIFIED = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S104
+
+
+def proxy_url(proxy_host: str, proxy_port: int, tenant: str, token: str) -> str:
+    """``http://tenant:token@host:port``; tenant and token percent-encoded.
+    A wildcard listen address becomes loopback; IPv6 gets brackets."""
+    if not tenant or not token:
+        raise ValueError("tenant and token must not be empty")
+    if not 1 <= proxy_port <= 65535:
+        raise ValueError(f"proxy port {proxy_port} is outside 1-65535")
+    host = _UNSPECIFIED.get(proxy_host.strip("[]"), proxy_host.strip("[]"))
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{quote(tenant, safe='')}:{quote(token, safe='')}@{host}:{proxy_port}"
+
+
+def env_vars(
+    *, proxy_host: str, proxy_port: int, tenant: str, token: str, bundle: Path, no_proxy: str = ""
+) -> list[tuple[str, str]]:
+    url = proxy_url(proxy_host, proxy_port, tenant, token)
+    ca = str(Path(bundle).expanduser().absolute())
+    out = [(name, url) for name in PROXY_VARS]
+    out += [(name, no_proxy) for name in NO_PROXY_VARS]
+    out += [(name, ca) for name in BUNDLE_VARS]
+    out.append(("NODE_USE_ENV_PROXY", "1"))
+    return out
+
+
+def render_env(
+    *,
+    proxy_host: str,
+    proxy_port: int,
+    tenant: str,
+    token: str,
+    bundle: Path,
+    fmt: Format = "shell",
+    no_proxy: str = "",
+) -> str:
+    """``export NAME='value'`` lines (shell) or ``NAME=value`` lines (dotenv,
+    as ``docker run --env-file`` reads them: literally, no quotes), each
+    ending in a newline. NO_PROXY is always set (empty by default) so an
+    inherited value cannot route requests around the broker."""
+    pairs = env_vars(
+        proxy_host=proxy_host,
+        proxy_port=proxy_port,
+        tenant=tenant,
+        token=token,
+        bundle=bundle,
+        no_proxy=no_proxy,
+    )
+    lines = []
+    for name, value in pairs:
+        if "\n" in value or "\r" in value or "\0" in value:
+            raise ValueError(f"{name}: a value cannot contain a line break or NUL")
+        if fmt == "shell":
+            lines.append(f"export {name}={shell_quote(value)}\n")
+        elif fmt == "dotenv":
+            lines.append(f"{name}={value}\n")
+        else:
+            raise ValueError(f"unknown format {fmt!r}: use shell or dotenv")
+    return "".join(lines)
+
+
+def shell_quote(value: str) -> str:
+    """Single-quoted for POSIX shells: ``'`` becomes ``'\\''``."""
+    return "'" + value.replace("'", "'\\''") + "'"
+
+
+def check_tenant_token(policy: Policy, tenant: str, token: str) -> str | None:
+    """None when ``token`` is the tenant's; otherwise a message saying what to do."""
+    t = policy.tenants.get(tenant)
+    if t is None:
+        names = sorted(policy.tenants)
+        known = ", ".join(names[:10]) + (f", … ({len(names)} in all)" if len(names) > 10 else "")
+        return (
+            f"tenant {tenant!r} is not in the policy (tenants: {known or 'none'}); "
+            f"add it under tenants: with a token_sha256 from `keybroker token new`"
+        )
+    if not token:
+        return f"no token given for tenant {tenant!r}: pass --token (the one `keybroker token new` printed)"
+    if not hmac.compare_digest(token_digest(token), t.token_sha256):
+        return (
+            f"token does not match tenant {tenant!r}'s token_sha256 — run `keybroker token new` "
+            f"and put its sha256: line in tenants.{tenant}.token_sha256, or pass the token "
+            "that line was made from"
+        )
+    return None

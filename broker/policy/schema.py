@@ -1,0 +1,226 @@
+"""What a policy is (DESIGN.md §3): frozen pydantic models with the rules
+each field must follow. Loading a file and reporting its errors by file,
+field path and rule: :mod:`broker.policy.load`."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from broker.policy.hosts import HostError, normalize_pattern
+
+SECRET_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+TENANT_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_METHOD_RE = re.compile(r"^[A-Z]{1,16}$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+SecretName = Annotated[str, StringConstraints(pattern=SECRET_NAME_RE.pattern)]
+TenantName = Annotated[str, StringConstraints(pattern=TENANT_NAME_RE.pattern)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AppRole(_Model):
+    role_id_env: str
+    secret_id_env: str
+    mount: str = "approle"
+
+
+class VaultBackend(_Model):
+    type: Literal["vault"]
+    url: str
+    token_env: str | None = None
+    approle: AppRole | None = None
+    mount: str = "secret"
+    kv_version: Literal[1, 2] = 2
+    cache_ttl: float = Field(default=60.0, ge=0)
+    namespace: str | None = None
+    timeout: float = Field(default=5.0, gt=0, le=120)
+    """Seconds for one vault request (extension)."""
+    ca_cert: Path | None = None
+    """Extra CA bundle for an https vault URL (extension)."""
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> VaultBackend:
+        problems = []
+        if (self.token_env is None) == (self.approle is None):
+            problems.append("set exactly one of token_env or approle")
+        if not re.match(r"^https?://", self.url):
+            problems.append("url must start with http:// or https://")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class EnvBackend(_Model):
+    type: Literal["env"]
+    cache_ttl: float = Field(default=0.0, ge=0)
+
+
+BackendConfig = Annotated[VaultBackend | EnvBackend, Field(discriminator="type")]
+
+
+class SecretRule(_Model):
+    backend: str
+    path: str = Field(min_length=1)
+    field: str = "value"
+    hosts: tuple[str, ...] = Field(min_length=1)
+    ports: tuple[int, ...] = (443,)
+    schemes: tuple[Literal["http", "https"], ...] = ("https",)
+    methods: tuple[str, ...] | None = None
+    paths: tuple[str, ...] | None = None
+    locations: tuple[str, ...] = ("header:authorization",)
+
+    # Each list validator reports every bad item, not only the first.
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        out, problems = [], []
+        for h in v:
+            try:
+                out.append(normalize_pattern(h))
+            except HostError as exc:
+                problems.append(f"host {h!r}: {exc}")
+        _raise_all(problems)
+        return tuple(out)
+
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        _raise_all([f"port {p} is outside 1-65535" for p in v if not 1 <= p <= 65535])
+        return v
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if v is None:
+            return None
+        out = tuple(m.upper() for m in v)
+        _raise_all(
+            [f"method {m!r} is not an HTTP method name" for m in out if not _METHOD_RE.match(m)]
+        )
+        return out
+
+    @field_validator("paths")
+    @classmethod
+    def _paths(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if v is None:
+            return None
+        problems = []
+        for g in v:
+            try:
+                glob_to_regex(g)
+            except ValueError as exc:
+                problems.append(str(exc))
+        _raise_all(problems)
+        return v
+
+    @field_validator("locations")
+    @classmethod
+    def _locations(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        out, problems = [], []
+        for loc in v:
+            if loc in ("query", "path", "body"):
+                out.append(loc)
+            elif loc.lower().startswith("header:") and _HEADER_NAME_RE.match(loc[7:]):
+                out.append("header:" + loc[7:].lower())
+            else:
+                problems.append(f"location {loc!r} must be header:<name>, query, path or body")
+        _raise_all(problems)
+        return tuple(out)
+
+
+def _raise_all(problems: list[str]) -> None:
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+class Tenant(_Model):
+    token_sha256: str
+    secrets: dict[SecretName, SecretRule] = Field(default_factory=dict)
+    on_mismatch: Literal["deny", "forward"] = "deny"
+
+    @field_validator("token_sha256")
+    @classmethod
+    def _digest(cls, v: str) -> str:
+        d = v.strip().lower().removeprefix("sha256:")
+        if not _SHA256_RE.match(d):
+            raise ValueError("token_sha256 must be 64 hex digits (optionally 'sha256:' first)")
+        return d
+
+
+class AuditConfig(_Model):
+    path: Path
+    hmac_key_env: str | None = None
+    """Environment variable holding a key: the chain becomes an HMAC chain (extension)."""
+    rotate_bytes: int | None = Field(default=None, gt=0)
+    """Rotate the file when it grows past this size (extension)."""
+    fingerprints: bool = True
+    """With a key, allow records carry a keyed fingerprint of each value used (extension)."""
+
+
+class Limits(_Model):
+    """Size limits (extension)."""
+
+    max_request_body: int = Field(default=32 * 1024 * 1024, gt=0)
+    max_decoded_response: int = Field(default=64 * 1024 * 1024, gt=0)
+    stream_threshold: int = Field(default=1024 * 1024, gt=0)
+    """Responses larger than this, without a length, or SSE are scrubbed as a stream."""
+
+
+class Policy(_Model):
+    version: Literal[1]
+    listen: str = "127.0.0.1:8080"
+    certs_dir: Path = Path("../certs")
+    upstream_ca: Path | None = None
+    audit: AuditConfig
+    backends: dict[str, BackendConfig] = Field(default_factory=dict)
+    tenants: dict[TenantName, Tenant] = Field(default_factory=dict)
+    limits: Limits = Limits()
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        parse_listen(v)
+        return v
+
+    def tenant_token_index(self) -> dict[str, str]:
+        return {name: t.token_sha256 for name, t in self.tenants.items()}
+
+
+def parse_listen(v: str) -> tuple[str, int]:
+    host, sep, port = v.rpartition(":")
+    # isascii(): str.isdigit() also accepts "²" and other digits int() rejects or misreads.
+    ok_port = port.isascii() and port.isdigit()
+    if not sep or not host or not ok_port or not 1 <= int(port) <= 65535:
+        raise ValueError(f"listen {v!r} must be HOST:PORT with a port in 1-65535")
+    return host.strip("[]"), int(port)
+
+
+def glob_to_regex(glob: str) -> re.Pattern[str]:
+    """``*`` matches any run of characters (``/`` included), ``?`` one
+    character other than ``/``; everything else is literal."""
+    if not glob.startswith("/"):
+        raise ValueError(f"path glob {glob!r} must start with '/'")
+    if any(c.isspace() for c in glob) or "[" in glob or "]" in glob:
+        raise ValueError(f"path glob {glob!r}: whitespace and [] classes are not allowed")
+    if "**" in glob:
+        raise ValueError(f"path glob {glob!r}: use a single '*' (it already crosses '/')")
+    parts = []
+    for c in glob:
+        parts.append(".*" if c == "*" else "[^/]" if c == "?" else re.escape(c))
+    return re.compile("^" + "".join(parts) + "$", re.DOTALL)

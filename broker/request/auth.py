@@ -1,0 +1,52 @@
+"""Tenant identity from ``Proxy-Authorization: Basic tenant:token``, compared
+in constant time against the policy's ``token_sha256``."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+
+from broker.policy.schema import Policy
+
+_DUMMY = "0" * 64
+
+
+def parse_basic(header: str | None) -> tuple[str, str] | None:
+    if not header:
+        return None
+    scheme, _, cred = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        raw = base64.b64decode(cred.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        # ValueError: b64decode refuses a str holding non-ASCII characters.
+        return None
+    user, sep, token = raw.partition(":")
+    return (user, token) if sep and user and token else None
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def authenticate(policy: Policy, header: str | None) -> tuple[str, str] | None:
+    """(tenant, token digest) when the credentials match, else None."""
+    creds = parse_basic(header)
+    if creds is None:
+        return None
+    tenant, token = creds
+    digest = token_digest(token)
+    t = policy.tenants.get(tenant)
+    expected = t.token_sha256 if t is not None else _DUMMY
+    ok = hmac.compare_digest(digest, expected)
+    return (tenant, digest) if ok and t is not None else None
+
+
+def still_valid(policy: Policy, tenant: str, digest: str) -> bool:
+    """Re-check a connection's tenant against the live policy (reload may
+    have removed the tenant or changed its token)."""
+    t = policy.tenants.get(tenant)
+    return t is not None and hmac.compare_digest(digest, t.token_sha256)

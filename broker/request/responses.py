@@ -1,0 +1,73 @@
+"""One function maps decisions to the response an agent gets (DESIGN.md §5)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from broker.request.decision import Decision, Reason
+
+_DETAIL: dict[Reason, str] = {
+    Reason.UNAUTHENTICATED: (
+        "Send Proxy-Authorization: Basic base64(tenant:token); `keybroker env` prints "
+        "proxy variables that carry it."
+    ),
+    Reason.MALFORMED_PLACEHOLDER: (
+        "Write placeholders exactly as <<secret:NAME>> with NAME made of letters, digits, "
+        "'.', '_' or '-' (at most 64)."
+    ),
+    Reason.UNKNOWN_SECRET: "Your tenant has no secret named {secret!r}; ask an operator to add it.",
+    Reason.HOST_NOT_ALLOWED: "Secret {secret!r} may not be sent to {host}.",
+    Reason.PORT_NOT_ALLOWED: "Secret {secret!r} may not be sent to port {port}.",
+    Reason.SCHEME_NOT_ALLOWED: "Secret {secret!r} may not be sent over {scheme}; use https.",
+    Reason.METHOD_NOT_ALLOWED: "Secret {secret!r} may not be used with {method}.",
+    Reason.PATH_NOT_ALLOWED: "Secret {secret!r} may not be used on this path.",
+    Reason.LOCATION_NOT_ALLOWED: (
+        "Secret {secret!r} is not allowed where it was placed; put it where the policy "
+        "allows (by default the Authorization header)."
+    ),
+    Reason.RAW_SECRET_EGRESS: (
+        "The request carries a raw secret value to a destination not allowed for it; "
+        "use the <<secret:NAME>> placeholder instead of the value."
+    ),
+    Reason.BACKEND_UNAVAILABLE: "The secret store is unreachable; retry later.",
+    Reason.SECRET_NOT_FOUND: "Secret {secret!r} is not in the secret store; ask an operator.",
+    Reason.INTERNAL_ERROR: "keybroker failed while handling this request; nothing was sent.",
+    Reason.AUDIT_UNAVAILABLE: "keybroker cannot write its audit log; nothing was sent. Retry later.",
+    Reason.BODY_TOO_LARGE: "The body is larger than keybroker's limit.",
+    Reason.UNDECODABLE_BODY: "The body's Content-Encoding could not be decoded.",
+}
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def reply_for(
+    decision: Decision, *, host: str = "", port: int = 0, scheme: str = "", method: str = ""
+) -> Reply:
+    """The JSON body and ``X-Keybroker-Decision`` header for a denial or error."""
+    reason = decision.reason or Reason.INTERNAL_ERROR
+    detail = _DETAIL[reason].format(
+        secret=decision.secret, host=host, port=port, scheme=scheme, method=method
+    )
+    body = {
+        "error": "keybroker",
+        "decision": decision.verdict,
+        "reason": reason.value,
+        "secret": decision.secret,
+        "tenant": decision.tenant,
+        "detail": detail,
+    }
+    headers = {
+        "content-type": "application/json",
+        "x-keybroker-decision": f"{decision.verdict}; reason={reason.value}",
+        "cache-control": "no-store",
+    }
+    if reason is Reason.UNAUTHENTICATED:
+        headers["proxy-authenticate"] = 'Basic realm="keybroker"'
+    status = decision.status or 502
+    return Reply(status, headers, json.dumps(body).encode())

@@ -1,0 +1,1 @@
+"""scrub: see docs/design.md for the package map."""

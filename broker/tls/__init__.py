@@ -1,0 +1,1 @@
+"""tls: see docs/design.md for the package map."""
