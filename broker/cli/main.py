@@ -1,4 +1,4 @@
-"""The ``keybroker`` command (DESIGN.md §2)."""
+"""The ``keybroker`` command (docs/design.md, contract §2)."""
 
 from __future__ import annotations
 
@@ -169,7 +169,11 @@ def tenant_token(args: argparse.Namespace) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="keybroker", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="keybroker",
+        description="keybroker: a credential broker for AI agents (a forward HTTPS proxy).",
+        epilog="Quickstart: README.md; design and contract: docs/design.md; agents: docs/agents.md.",
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
 
     run = sub.add_parser("run", help="run the proxy in the foreground with the live feed")
