@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from broker.audit import log as audit
-from broker.backends.base import Backend, BackendError, build_backends, cache_ttls
+from broker.backends.base import Backend, BackendError
+from broker.backends.registry import build_backends, cache_ttls
 from broker.backends.resolver import Resolver
 from broker.policy.load import PolicyError, load_policy
 from broker.policy.schema import Policy
@@ -198,6 +199,7 @@ class Engine:
             try:
                 values[name] = await resolver.aresolve(tenant, name, rules[name])
             except BackendError as exc:
+                log.warning("keybroker: secret %r of tenant %r: %s", name, tenant, exc)
                 return self._reply(
                     failure(Reason(exc.reason), tenant, name, decision.secrets), dest
                 )

@@ -1,11 +1,3 @@
-"""Secret backends behind one Protocol (DESIGN.md §3, §10)."""
-
-from broker.backends.base import (
-    Backend,
-    BackendError,
-    SecretNotFound,
-    build_backends,
-    cache_ttls,
-)
-
-__all__ = ["Backend", "BackendError", "SecretNotFound", "build_backends", "cache_ttls"]
+"""Secret backends behind one Protocol (DESIGN.md §3, §10, §14): the contract
+in :mod:`~broker.backends.base`, one module per store, and
+:mod:`~broker.backends.registry` to build them from a policy."""

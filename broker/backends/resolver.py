@@ -86,7 +86,8 @@ class Resolver:
     async def aresolve(self, tenant: str, secret_name: str, rule: SecretRule) -> SecretValue:
         """Like :meth:`resolve`. A cache hit is served on the loop; a miss reads
         in a worker thread, and waiters for the same key wait without one."""
-        if not getattr(self._backends.get(rule.backend), "blocking", True):
+        backend = self._backends.get(rule.backend)
+        if backend is not None and not backend.blocking:
             return self.resolve(tenant, secret_name, rule)  # no I/O: no thread hop
         got = self._begin((rule.backend, rule.path, rule.field))
         if isinstance(got, _Entry):

@@ -27,7 +27,7 @@ import hvac.exceptions as hvac_exc
 import requests
 
 from broker.backends.base import BackendError, SecretNotFound
-from broker.policy.schema import VaultBackend
+from broker.policy.backend_config import VaultBackend
 from broker.secret import SecretValue
 
 RELOGIN_MARGIN = 5.0
@@ -80,6 +80,8 @@ def _json_body(resp: object, where: str) -> dict[str, Any]:
 
 class VaultKVBackend:
     """A :class:`broker.backends.base.Backend` over one KV mount."""
+
+    blocking = True
 
     def __init__(
         self,

@@ -11,7 +11,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from broker.policy.schema import Policy, VaultBackend
+from broker.policy.backend_config import BACKEND_TYPES, rule_problem
+from broker.policy.schema import Policy
 
 
 class PolicyError(Exception):
@@ -27,7 +28,7 @@ def _loc(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("vault", "env") and out.startswith("backends."):
+        elif part in BACKEND_TYPES and out.startswith("backends."):
             continue  # the discriminator tag pydantic adds
         else:
             out += ("." if out else "") + str(part)
@@ -65,6 +66,11 @@ def _check_references(data: dict[str, Any]) -> list[tuple[str, str]]:
                         f"names unknown backend {rule['backend']!r} (known: {known})",
                     )
                 )
+            elif isinstance(rule, dict) and isinstance(backends, dict):
+                cfg = backends.get(rule.get("backend"))
+                kind = cfg.get("type") if isinstance(cfg, dict) else None
+                if problem := rule_problem(kind, rule.get("path")):
+                    errs.append((f"tenants.{tname}.secrets.{sname}.path", problem))
     return errs
 
 
@@ -76,7 +82,7 @@ def _resolve_paths(policy: Policy, base: Path) -> Policy:
         return p if p.is_absolute() else (base / p).resolve()
 
     backends = {
-        k: (b.model_copy(update={"ca_cert": rel(b.ca_cert)}) if isinstance(b, VaultBackend) else b)
+        k: (b.model_copy(update={"ca_cert": rel(b.ca_cert)}) if hasattr(b, "ca_cert") else b)
         for k, b in policy.backends.items()
     }
     return policy.model_copy(

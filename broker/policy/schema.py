@@ -14,9 +14,9 @@ from pydantic import (
     Field,
     StringConstraints,
     field_validator,
-    model_validator,
 )
 
+from broker.policy.backend_config import BackendConfig
 from broker.policy.hosts import HostError, normalize_pattern
 
 SECRET_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -32,46 +32,6 @@ TenantName = Annotated[str, StringConstraints(pattern=TENANT_NAME_RE.pattern)]
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class AppRole(_Model):
-    role_id_env: str
-    secret_id_env: str
-    mount: str = "approle"
-
-
-class VaultBackend(_Model):
-    type: Literal["vault"]
-    url: str
-    token_env: str | None = None
-    approle: AppRole | None = None
-    mount: str = "secret"
-    kv_version: Literal[1, 2] = 2
-    cache_ttl: float = Field(default=60.0, ge=0)
-    namespace: str | None = None
-    timeout: float = Field(default=5.0, gt=0, le=120)
-    """Seconds for one vault request (extension)."""
-    ca_cert: Path | None = None
-    """Extra CA bundle for an https vault URL (extension)."""
-
-    @model_validator(mode="after")
-    def _one_auth(self) -> VaultBackend:
-        problems = []
-        if (self.token_env is None) == (self.approle is None):
-            problems.append("set exactly one of token_env or approle")
-        if not re.match(r"^https?://", self.url):
-            problems.append("url must start with http:// or https://")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
-
-
-class EnvBackend(_Model):
-    type: Literal["env"]
-    cache_ttl: float = Field(default=0.0, ge=0)
-
-
-BackendConfig = Annotated[VaultBackend | EnvBackend, Field(discriminator="type")]
 
 
 class SecretRule(_Model):

@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
-from broker.backends import BackendError, SecretNotFound
+from broker.backends.base import BackendError, SecretNotFound
 from broker.backends.resolver import Resolver
 from broker.backends.vault import VaultKVBackend
-from broker.policy.schema import SecretRule, VaultBackend
+from broker.policy.backend_config import VaultBackend
+from broker.policy.schema import SecretRule
 from broker.secret import SecretValue
 from tests.support.openbao import OpenBao
 

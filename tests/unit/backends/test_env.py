@@ -1,4 +1,4 @@
-"""The env backend, the error types and build_backends."""
+"""The env backend and the error types."""
 
 from __future__ import annotations
 
@@ -6,10 +6,8 @@ from collections.abc import Iterator, Mapping
 
 import pytest
 
-from broker.backends import BackendError, SecretNotFound, build_backends, cache_ttls
+from broker.backends.base import BackendError, SecretNotFound
 from broker.backends.env import EnvVarBackend
-from broker.backends.vault import VaultKVBackend
-from broker.policy.schema import EnvBackend, VaultBackend
 from broker.secret import SecretValue
 
 VALUE = "sk_live_env_0123456789abcdef"  # a fake secret; must never show up in messages
@@ -87,29 +85,3 @@ def test_secret_not_found_is_a_backend_error_with_its_own_reason() -> None:
     assert issubclass(SecretNotFound, BackendError)
     assert BackendError.reason == "backend_unavailable"
     assert SecretNotFound.reason == "secret_not_found"
-
-
-def test_build_backends_makes_one_backend_per_config_and_reads_credentials_from_env() -> None:
-    configs: dict[str, VaultBackend | EnvBackend] = {
-        "local": EnvBackend(type="env"),
-        "vault": VaultBackend(
-            type="vault", url="http://127.0.0.1:1", token_env="NO_SUCH_TOKEN", cache_ttl=7.5
-        ),
-    }
-    backends = build_backends(configs, env={"K": VALUE})
-    try:
-        assert isinstance(backends["local"], EnvVarBackend)
-        assert isinstance(backends["vault"], VaultKVBackend)
-        assert {name: b.name for name, b in backends.items()} == {
-            "local": "local",
-            "vault": "vault",
-        }
-        assert backends["local"].read("K", "value") == SecretValue(VALUE)
-        # a missing token fails the reads (naming the variable), not the build
-        with pytest.raises(BackendError, match="NO_SUCH_TOKEN") as info:
-            backends["vault"].read("p", "value")
-        assert type(info.value) is BackendError
-    finally:
-        for b in backends.values():
-            b.close()
-    assert cache_ttls(configs) == {"local": 0.0, "vault": 7.5}

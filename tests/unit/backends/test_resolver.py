@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from broker.backends import BackendError, SecretNotFound
+from broker.backends.base import BackendError, SecretNotFound
 from broker.backends.resolver import Resolver
 from broker.policy.schema import SecretRule
 from broker.secret import SecretValue
@@ -29,6 +29,8 @@ class FakeClock:
 class FakeBackend:
     """Answers from ``values`` (a str, or an exception to raise); counts reads.
     With ``gate`` set, each read waits for it (bounded)."""
+
+    blocking = True
 
     def __init__(self, name: str = "vault", values: dict[str, Any] | None = None) -> None:
         self.name = name
