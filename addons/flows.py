@@ -33,6 +33,8 @@ class FlowState:
     """The response headers were scrubbed (a buffered response's wait for its body)."""
     stream: Any = None
     fingerprints: dict[str, Any] = field(default_factory=dict)
+    record_id: str | None = None
+    """The id of the ``sent`` audit record, once a value is on its way."""
 
 
 def error_response(flow: http.HTTPFlow, reply: Reply) -> http.Response:

@@ -244,6 +244,7 @@ class KeyBroker(ResponseHooks):
         )
         outcome: Outcome = await self.engine.process(st.tenant, st.dest, parts)
         st.decision, st.fingerprints = outcome.decision, outcome.fingerprints
+        st.record_id = outcome.record_id
         if outcome.reply is not None:
             st.ours = True
             flow.response = error_response(flow, outcome.reply)
@@ -318,4 +319,5 @@ class KeyBroker(ResponseHooks):
             scrubbed=st.scrubbed,
             started=st.started,
             fingerprints=st.fingerprints,
+            record_id=st.record_id,
         )

@@ -39,6 +39,19 @@ class Outcome:
     reply: Reply | None = None
     """The response to give the agent instead of forwarding (deny/error)."""
     fingerprints: dict[str, dict[str, str | None]] = field(default_factory=dict)
+    record_id: str | None = None
+    """The ``id`` of the ``sent`` audit record (allow only): the ``done``
+    record of the exchange carries it too."""
+
+
+@dataclass(frozen=True)
+class _Open:
+    """An exchange whose ``sent`` record is written and ``done`` is not."""
+
+    decision: Decision
+    dest: Destination
+    started: float
+    fingerprints: Mapping[str, Any]
 
 
 class Engine:
@@ -61,6 +74,7 @@ class Engine:
         self.scrubber = scrubber or Scrubber()
         self.feed = feed
         self._lock = threading.Lock()
+        self._open: dict[str, _Open] = {}
         self._retired: Mapping[str, Backend] = {}
         self.policy = policy
         self.resolver = self._make_resolver(policy)
@@ -213,7 +227,13 @@ class Engine:
             new_parts = locations.substitute(parts, approve)
         except SubstitutionError:
             return self._reply(failure(Reason.INTERNAL_ERROR, tenant, None, decision.secrets), dest)
-        return Outcome(decision, parts=new_parts, fingerprints=self._fingerprints(values))
+        fingerprints = self._fingerprints(values)
+        record_id = self._record_sent(decision, dest, fingerprints)
+        if record_id is None:
+            return self._reply(
+                failure(Reason.AUDIT_UNAVAILABLE, tenant, None, decision.secrets), dest
+            )
+        return Outcome(decision, parts=new_parts, fingerprints=fingerprints, record_id=record_id)
 
     def _fingerprints(self, values: Mapping[str, SecretValue]) -> dict[str, dict[str, str | None]]:
         key = self._hmac_key
@@ -248,19 +268,45 @@ class Engine:
             for (out, n), t in zip(done, texts, strict=True)
         ]
 
-    def record(
+    def _record_sent(
+        self, decision: Decision, dest: Destination, fingerprints: Mapping[str, Any]
+    ) -> str | None:
+        """Write-ahead (DESIGN.md §6): the ``sent`` record of a request that
+        carries a value, before the value leaves. Its id, or None when it could
+        not be written (the request must then be refused)."""
+        started = time.monotonic()
+        rec = self._write(self._build(decision, dest, None, 0, started, fingerprints, "sent", None))
+        if rec is None:
+            return None
+        record_id: str = rec["id"]
+        with self._lock:
+            self._open[record_id] = _Open(decision, dest, started, fingerprints)
+        return record_id
+
+    def _write(self, rec: dict[str, Any]) -> dict[str, Any] | None:
+        """Append ``rec`` and show it in the feed; None when the audit is down."""
+        try:
+            rec = self.audit.append(rec)
+        except audit.AuditUnavailable:
+            log.error("keybroker: audit record could not be written (%s)", self.policy.audit.path)
+            return None
+        if self.feed is not None:
+            self.feed.push(rec)
+        return rec
+
+    def _build(
         self,
-        *,
         decision: Decision,
         dest: Destination | None,
         status: int | None,
         scrubbed: int,
         started: float,
-        fingerprints: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Write the one audit record for a request, and show it in the feed."""
+        fingerprints: Mapping[str, Any] | None,
+        phase: str,
+        record_id: str | None,
+    ) -> dict[str, Any]:
         host, path = self._clean(dest.host, dest.path) if dest else ("", "")
-        rec = audit.build_record(
+        return audit.build_record(
             tenant=decision.tenant,
             decision=decision.verdict,
             reason=decision.reason.value if decision.reason else None,
@@ -274,15 +320,45 @@ class Engine:
             scrubbed=scrubbed,
             duration_ms=(time.monotonic() - started) * 1000.0,
             fingerprints=dict(fingerprints) if fingerprints else None,
+            phase=phase,
+            record_id=record_id,
         )
-        try:
-            rec = self.audit.append(rec)
-        except audit.AuditUnavailable:
-            log.error("keybroker: audit record could not be written (%s)", self.policy.audit.path)
-        if self.feed is not None:
-            self.feed.push(rec)
+
+    def record(
+        self,
+        *,
+        decision: Decision,
+        dest: Destination | None,
+        status: int | None,
+        scrubbed: int,
+        started: float,
+        fingerprints: Mapping[str, Any] | None = None,
+        record_id: str | None = None,
+    ) -> None:
+        """Write the ``done`` audit record for a request (with the ``record_id``
+        of its ``sent`` record, if it had one), and show it in the feed."""
+        if record_id is not None:
+            with self._lock:
+                self._open.pop(record_id, None)
+        self._write(
+            self._build(decision, dest, status, scrubbed, started, fingerprints, "done", record_id)
+        )
+
+    def interrupt_open(self) -> int:
+        """A stop: write ``done`` with reason ``interrupted`` for every exchange
+        still in flight; returns how many."""
+        with self._lock:
+            pending, self._open = self._open, {}
+        for record_id, ex in pending.items():
+            rec = self._build(
+                ex.decision, ex.dest, None, 0, ex.started, ex.fingerprints, "done", record_id
+            )
+            rec["reason"] = "interrupted"
+            self._write(rec)
+        return len(pending)
 
     def close(self) -> None:
+        self.interrupt_open()
         self._close_backends(self._backends)
         self._close_backends(self._retired)
         self.audit.close()

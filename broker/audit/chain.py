@@ -28,8 +28,13 @@ FIELDS = frozenset(
     "ts id tenant decision reason secrets method scheme host port path status scrubbed"
     " duration_ms prev hash".split()
 )
-OPTIONAL_FIELDS = frozenset({"fingerprints"})
+OPTIONAL_FIELDS = frozenset({"fingerprints", "phase"})
+"""``phase`` is written on every record since the write-ahead audit; files
+from before it lack it, and their records read as ``done``."""
 DECISIONS = frozenset({"allow", "pass", "deny", "error"})
+PHASES = frozenset({"sent", "done"})
+"""``sent``: a request carrying a secret, on record before the value left;
+``done``: how an exchange ended (the second record of a sent one, with the same ``id``)."""
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _TAIL_WINDOW = 64 * 1024
@@ -108,8 +113,8 @@ class _Bad(Exception):
     pass
 
 
-def _check_line(raw: bytes, key: bytes | None, prev: str) -> str:
-    """Check one complete line against the chain; return its hash."""
+def _check_line(raw: bytes, key: bytes | None, prev: str) -> tuple[str, dict[str, Any]]:
+    """Check one complete line against the chain; return its hash and the record."""
     if not raw.strip():
         raise _Bad("empty line")
     try:
@@ -129,6 +134,8 @@ def _check_line(raw: bytes, key: bytes | None, prev: str) -> str:
         raise _Bad("malformed hash")
     if rec["decision"] not in DECISIONS:
         raise _Bad("unknown decision")
+    if rec.get("phase", "done") not in PHASES:
+        raise _Bad("unknown phase")
     try:
         written = canonical(rec)
     except ValueError:
@@ -144,7 +151,7 @@ def _check_line(raw: bytes, key: bytes | None, prev: str) -> str:
             "inserted or reordered"
             + ("" if prev != GENESIS else " (or this file continues a rotated chain)")
         )
-    return stated
+    return stated, rec
 
 
 def verify(
@@ -156,6 +163,7 @@ def verify(
     prev = expect_prev or GENESIS
     count = 0
     line_no = 0
+    open_ids: set[str] = set()
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
             return VerifyResult(False, 0, None, f"{path}: not a regular file", prev, path)
@@ -172,15 +180,34 @@ def verify(
                         path,
                     )
                 try:
-                    prev = _check_line(raw[:-1], hmac_key, prev)
+                    prev, rec = _check_line(raw[:-1], hmac_key, prev)
                 except _Bad as bad:
                     return VerifyResult(
                         False, count, line_no, f"{path}: line {line_no}: {bad}", prev, path
                     )
                 count += 1
+                _track(open_ids, rec)
     except OSError as exc:
         return VerifyResult(False, count, None, f"{path}: cannot read ({exc.strerror})", prev, path)
-    return VerifyResult(True, count, None, f"{path}: {count} records, chain intact", prev, path)
+    return VerifyResult(
+        True, count, None, f"{path}: {count} records, chain intact{_open_note(open_ids)}", prev, path
+    )
+
+
+def _track(open_ids: set[str], rec: Mapping[str, Any]) -> None:
+    """Follow the exchanges that were sent and have no ``done`` record yet."""
+    if rec.get("phase") == "sent":
+        open_ids.add(str(rec.get("id")))
+    else:
+        open_ids.discard(str(rec.get("id")))
+
+
+def _open_note(open_ids: set[str]) -> str:
+    """Sent without done: the broker was killed (or is still running) while
+    those requests were in flight. Not tampering, but worth saying."""
+    if not open_ids:
+        return ""
+    return f"; {len(open_ids)} exchange(s) sent with no done record (in flight, or the broker was killed)"
 
 
 def verify_chain(

@@ -25,6 +25,7 @@ from typing import Any
 from broker.audit.chain import (
     DECISIONS,
     GENESIS,
+    PHASES,
     rotated_name,
     sealed,
     tail_state,
@@ -81,16 +82,21 @@ def build_record(
     scrubbed: int,
     duration_ms: float,
     fingerprints: Mapping[str, Any] | None = None,
+    phase: str = "done",
+    record_id: str | None = None,
 ) -> dict[str, Any]:
     """One audit record (without ``prev``/``hash``, which :meth:`AuditLog.append` sets).
-    The query and fragment are cut from ``path``."""
+    The query and fragment are cut from ``path``. A ``done`` record of an
+    exchange that was ``sent`` carries the ``record_id`` of that record."""
     if decision not in DECISIONS:
         raise ValueError(f"unknown audit decision {decision!r}")
+    if phase not in PHASES:
+        raise ValueError(f"unknown audit phase {phase!r}")
     ms = float(duration_ms)
     rec: dict[str, Any] = {
         # 2024-05-01T12:00:00.123Z (isoformat truncates to milliseconds)
         "ts": datetime.now(UTC).isoformat(timespec="milliseconds")[:-6] + "Z",
-        "id": uuid.uuid4().hex,
+        "id": record_id or uuid.uuid4().hex,
         "tenant": None if tenant is None else _text(tenant),
         "decision": decision,
         "reason": None if reason is None else _text(reason),
@@ -103,6 +109,7 @@ def build_record(
         "status": None if status is None else int(status),
         "scrubbed": int(scrubbed),
         "duration_ms": round(ms, 2) if math.isfinite(ms) else 0.0,
+        "phase": phase,
     }
     if fingerprints:
         rec["fingerprints"] = _fingerprints(fingerprints)

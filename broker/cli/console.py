@@ -70,7 +70,8 @@ def _fields(rec: Mapping[str, Any]) -> dict[str, str]:
         "method": f("method"),
         "dest": f"{f('host')}:{f('port')}",
         "path": f("path", ""),
-        "status": f("status"),
+        # A write-ahead record: the value is on its way, the exchange not done.
+        "status": "sent" if rec.get("phase") == "sent" else f("status"),
         "reason": f("reason", ""),
         "scrubbed": f("scrubbed", "0"),
         "ms": ms,
@@ -176,6 +177,8 @@ class Summary:
         self._lock = threading.Lock()
 
     def add(self, rec: Mapping[str, Any]) -> None:
+        if rec.get("phase") == "sent":
+            return  # counted once, by its done record
         decision = sanitize(rec.get("decision"), 16)
         reason = sanitize(rec.get("reason") or "-", 40)
         scrubbed = rec.get("scrubbed")

@@ -68,7 +68,8 @@ def extra(
 
 
 def audit(proxy: Proxy) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in proxy.audit_path.read_text().splitlines() if x.strip()]
+    recs = [json.loads(x) for x in proxy.audit_path.read_text().splitlines() if x.strip()]
+    return [r for r in recs if r.get("phase") != "sent"]  # one done record per request
 
 
 # -- the OpenAI Python SDK ----------------------------------------------------------------

@@ -195,3 +195,66 @@ def test_record_scrubs_a_raw_value_in_host_or_path(engine: Engine, tmp_path: Pat
     first, second = (json.loads(line) for line in text.splitlines()[-2:])
     assert (first["host"], first["path"]) == ("api.example.com", "/v1/<<secret:api>>/x")
     assert (second["host"], second["path"]) == ("<<secret:api>>.example.com", "/v1")
+
+
+def _records(tmp_path: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
+
+
+def test_write_ahead_sent_record_before_the_value_leaves(engine: Engine, tmp_path: Path) -> None:
+    """DESIGN.md §6: the sent record is on disk when process() hands back the
+    substituted request; done carries the same id."""
+    out = run(engine.process("acme", DEST, parts()))
+    assert out.parts is not None and out.record_id
+    (sent,) = _records(tmp_path)
+    assert (sent["phase"], sent["id"], sent["status"]) == ("sent", out.record_id, None)
+    assert sent["decision"] == "allow" and sent["secrets"] == ["api"]
+    engine.record(
+        decision=out.decision,
+        dest=DEST,
+        status=200,
+        scrubbed=0,
+        started=0.0,
+        record_id=out.record_id,
+    )
+    done = _records(tmp_path)[-1]
+    assert (done["phase"], done["id"], done["status"]) == ("done", out.record_id, 200)
+    assert VALUE not in (tmp_path / "audit.jsonl").read_text()
+
+
+def test_requests_without_a_value_have_one_done_record(engine: Engine, tmp_path: Path) -> None:
+    out = run(engine.process("acme", DEST, parts(auth="Bearer nothing")))
+    assert out.decision.verdict == "pass" and out.record_id is None
+    engine.record(decision=out.decision, dest=DEST, status=200, scrubbed=0, started=0.0)
+    assert [r["phase"] for r in _records(tmp_path)] == ["done"]
+
+
+def test_a_stop_closes_every_open_exchange_as_interrupted(engine: Engine, tmp_path: Path) -> None:
+    first = run(engine.process("acme", DEST, parts()))
+    second = run(engine.process("acme", DEST, parts()))
+    engine.record(
+        decision=first.decision,
+        dest=DEST,
+        status=200,
+        scrubbed=0,
+        started=0.0,
+        record_id=first.record_id,
+    )
+    assert engine.interrupt_open() == 1
+    last = _records(tmp_path)[-1]
+    assert (last["id"], last["phase"], last["reason"]) == (second.record_id, "done", "interrupted")
+    assert engine.interrupt_open() == 0  # each exchange is closed once
+
+
+def test_sent_record_unwritable_refuses_the_request(engine: Engine, monkeypatch: Any) -> None:
+    """The health check passed, but the sent record itself cannot be written
+    (the disk filled in between): the value must not leave."""
+    from broker.audit.log import AuditUnavailable
+
+    def broken(rec: Any) -> Any:
+        raise AuditUnavailable("disk full")
+
+    monkeypatch.setattr(engine.audit, "append", broken)
+    out = run(engine.process("acme", DEST, parts()))
+    assert out.parts is None and out.reply is not None
+    assert out.decision.reason is not None and out.decision.reason.value == "audit_unavailable"

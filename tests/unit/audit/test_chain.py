@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from broker.audit.log import AuditLog, build_record
@@ -265,6 +265,7 @@ _VALUES = st.recursive(
 )
 
 
+@settings(suppress_health_check=[HealthCheck.too_slow])  # slow data generation on a loaded CI box
 @given(record=st.dictionaries(_KEYS, _VALUES, max_size=8), key=st.sampled_from([None, b"k"]))
 def test_sealed_matches_hash_then_serialise(record: dict[str, object], key: bytes | None) -> None:
     """The writer's one-pass seal equals hashing the record, then serialising
@@ -272,3 +273,60 @@ def test_sealed_matches_hash_then_serialise(record: dict[str, object], key: byte
     digest, line = sealed(record, key)
     assert digest == chain_hash(record, key)
     assert line == canonical({**record, "hash": digest})
+
+
+def _record(phase: str, record_id: str, status: int | None) -> dict[str, object]:
+    return build_record(
+        tenant="acme",
+        decision="allow",
+        reason=None,
+        secrets=["s"],
+        method="GET",
+        scheme="https",
+        host="api.example.com",
+        port=443,
+        path="/v1",
+        status=status,
+        scrubbed=0,
+        duration_ms=1.0,
+        phase=phase,
+        record_id=record_id,
+    )
+
+
+def test_write_ahead_phases_verify_and_open_exchanges_are_named(tmp_path: Path) -> None:
+    """A sent record without its done record (a SIGKILL mid-request) is an
+    intact chain, and verify says how many exchanges were left open."""
+    path = tmp_path / "a.jsonl"
+    log = AuditLog(path)
+    log.append(_record("sent", "a" * 32, None))
+    log.append(_record("done", "a" * 32, 200))
+    log.append(_record("sent", "b" * 32, None))
+    log.close()
+    res = verify(path)
+    assert res.ok and res.records == 3
+    assert "1 exchange(s) sent with no done record" in res.message
+
+
+def test_an_unknown_phase_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        _record("half", "c" * 32, None)
+    path = tmp_path / "a.jsonl"
+    log = AuditLog(path)
+    rec = _record("done", "c" * 32, 200)
+    rec["phase"] = "half"
+    log.append(rec)
+    log.close()
+    res = verify(path)
+    assert not res.ok and "unknown phase" in res.message
+
+
+def test_records_without_a_phase_still_verify(tmp_path: Path) -> None:
+    """Files written before the write-ahead audit have no phase field."""
+    path = tmp_path / "a.jsonl"
+    log = AuditLog(path)
+    rec = _record("done", "d" * 32, 200)
+    del rec["phase"]
+    log.append(rec)
+    log.close()
+    assert verify(path).ok

@@ -61,7 +61,8 @@ def sha_chain_hash(record: dict[str, Any]) -> str:
 # -- records ---------------------------------------------------------------------
 def test_record_has_exactly_the_design_fields_and_types() -> None:
     r = rec()
-    assert set(r) == FIELDS - {"prev", "hash"}
+    assert set(r) == FIELDS - {"prev", "hash"} | {"phase"}
+    assert r["phase"] == "done"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", r["ts"])
     assert re.fullmatch(r"[0-9a-f]{32}", r["id"]) and r["id"] != rec()["id"]
     assert (r["tenant"], r["decision"], r["reason"], r["secrets"]) == (
@@ -141,7 +142,7 @@ def test_records_are_chained_and_hashed_as_designed(tmp_path: Path) -> None:
     log.close()
     stored = lines(path)
     assert stored == [first, second]
-    assert set(first) == FIELDS
+    assert set(first) == FIELDS | {"phase"}
     assert first["prev"] == GENESIS and second["prev"] == first["hash"]
     assert all(r["hash"] == sha_chain_hash(r) for r in stored)
     assert verify(path).ok

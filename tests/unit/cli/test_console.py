@@ -387,3 +387,15 @@ def test_tail_follow_waits_for_the_file_and_stops_when_idle(tmp_path: Path) -> N
         == 0
     )
     assert time.monotonic() - started < 5
+
+
+def test_a_sent_record_shows_as_sent_and_is_counted_once() -> None:
+    """Write-ahead: the sent record of an exchange is shown (the value is on
+    its way) and the summary counts the exchange once, by its done record."""
+    sent = rec(phase="sent", status=None, decision="allow")
+    assert "status=sent" in render_plain(sent)
+    assert " sent" in render_record(sent).plain
+    summary = Summary()
+    summary.add(sent)
+    summary.add(rec(phase="done", status=200, decision="allow"))
+    assert summary.total == 1
