@@ -10,9 +10,10 @@ import base64
 import datetime
 import http.client
 import json
+import os
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from cryptography import x509
 from rich.console import Console
 from rich.text import Text
 
+from broker.cli import exposure
 from broker.cli.sandbox_env import check_tenant_token
 from broker.policy.load import PolicyError, load_policy
 from broker.policy.schema import parse_listen
@@ -73,6 +75,14 @@ class _Report:
         if err.fix:
             self.out.print(Text(f"    → {err.fix}"))
 
+    def advise(self, items: list[exposure.Advice]) -> None:
+        marks = {"ok": ("✓", "green"), "warn": ("⚠", "bold yellow"), "fail": ("✗", "bold red")}
+        for a in items:
+            self.failed |= a.level == "fail"
+            self.out.print(Text.assemble(marks[a.level], f"   {a.what}"))
+            if a.fix and a.level != "ok":
+                self.out.print(Text(f"    → {a.fix}"))
+
     def skip_from(self, first: int, needs: int) -> None:
         self.failed = True
         for n in range(first, len(_STEPS) + 1):
@@ -89,9 +99,14 @@ def run_doctor(
     out: Console,
     bundle: Path | None = None,
     timeout: float = 5.0,
+    upstream: str | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> int:
     """0 when every step passes, else 1. ``bundle`` overrides the CA bundle
-    (default: the one under the policy's ``certs_dir``)."""
+    (default: the one under the policy's ``certs_dir``). After the steps:
+    whether this shell is set up to use the broker, whether a direct
+    connection around it is possible, whether Node's ``fetch()`` honours the
+    proxy, and (``upstream``) whether the broker trusts that upstream."""
     r = _Report(out)
     cfg = f"--config {policy_path}"
     try:
@@ -144,6 +159,12 @@ def run_doctor(
         r.ok(6, f"TLS to {MAGIC_HOST} inside the tunnel verifies with {ca_bundle}")
         with tls:
             _step(r, 7, lambda: _check_whoami(tls, tenant))
+    r.advise(exposure.proxy_variables(os.environ if environ is None else environ, where))
+    r.advise(exposure.direct_egress(exposure.direct_targets(policy, tenant, upstream)))
+    r.advise(exposure.node_advice(exposure.node_version()))
+    if upstream and ca_ok:
+        r.advise([exposure.upstream_trust(upstream, proxy=(host, port), tenant=tenant,
+                                          token=token, bundle=ca_bundle)])  # fmt: skip
     return 1 if r.failed else 0
 
 

@@ -90,29 +90,10 @@ def cmd_ca(args: argparse.Namespace) -> int:
 
 def cmd_env(args: argparse.Namespace) -> int:
     from broker.cli import sandbox_env
-    from broker.tls import ca
 
-    policy = load_policy(args.config)
-    token = tenant_token(args)
-    problem = sandbox_env.check_tenant_token(policy, args.tenant, token)
-    if problem:
-        print(problem, file=sys.stderr)
-        return 1
-    files, _ = ca.init_ca(policy.certs_dir)
-    host, port = parse_listen(args.listen or policy.listen)
-    print(
-        sandbox_env.render_env(
-            proxy_host=host,
-            proxy_port=port,
-            tenant=args.tenant,
-            token=token,
-            bundle=files.bundle,
-            fmt=args.format,
-            no_proxy=args.no_proxy,
-        ),
-        end="",
-    )
-    return 0
+    text, ok = sandbox_env.command(args, lambda: tenant_token(args))
+    print(text, end="")
+    return 0 if ok else 1
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
@@ -148,7 +129,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from broker.cli import doctor
 
     return doctor.run_doctor(
-        Path(args.config), args.tenant, tenant_token(args), listen=args.listen, out=Console()
+        Path(args.config),
+        args.tenant,
+        tenant_token(args),
+        listen=args.listen,
+        out=Console(),
+        upstream=args.upstream,
     )
 
 
@@ -168,12 +154,24 @@ def tenant_token(args: argparse.Namespace) -> str:
     return token
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("keybroker")
+    except PackageNotFoundError:  # run from a source tree without installing
+        from broker import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="keybroker",
         description="keybroker: a credential broker for AI agents (a forward HTTPS proxy).",
         epilog="Quickstart: README.md; design and contract: docs/design.md; agents: docs/agents.md.",
     )
+    p.add_argument("--version", action="version", version=f"keybroker {_version()}")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     run = sub.add_parser("run", help="run the proxy in the foreground with the live feed")
@@ -239,12 +237,27 @@ def build_parser() -> argparse.ArgumentParser:
     doc.add_argument("--tenant", required=True)
     add_token_options(doc)
     doc.add_argument("--listen")
+    doc.add_argument(
+        "--upstream",
+        metavar="HOST[:PORT]",
+        help="also check, through the broker, that it trusts this upstream's TLS certificate",
+    )
     doc.set_defaults(func=cmd_doctor)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        if exc.code and argv[:1] == ["env"]:
+            # A mistyped `eval "$(keybroker env ...)"` must not load an empty environment.
+            from broker.cli.sandbox_env import Format, refusal
+
+            fmt: Format = "dotenv" if "dotenv" in argv else "shell"
+            print(refusal("bad arguments (see the message above)", fmt), end="")
+        raise
     try:
         return int(args.func(args))
     except PolicyError as exc:

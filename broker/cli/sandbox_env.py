@@ -5,17 +5,33 @@ clients read.
 ``NODE_USE_ENV_PROXY=1`` makes Node (22.21+ and 24+) honour ``HTTP(S)_PROXY``
 and ``NO_PROXY`` in ``fetch()`` and, on recent releases, in ``http``/``https``;
 older Node ignores it (see docs/agents.md for undici's ``EnvHttpProxyAgent``).
+
+Tools that read their own configuration files before the environment (npm's
+``cafile``/``https-proxy`` in an npmrc, pip.conf, cargo's config) get their
+own variables too: a tool's environment variables beat its files, so a
+global npmrc cannot point npm at another CA or proxy.
+
+When the environment cannot be made, :func:`refusal` is what goes to stdout
+instead: text that stops whatever loads it (``eval``, ``.``, ``docker
+--env-file``), so a broken step never starts a sandbox that goes direct.
+
+The tenant's credential is one value, the proxy password (:func:`proxy_url`):
+another kind of credential (a session token) changes only that.
 """
 
 from __future__ import annotations
 
+import argparse
 import hmac
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
 
-from broker.policy.load import token_digest
-from broker.policy.schema import Policy
+from broker.policy.load import PolicyError, load_policy, token_digest
+from broker.policy.schema import Policy, parse_listen
+from broker.tls.ca import CAError, init_ca
 
 Format = Literal["shell", "dotenv"]
 
@@ -30,6 +46,22 @@ BUNDLE_VARS = (
     "PIP_CERT",  # pip
     "AWS_CA_BUNDLE",  # AWS CLI and SDKs
 )
+# Extensions: tools whose config files would otherwise win over the variables above.
+TOOL_BUNDLE_VARS = (
+    "npm_config_cafile",  # npm: beats `cafile` in a global or user npmrc
+    "CARGO_HTTP_CAINFO",  # cargo
+    "DENO_CERT",  # deno
+    "BUNDLE_SSL_CA_CERT",  # bundler
+    "HTTPLIB2_CA_CERTS",  # httplib2 (older Google API clients)
+    "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",  # gRPC
+)
+TOOL_PROXY_VARS = (
+    "npm_config_proxy",  # npm: beats `proxy` / `https-proxy` in an npmrc
+    "npm_config_https_proxy",
+    "PIP_PROXY",  # pip: beats `proxy` in pip.conf
+    "CARGO_HTTP_PROXY",  # cargo: beats http.proxy in its config
+)
+TOOL_NO_PROXY_VARS = ("npm_config_noproxy",)
 _UNSPECIFIED = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S104
 
 
@@ -55,6 +87,9 @@ def env_vars(
     out += [(name, no_proxy) for name in NO_PROXY_VARS]
     out += [(name, ca) for name in BUNDLE_VARS]
     out.append(("NODE_USE_ENV_PROXY", "1"))
+    out += [(name, url) for name in TOOL_PROXY_VARS]
+    out += [(name, no_proxy) for name in TOOL_NO_PROXY_VARS]
+    out += [(name, ca) for name in TOOL_BUNDLE_VARS]
     return out
 
 
@@ -93,6 +128,19 @@ def render_env(
     return "".join(lines)
 
 
+def refusal(message: str, fmt: Format = "shell") -> str:
+    """What ``keybroker env`` prints on stdout when it fails: in shell
+    format, a message on stderr and ``exit 1`` (``eval`` and ``.`` stop the
+    script that would start the agent); in dotenv format, a line that is not
+    ``NAME=value`` and whose name holds spaces, which ``docker run --env-file``
+    rejects. Either way nothing loads a half-made environment."""
+    one_line = " ".join(message.split())
+    if fmt == "dotenv":
+        return f"keybroker env failed: {one_line}\n"
+    text = f"keybroker env failed: {one_line}; not starting the sandbox"
+    return f"echo {shell_quote(text)} >&2\nexit 1\n"
+
+
 def shell_quote(value: str) -> str:
     """Single-quoted for POSIX shells: ``'`` becomes ``'\\''``."""
     return "'" + value.replace("'", "'\\''") + "'"
@@ -117,3 +165,35 @@ def check_tenant_token(policy: Policy, tenant: str, token: str) -> str | None:
             "that line was made from"
         )
     return None
+
+
+def command(args: argparse.Namespace, token: Callable[[], str]) -> tuple[str, bool]:
+    """``keybroker env``: the text for stdout and whether it worked. It fails
+    closed: whatever goes wrong, the text is :func:`refusal`, which stops the
+    shell (or ``docker --env-file``) that loads it, never an empty
+    environment; the reason goes to stderr."""
+    try:
+        policy = load_policy(args.config)
+        secret = token()
+        problem = check_tenant_token(policy, args.tenant, secret)
+        if problem:
+            raise ValueError(problem)
+        files, _ = init_ca(policy.certs_dir)
+        host, port = parse_listen(args.listen or policy.listen)
+        return render_env(
+            proxy_host=host,
+            proxy_port=port,
+            tenant=args.tenant,
+            token=secret,
+            bundle=files.bundle,
+            fmt=args.format,
+            no_proxy=args.no_proxy,
+        ), True
+    except PolicyError as exc:
+        why = [*exc.errors, f"{args.config}: {len(exc.errors)} error(s)"]
+    except SystemExit as exc:  # from the token: already says "keybroker env: ..."
+        why = [str(exc.code)]
+    except (CAError, OSError, ValueError) as exc:
+        why = [f"keybroker env: {exc}"]
+    print(*why, sep="\n", file=sys.stderr)
+    return refusal(why[0].removeprefix("keybroker env: "), args.format), False

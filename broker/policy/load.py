@@ -155,6 +155,8 @@ def load_policy(path: str | Path) -> Policy:
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PolicyError([f"{p}: no such file{_example_hint(p)}"]) from None
     except OSError as exc:
         raise PolicyError([f"{p}: cannot read: {exc.strerror or exc}"]) from None
     try:
@@ -166,6 +168,14 @@ def load_policy(path: str | Path) -> Policy:
             [f"{p}: {where}: not valid YAML: {getattr(exc, 'problem', exc)}"]
         ) from None
     return parse_policy(data, str(p), p.resolve().parent)
+
+
+def _example_hint(p: Path) -> str:
+    """A missing policy next to the example: say how to start from it."""
+    example = p.parent / "policy.example.yaml"
+    if example.is_file() and example != p:
+        return f"; start from the example: cp {example} {p}"
+    return "; see config/policy.example.yaml for a complete, commented example"
 
 
 def token_digest(token: str) -> str:

@@ -89,7 +89,16 @@ def test_check_yaml_error_names_the_line(
 def test_check_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "absent.yaml"
     assert main(["check", "--config", str(path)]) == 1
-    assert f"{path}: cannot read" in capsys.readouterr().err
+    assert f"{path}: no such file" in capsys.readouterr().err
+
+
+def test_missing_policy_next_to_the_example_says_cp(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "policy.example.yaml").write_text("version: 1\n")
+    assert main(["check", "--config", str(tmp_path / "policy.yaml")]) == 1
+    err = capsys.readouterr().err
+    assert f"cp {tmp_path / 'policy.example.yaml'} {tmp_path / 'policy.yaml'}" in err
 
 
 def test_check_requires_config(capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,9 +10,13 @@ import requests.utils
 
 from broker.cli.sandbox_env import (
     BUNDLE_VARS,
+    TOOL_BUNDLE_VARS,
+    TOOL_NO_PROXY_VARS,
+    TOOL_PROXY_VARS,
     check_tenant_token,
     proxy_url,
     render_env,
+    refusal,
     shell_quote,
 )
 from broker.policy.load import parse_policy, token_digest
@@ -31,6 +35,9 @@ ALL_VARS = (
     "no_proxy",
     *BUNDLE_VARS,
     "NODE_USE_ENV_PROXY",
+    *TOOL_PROXY_VARS,
+    *TOOL_NO_PROXY_VARS,
+    *TOOL_BUNDLE_VARS,
 )
 
 
@@ -96,9 +103,36 @@ def test_dotenv_has_every_variable_literally() -> None:
     for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
         assert env[name] == url
     assert env["NO_PROXY"] == env["no_proxy"] == ""
-    for name in BUNDLE_VARS:
+    for name in (*BUNDLE_VARS, *TOOL_BUNDLE_VARS):
         assert env[name] == str(BUNDLE)
+    for name in TOOL_PROXY_VARS:
+        assert env[name] == url
+    assert env["npm_config_noproxy"] == ""
     assert env["NODE_USE_ENV_PROXY"] == "1"
+
+
+def test_tools_that_read_config_files_get_their_own_variables() -> None:
+    """npm's cafile in a global npmrc beat NODE_EXTRA_CA_CERTS (issue 14.5)."""
+    env = _dotenv(_render(fmt="dotenv"))
+    assert env["npm_config_cafile"] == env["npm_config_https_proxy"].replace(
+        env["HTTPS_PROXY"], str(BUNDLE)
+    )
+
+
+@pytest.mark.skipif(shutil.which("sh") is None, reason="needs a POSIX shell")
+@pytest.mark.parametrize("message", ["plain", "it's $HOME `id`\nnext line"])
+def test_refusal_stops_a_shell_and_shows_the_message(message: str) -> None:
+    script = refusal(message) + "echo STARTED\n"
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1
+    assert "STARTED" not in out.stdout
+    assert "keybroker env failed: " + " ".join(message.split()) in out.stderr
+
+
+def test_dotenv_refusal_is_no_variable() -> None:
+    line = refusal("token does not match", "dotenv")
+    assert line.count("\n") == 1
+    assert " " in line.partition("=")[0]
 
 
 def test_no_proxy_is_passed_through() -> None:

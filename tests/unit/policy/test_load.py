@@ -556,7 +556,11 @@ def test_unreadable_file(tmp_path: Path) -> None:
     with pytest.raises(PolicyError) as info:
         load_policy(path)
     [error] = info.value.errors
-    assert error.startswith(f"{path}: cannot read")
+    assert error.startswith(f"{path}: no such file")
+    path.mkdir()
+    with pytest.raises(PolicyError) as info:
+        load_policy(path)
+    assert info.value.errors[0].startswith(f"{path}: cannot read")
 
 
 def test_errors_from_a_file_name_the_file(tmp_path: Path) -> None:
