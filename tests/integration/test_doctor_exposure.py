@@ -37,7 +37,7 @@ def doctor(
             "--listen",
             f"127.0.0.1:{broker.port}",
             *extra,
-        ],  # fmt: skip
+        ],
         cwd=REPO,
         env={**base, **env, "COLUMNS": "250", "NO_COLOR": "1"},
         capture_output=True,

@@ -15,8 +15,8 @@ from broker.cli.sandbox_env import (
     TOOL_PROXY_VARS,
     check_tenant_token,
     proxy_url,
-    render_env,
     refusal,
+    render_env,
     shell_quote,
 )
 from broker.policy.load import parse_policy, token_digest
