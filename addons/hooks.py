@@ -21,13 +21,13 @@ from addons.flows import FlowState, error_response, frame_body, guarded, strip_p
 from addons.scrubbing import ResponseHooks
 from broker.engine import Engine, Outcome
 from broker.policy.load import PolicyError
+from broker.request.auth import WHOAMI_HOST
 from broker.request.codings import DecodeError, TooLarge, decode_body
 from broker.request.decision import Decision, Destination, Reason, failure
 from broker.request.locations import RequestParts
 from broker.request.responses import reply_for
 
 log = logging.getLogger("keybroker")
-MAGIC_HOST = "keybroker.invalid"
 
 
 class KeyBroker(ResponseHooks):
@@ -202,7 +202,7 @@ class KeyBroker(ResponseHooks):
         if st.tenant is None:
             self._deny_flow(flow, st, failure(Reason.UNAUTHENTICATED, None))
             return
-        if flow.request.host == MAGIC_HOST and flow.request.pretty_host == MAGIC_HOST:
+        if flow.request.host == WHOAMI_HOST and flow.request.pretty_host == WHOAMI_HOST:
             self._whoami(flow, st)
             return
         assert self.engine is not None

@@ -25,9 +25,9 @@ from broker.cli import exposure
 from broker.cli.sandbox_env import check_tenant_token
 from broker.policy.load import PolicyError, load_policy
 from broker.policy.schema import parse_listen
+from broker.request.auth import WHOAMI_HOST
 from broker.tls import ca, trust
 
-MAGIC_HOST = "keybroker.invalid"
 MAX_BODY = 1024 * 1024
 _WILDCARD = {"0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104
 _STEPS = ("policy", "tenant and token", "CA and bundle", "proxy reachable", "CONNECT",
@@ -156,7 +156,7 @@ def run_doctor(
             r.fail(6, err)
             r.skip_from(7, needs=6)
             return 1
-        r.ok(6, f"TLS to {MAGIC_HOST} inside the tunnel verifies with {ca_bundle}")
+        r.ok(6, f"TLS to {WHOAMI_HOST} inside the tunnel verifies with {ca_bundle}")
         with tls:
             _step(r, 7, lambda: _check_whoami(tls, tenant))
     r.advise(exposure.proxy_variables(os.environ if environ is None else environ, where))
@@ -200,7 +200,7 @@ def _check_ca(files: ca.CAFiles, bundle: Path, cfg: str) -> str:
 
 def _check_connect(sock: socket.socket, tenant: str, token: str) -> str:
     cred = base64.b64encode(f"{tenant}:{token}".encode()).decode("ascii")
-    target = f"{MAGIC_HOST}:443"
+    target = f"{WHOAMI_HOST}:443"
     req = (
         f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: Basic {cred}\r\n\r\n"
     )
@@ -227,7 +227,7 @@ def _tls(sock: socket.socket, bundle: Path, cfg: str) -> ssl.SSLSocket:
     ctx.verify_flags |= ssl.VERIFY_X509_STRICT  # what Python 3.13 clients demand
     ctx.set_alpn_protocols(["http/1.1"])
     try:
-        return ctx.wrap_socket(sock, server_hostname=MAGIC_HOST)
+        return ctx.wrap_socket(sock, server_hostname=WHOAMI_HOST)
     except ssl.SSLCertVerificationError as exc:
         raise _Fail(
             f"the client does not trust the keybroker CA: {exc.verify_message}",
@@ -243,18 +243,18 @@ def _tls(sock: socket.socket, bundle: Path, cfg: str) -> ssl.SSLSocket:
 
 def _check_whoami(tls: ssl.SSLSocket, tenant: str) -> str:
     req = (
-        f"GET /whoami HTTP/1.1\r\nHost: {MAGIC_HOST}\r\n"
+        f"GET /whoami HTTP/1.1\r\nHost: {WHOAMI_HOST}\r\n"
         "Accept: application/json\r\nConnection: close\r\n\r\n"
     )
     try:
         resp = _exchange(tls, req, "GET")
     except (OSError, http.client.HTTPException) as exc:
         raise _Fail(
-            f"GET https://{MAGIC_HOST}/whoami failed: {_why(exc)}", "see `keybroker run`'s log"
+            f"GET https://{WHOAMI_HOST}/whoami failed: {_why(exc)}", "see `keybroker run`'s log"
         ) from None
     if resp.status != 200:
         raise _Fail(
-            f"GET https://{MAGIC_HOST}/whoami: {resp.explain()}",
+            f"GET https://{WHOAMI_HOST}/whoami: {resp.explain()}",
             "the proxy did not answer for itself: is it keybroker (not a bare mitmproxy), "
             "and recent enough to know /whoami?",
         )

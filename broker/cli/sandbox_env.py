@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
 
-from broker.policy.load import PolicyError, load_policy, token_digest
+from broker.policy.load import PolicyError, load_policy
 from broker.policy.schema import Policy, parse_listen
+from broker.request.auth import token_digest
 from broker.tls.ca import CAError, init_ca
 
 Format = Literal["shell", "dotenv"]

@@ -4,7 +4,6 @@ the rule broken."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -176,7 +175,3 @@ def _example_hint(p: Path) -> str:
     if example.is_file() and example != p:
         return f"; start from the example: cp {example} {p}"
     return "; see config/policy.example.yaml for a complete, commented example"
-
-
-def token_digest(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()

@@ -158,9 +158,6 @@ class Policy(_Model):
         parse_listen(v)
         return v
 
-    def tenant_token_index(self) -> dict[str, str]:
-        return {name: t.token_sha256 for name, t in self.tenants.items()}
-
 
 def parse_listen(v: str) -> tuple[str, int]:
     host, sep, port = v.rpartition(":")

@@ -11,18 +11,26 @@ import hmac
 from broker.policy.schema import Policy
 
 _DUMMY = "0" * 64
+WHOAMI_HOST = "keybroker.invalid"
+"""A request to this host (never resolvable, RFC 6761) is answered by the
+broker itself with the caller's tenant and secret names (``doctor`` uses it)."""
+
+
+def basic_payload(value: str) -> str | None:
+    """The decoded ``user:pass`` of a ``Basic`` credential, or None."""
+    scheme, _, cred = value.strip().partition(" ")
+    if scheme.lower() != "basic" or not cred:
+        return None
+    try:
+        return base64.b64decode(cred.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        # ValueError: b64decode refuses a str holding non-ASCII characters.
+        return None
 
 
 def parse_basic(header: str | None) -> tuple[str, str] | None:
-    if not header:
-        return None
-    scheme, _, cred = header.strip().partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        raw = base64.b64decode(cred.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        # ValueError: b64decode refuses a str holding non-ASCII characters.
+    raw = basic_payload(header) if header else None
+    if raw is None:
         return None
     user, sep, token = raw.partition(":")
     return (user, token) if sep and user and token else None

@@ -6,13 +6,13 @@ its content type)."""
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from urllib.parse import quote, quote_plus
 
 from broker.request import placeholders
+from broker.request.auth import basic_payload
 
 Header = tuple[str, str]
 # Characters a path segment may hold unencoded (RFC 3986 pchar minus "/").
@@ -54,21 +54,10 @@ class SubstitutionError(ValueError):
     """A value cannot be written in the requested location (no value in the message)."""
 
 
-def _basic_payload(value: str) -> str | None:
-    scheme, _, cred = value.strip().partition(" ")
-    if scheme.lower() != "basic" or not cred:
-        return None
-    try:
-        return base64.b64decode(cred.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        # ValueError: b64decode refuses a str holding non-ASCII characters.
-        return None
-
-
 def _header_texts(name: str, value: str) -> list[str]:
     texts = [value]
     if name == "authorization":
-        decoded = _basic_payload(value)
+        decoded = basic_payload(value)
         if decoded is not None:
             texts.append(decoded)
     return texts
@@ -121,7 +110,7 @@ def _header_value(lname: str, value: str, approve: Approve) -> str:
             raise SubstitutionError(f"the value of {name!r} holds a line break or NUL")
         return v
 
-    decoded = _basic_payload(value) if lname == "authorization" else None
+    decoded = basic_payload(value) if lname == "authorization" else None
     if decoded is not None and placeholders.find_names(decoded)[0]:
         scheme = value.strip().partition(" ")[0]
         new = placeholders.replace_str(decoded, write)

@@ -18,7 +18,7 @@ from mitmproxy.certs import CertStore
 from rich.console import Console
 
 from broker.cli.doctor import run_doctor
-from broker.policy.load import token_digest
+from broker.request.auth import token_digest
 from broker.tls import ca
 
 TENANT, TOKEN = "acme", "s3cret-token-value"

@@ -19,8 +19,9 @@ from broker.cli.sandbox_env import (
     render_env,
     shell_quote,
 )
-from broker.policy.load import parse_policy, token_digest
+from broker.policy.load import parse_policy
 from broker.policy.schema import Policy
+from broker.request.auth import token_digest
 
 TENANT = "acme.dev-1"
 TOKEN = "t0k:en/with@odd'chars%"

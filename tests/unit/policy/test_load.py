@@ -13,8 +13,9 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from broker.policy.load import PolicyError, load_policy, parse_policy, token_digest
+from broker.policy.load import PolicyError, load_policy, parse_policy
 from broker.policy.schema import Policy
+from broker.request.auth import token_digest
 
 SRC = "policy.yaml"
 ACME_DIGEST = hashlib.sha256(b"acme-example-token").hexdigest()
@@ -603,5 +604,10 @@ def test_token_digest_is_hex_sha256() -> None:
     )
 
 
-def test_tenant_token_index() -> None:
-    assert parse(base()).tenant_token_index() == {"acme": ACME_DIGEST, "globex": GLOBEX_DIGEST}
+def test_token_digests_are_stored_bare() -> None:
+    """Both spellings (``sha256:`` prefixed or not) load as bare hex."""
+    tenants = parse(base()).tenants
+    assert (tenants["acme"].token_sha256, tenants["globex"].token_sha256) == (
+        ACME_DIGEST,
+        GLOBEX_DIGEST,
+    )
