@@ -19,6 +19,7 @@ from mitmproxy.connection import Client
 
 from addons.flows import FlowState, error_response, frame_body, guarded, strip_proxy_headers
 from addons.scrubbing import ResponseHooks
+from addons.upstream_trust import after_reload
 from broker.engine import Engine, Outcome
 from broker.policy.load import PolicyError
 from broker.request.auth import WHOAMI_HOST
@@ -71,9 +72,10 @@ class KeyBroker(ResponseHooks):
             )
 
     def _configure_tls(self) -> None:
-        """mitmproxy uses the keybroker CA, and trusts ``upstream_ca`` on top
-        of the usual roots for upstream servers."""
-        from broker.tls.ca import init_ca, upstream_bundle
+        """mitmproxy uses the keybroker CA, and verifies upstream servers
+        against the system trust store plus ``upstream_ca``."""
+        from addons.upstream_trust import upstream_options
+        from broker.tls.ca import init_ca
 
         assert self.engine is not None
         policy = self.engine.policy
@@ -81,11 +83,8 @@ class KeyBroker(ResponseHooks):
         update: dict[str, Any] = {}
         if ctx.options.confdir in ("~/.mitmproxy", ""):
             update["confdir"] = str(files.confdir)
-        if policy.upstream_ca is not None:
-            bundle = upstream_bundle(policy.certs_dir, policy.upstream_ca)
-            update["ssl_verify_upstream_trusted_ca"] = str(bundle)
-        if update:
-            ctx.options.update(**update)
+        update.update(upstream_options(policy))
+        ctx.options.update(**update)
 
     def running(self) -> None:
         try:
@@ -98,6 +97,7 @@ class KeyBroker(ResponseHooks):
     def reload(self) -> None:
         if self.engine is None:
             return
+        old = self.engine.policy
         errors = self.engine.reload()
         if errors:
             log.warning(
@@ -106,6 +106,7 @@ class KeyBroker(ResponseHooks):
             )
         else:
             log.warning("keybroker: policy reloaded from %s", self.engine.source)
+            after_reload(old, self.engine.policy)
 
     def rotate_audit(self) -> None:
         if self.engine is not None:

@@ -24,9 +24,10 @@ from mitmproxy.master import Master
 from mitmproxy.options import Options
 
 from addons.keybroker import KeyBroker
+from addons.upstream_trust import upstream_options
 from broker.engine import Engine
 from broker.policy.schema import parse_listen
-from broker.tls.ca import init_ca, upstream_bundle
+from broker.tls.ca import init_ca
 
 # mitmproxy options keybroker depends on; see ../shared/MITMPROXY_NOTES.md.
 SAFE_OPTIONS: dict[str, Any] = {
@@ -121,9 +122,7 @@ async def serve(
     addon = KeyBroker(engine)
     master.addons.add(addon)
     update: dict[str, Any] = dict(SAFE_OPTIONS)
-    if policy.upstream_ca is not None:
-        bundle = upstream_bundle(policy.certs_dir, policy.upstream_ca)
-        update["ssl_verify_upstream_trusted_ca"] = str(bundle)
+    update.update(upstream_options(policy))  # system trust store + upstream_ca
     master.options.update(**update)
     if not quiet and not worker:
         err.print(

@@ -149,17 +149,6 @@ def system_roots() -> Path | None:
     return Path(certifi.where())
 
 
-def upstream_bundle(certs_dir: Path, upstream_ca: Path) -> Path:
-    """mitmproxy's trusted-CA option *replaces* the default roots: give it
-    the usual roots plus ``upstream_ca``."""
-    roots = system_roots()
-    out = certs_dir / "upstream-bundle.pem"
-    certs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    base = roots.read_bytes().rstrip(b"\n") + b"\n" if roots else b""
-    out.write_bytes(base + upstream_ca.read_bytes())
-    return out
-
-
 def write_bundle(files: CAFiles, *, roots: Path | None = None) -> Path:
     """System roots (``roots`` or :func:`system_roots`) followed by our CA.
     Any earlier keybroker CA in the roots (same subject, e.g. installed into
