@@ -35,6 +35,8 @@ class FlowState:
     fingerprints: dict[str, Any] = field(default_factory=dict)
     record_id: str | None = None
     """The id of the ``sent`` audit record, once a value is on its way."""
+    audit: dict[str, Any] = field(default_factory=dict)
+    """Extra audit fields from the engine (governance: the approval)."""
 
 
 def error_response(flow: http.HTTPFlow, reply: Reply) -> http.Response:

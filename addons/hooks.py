@@ -86,13 +86,15 @@ class KeyBroker(ResponseHooks):
         update.update(upstream_options(policy))
         ctx.options.update(**update)
 
-    def running(self) -> None:
+    async def running(self) -> None:
         try:
             loop = asyncio.get_running_loop()
             loop.add_signal_handler(signal.SIGHUP, self.reload)
             loop.add_signal_handler(signal.SIGUSR1, self.rotate_audit)
         except (RuntimeError, NotImplementedError, ValueError):
             pass
+        if self.engine is not None:
+            await self.engine.governor.start()  # admin API, revocation watch (§13)
 
     def reload(self) -> None:
         if self.engine is None:
@@ -170,14 +172,17 @@ class KeyBroker(ResponseHooks):
             return
         self._conn_tenant[flow.client_conn] = ident
 
-    def _tenant_for(self, flow: http.HTTPFlow) -> str | None:
+    def _tenant_for(self, flow: http.HTTPFlow) -> tuple[str | None, Reason]:
+        """The request's tenant, or None and why (407, or 503 for a session
+        whose revocations cannot be known)."""
         assert self.engine is not None
         bound = self._conn_tenant.get(flow.client_conn)
-        if bound is not None:
-            tenant, digest = bound
-            return tenant if self.engine.still_valid(tenant, digest) else None
-        ident = self.engine.authenticate(flow.request.headers.get("proxy-authorization"))
-        return ident[0] if ident else None
+        if bound is None:
+            bound = self.engine.authenticate(flow.request.headers.get("proxy-authorization"))
+        if bound is None:
+            return None, Reason.UNAUTHENTICATED
+        problem = self.engine.identity_problem(*bound)
+        return (bound[0], Reason.UNAUTHENTICATED) if problem is None else (None, problem)
 
     @staticmethod
     def _dest(flow: http.HTTPFlow) -> Destination:
@@ -198,10 +203,10 @@ class KeyBroker(ResponseHooks):
         self._inject("requestheaders")
         st = FlowState(dest=self._dest(flow))
         self._state[flow] = st
-        st.tenant = self._tenant_for(flow)
+        st.tenant, why = self._tenant_for(flow)
         strip_proxy_headers(flow.request.headers)
         if st.tenant is None:
-            self._deny_flow(flow, st, failure(Reason.UNAUTHENTICATED, None))
+            self._deny_flow(flow, st, failure(why, None))
             return
         if flow.request.host == WHOAMI_HOST and flow.request.pretty_host == WHOAMI_HOST:
             self._whoami(flow, st)
@@ -245,7 +250,7 @@ class KeyBroker(ResponseHooks):
         )
         outcome: Outcome = await self.engine.process(st.tenant, st.dest, parts)
         st.decision, st.fingerprints = outcome.decision, outcome.fingerprints
-        st.record_id = outcome.record_id
+        st.record_id, st.audit = outcome.record_id, outcome.audit
         if outcome.reply is not None:
             st.ours = True
             flow.response = error_response(flow, outcome.reply)
@@ -321,4 +326,5 @@ class KeyBroker(ResponseHooks):
             started=st.started,
             fingerprints=st.fingerprints,
             record_id=st.record_id,
+            extra=st.audit,
         )

@@ -80,7 +80,8 @@ class _Sink:
         self.feed, self.summary = feed, summary
 
     def push(self, rec: Any) -> None:
-        self.summary.add(rec)
+        if rec.get("decision") != "held":  # a held request is counted when it ends
+            self.summary.add(rec)
         if self.feed is not None:
             self.feed.push(rec)
 

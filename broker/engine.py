@@ -17,6 +17,7 @@ from broker.audit import log as audit
 from broker.backends.base import Backend, BackendError
 from broker.backends.registry import build_backends, cache_ttls
 from broker.backends.resolver import Resolver
+from broker.governance.governor import Governor
 from broker.policy.load import PolicyError, load_policy
 from broker.policy.schema import Policy
 from broker.request import locations
@@ -42,6 +43,8 @@ class Outcome:
     record_id: str | None = None
     """The ``id`` of the ``sent`` audit record (allow only): the ``done``
     record of the exchange carries it too."""
+    audit: dict[str, Any] = field(default_factory=dict)
+    """Extra audit fields (governance: who approved what)."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,9 @@ class Engine:
         self.resolver = self._make_resolver(policy)
         self._hmac_key = self._audit_key(policy)
         self.audit = self._make_audit(policy, self._hmac_key)
+        self.governor = Governor(
+            policy, self._env, announce=self._announce, clean=lambda s: self._clean(s)[0]
+        )
 
     # -- construction and reload -------------------------------------------------
     @classmethod
@@ -123,6 +129,7 @@ class Engine:
         try:
             policy = load_policy(self.source)
             key = self._audit_key(policy)
+            commit_governance = self.governor.reload(policy)
             resolver = self._make_resolver(policy)
         except PolicyError as exc:
             return exc.errors
@@ -132,6 +139,7 @@ class Engine:
                 self.audit = self._make_audit(policy, key)
                 old_audit.close()
             self.policy, self.resolver, self._hmac_key = policy, resolver, key
+            commit_governance()
         # Requests in flight may still read through the old backends: close
         # them one reload later.
         self._close_backends(self._retired)
@@ -143,10 +151,23 @@ class Engine:
 
     # -- identity ------------------------------------------------------------------
     def authenticate(self, header: str | None) -> tuple[str, str] | None:
-        return authenticate(self.policy, header)
+        policy = self.policy
+        return authenticate(policy, header) or self.governor.authenticate(policy, header)
 
     def still_valid(self, tenant: str, digest: str) -> bool:
-        return still_valid(self.policy, tenant, digest)
+        return self.identity_problem(tenant, digest) is None
+
+    def identity_problem(self, tenant: str, digest: str) -> Reason | None:
+        """None while a connection's identity holds; otherwise why not
+        (a session revoked or expired: 407; its revocations unknown: 503)."""
+        policy = self.policy
+        if digest.startswith("session:"):
+            return self.governor.check(policy, tenant, digest)
+        return None if still_valid(policy, tenant, digest) else Reason.UNAUTHENTICATED
+
+    def _announce(self, rec: dict[str, Any]) -> None:
+        if self.feed is not None:
+            self.feed.push(rec)
 
     # -- the request path --------------------------------------------------------
     def _raw_egress(
@@ -207,6 +228,13 @@ class Engine:
             return self._reply(
                 failure(Reason.AUDIT_UNAVAILABLE, tenant, None, decision.secrets), dest
             )
+        admission = await self.governor.admit(policy, tenant, dest, decision)
+        if admission.refusal is not None:
+            out = self._reply(admission.refusal, dest)
+            if out.reply is not None:
+                out.reply.headers.update(admission.headers)
+            out.audit = admission.audit
+            return out
         rules = policy.tenants[tenant].secrets
         values: dict[str, SecretValue] = {}
         for name in decision.secrets:
@@ -214,6 +242,7 @@ class Engine:
                 values[name] = await resolver.aresolve(tenant, name, rules[name])
             except BackendError as exc:
                 log.warning("keybroker: secret %r of tenant %r: %s", name, tenant, exc)
+                await self.governor.refund(admission)
                 return self._reply(
                     failure(Reason(exc.reason), tenant, name, decision.secrets), dest
                 )
@@ -226,14 +255,22 @@ class Engine:
         try:
             new_parts = locations.substitute(parts, approve)
         except SubstitutionError:
+            await self.governor.refund(admission)
             return self._reply(failure(Reason.INTERNAL_ERROR, tenant, None, decision.secrets), dest)
         fingerprints = self._fingerprints(values)
-        record_id = self._record_sent(decision, dest, fingerprints)
+        record_id = self._record_sent(decision, dest, fingerprints, admission.audit)
         if record_id is None:
+            await self.governor.refund(admission)
             return self._reply(
                 failure(Reason.AUDIT_UNAVAILABLE, tenant, None, decision.secrets), dest
             )
-        return Outcome(decision, parts=new_parts, fingerprints=fingerprints, record_id=record_id)
+        return Outcome(
+            decision,
+            parts=new_parts,
+            fingerprints=fingerprints,
+            record_id=record_id,
+            audit=admission.audit,
+        )
 
     def _fingerprints(self, values: Mapping[str, SecretValue]) -> dict[str, dict[str, str | None]]:
         key = self._hmac_key
@@ -269,13 +306,18 @@ class Engine:
         ]
 
     def _record_sent(
-        self, decision: Decision, dest: Destination, fingerprints: Mapping[str, Any]
+        self,
+        decision: Decision,
+        dest: Destination,
+        fingerprints: Mapping[str, Any],
+        extra: Mapping[str, Any] | None = None,
     ) -> str | None:
         """Write-ahead (DESIGN.md §6): the ``sent`` record of a request that
         carries a value, before the value leaves. Its id, or None when it could
         not be written (the request must then be refused)."""
         started = time.monotonic()
-        rec = self._write(self._build(decision, dest, None, 0, started, fingerprints, "sent", None))
+        rec = self._build(decision, dest, None, 0, started, fingerprints, "sent", None)
+        rec = self._write(_with(rec, extra))
         if rec is None:
             return None
         record_id: str = rec["id"]
@@ -334,15 +376,18 @@ class Engine:
         started: float,
         fingerprints: Mapping[str, Any] | None = None,
         record_id: str | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> None:
         """Write the ``done`` audit record for a request (with the ``record_id``
-        of its ``sent`` record, if it had one), and show it in the feed."""
+        of its ``sent`` record, if it had one), and show it in the feed.
+        ``extra``: fields beyond DESIGN.md §6 (the approval)."""
         if record_id is not None:
             with self._lock:
                 self._open.pop(record_id, None)
-        self._write(
-            self._build(decision, dest, status, scrubbed, started, fingerprints, "done", record_id)
+        rec = self._build(
+            decision, dest, status, scrubbed, started, fingerprints, "done", record_id
         )
+        self._write(_with(rec, extra))
 
     def interrupt_open(self) -> int:
         """A stop: write ``done`` with reason ``interrupted`` for every exchange
@@ -359,8 +404,26 @@ class Engine:
 
     def close(self) -> None:
         self.interrupt_open()
+        _close_governor(self.governor)
         self._close_backends(self._backends)
         self._close_backends(self._retired)
         self.audit.close()
         if self.feed is not None:
             self.feed.close()
+
+
+def _with(rec: dict[str, Any], extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``rec`` plus extension fields (never replacing a §6 field)."""
+    if extra:
+        rec.update({k: v for k, v in extra.items() if k not in rec})
+    return rec
+
+
+def _close_governor(governor: Governor) -> None:
+    """Stop the admin API and the store's connections, in the loop when there is one."""
+    import asyncio
+
+    try:
+        asyncio.get_running_loop().create_task(governor.aclose())
+    except RuntimeError:
+        asyncio.run(governor.aclose())

@@ -215,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     env.add_argument("--listen", help="the address agents reach the proxy at")
     env.add_argument("--format", choices=("shell", "dotenv"), default="shell")
     env.add_argument("--no-proxy", default="", help="NO_PROXY value (default: empty)")
+    env.add_argument("--ttl", default="8h", help="session token lifetime (with sessions:)")
+    env.add_argument(
+        "--long-lived", action="store_true", help="hand the tenant token itself, not a session"
+    )
     env.set_defaults(func=cmd_env)
 
     tail = sub.add_parser("tail", help="render the audit as a live feed")
@@ -243,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="also check, through the broker, that it trusts this upstream's TLS certificate",
     )
     doc.set_defaults(func=cmd_doctor)
+
+    from broker.cli import governance
+
+    governance.add_parsers(sub)
     return p
 
 

@@ -16,6 +16,15 @@ from pydantic import (
     field_validator,
 )
 
+from broker.governance.config import (
+    AdminConfig,
+    ApprovalsConfig,
+    Approve,
+    SessionsConfig,
+    StateConfig,
+    parse_rate,
+    policy_problems,
+)
 from broker.policy.backend_config import BackendConfig
 from broker.policy.hosts import HostError, normalize_pattern
 
@@ -44,6 +53,23 @@ class SecretRule(_Model):
     methods: tuple[str, ...] | None = None
     paths: tuple[str, ...] | None = None
     locations: tuple[str, ...] = ("header:authorization",)
+    # Governance of use (DESIGN.md §13; broker/governance/).
+    rate: str | None = None
+    max_uses: int | None = Field(default=None, ge=1)
+    approve: Approve = "never"
+    approve_methods: tuple[str, ...] | None = None
+
+    @field_validator("rate")
+    @classmethod
+    def _rate(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_rate(v)
+        return v
+
+    @field_validator("approve_methods")
+    @classmethod
+    def _approve_methods(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return cls._methods(v)
 
     # Each list validator reports every bad item, not only the first.
     @field_validator("hosts")
@@ -151,6 +177,15 @@ class Policy(_Model):
     backends: dict[str, BackendConfig] = Field(default_factory=dict)
     tenants: dict[TenantName, Tenant] = Field(default_factory=dict)
     limits: Limits = Limits()
+    state: StateConfig | None = None
+    approvals: ApprovalsConfig = ApprovalsConfig()
+    admin: AdminConfig | None = None
+    sessions: SessionsConfig | None = None
+
+    @model_validator(mode="after")
+    def _governance(self) -> Policy:
+        _raise_all(policy_problems(self))
+        return self
 
     @field_validator("listen")
     @classmethod

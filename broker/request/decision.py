@@ -32,6 +32,12 @@ class Reason(StrEnum):
     SECRET_NOT_FOUND = "secret_not_found"
     INTERNAL_ERROR = "internal_error"
     AUDIT_UNAVAILABLE = "audit_unavailable"
+    # Governance of use (§13).
+    RATE_LIMITED = "rate_limited"
+    USES_EXHAUSTED = "uses_exhausted"
+    APPROVAL_DENIED = "approval_denied"
+    APPROVAL_TIMEOUT = "approval_timeout"
+    STATE_UNAVAILABLE = "state_unavailable"
     # Extensions (documented in README).
     BODY_TOO_LARGE = "body_too_large"
     UNDECODABLE_BODY = "undecodable_body"
@@ -46,12 +52,15 @@ STATUS: dict[Reason, int] = {
     Reason.SECRET_NOT_FOUND: 502,
     Reason.INTERNAL_ERROR: 502,
     Reason.AUDIT_UNAVAILABLE: 503,
+    Reason.RATE_LIMITED: 429,
+    Reason.STATE_UNAVAILABLE: 503,
 }
 _ERRORS = {
     Reason.BACKEND_UNAVAILABLE,
     Reason.SECRET_NOT_FOUND,
     Reason.INTERNAL_ERROR,
     Reason.AUDIT_UNAVAILABLE,
+    Reason.STATE_UNAVAILABLE,
 }
 
 Verdict = Literal["allow", "pass", "deny", "error"]

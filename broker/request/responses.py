@@ -34,6 +34,19 @@ _DETAIL: dict[Reason, str] = {
     Reason.SECRET_NOT_FOUND: "Secret {secret!r} is not in the secret store; ask an operator.",
     Reason.INTERNAL_ERROR: "keybroker failed while handling this request; nothing was sent.",
     Reason.AUDIT_UNAVAILABLE: "keybroker cannot write its audit log; nothing was sent. Retry later.",
+    Reason.RATE_LIMITED: (
+        "Secret {secret!r} is used too often for its rate limit; retry after the "
+        "Retry-After header's seconds."
+    ),
+    Reason.USES_EXHAUSTED: "Secret {secret!r} has no uses left; ask an operator.",
+    Reason.APPROVAL_DENIED: "An operator denied this use of secret {secret!r}; nothing was sent.",
+    Reason.APPROVAL_TIMEOUT: (
+        "No operator approved this use of secret {secret!r} in time; nothing was sent. "
+        "Retry once an operator is available."
+    ),
+    Reason.STATE_UNAVAILABLE: (
+        "keybroker's shared state store is unreachable; nothing was sent. Retry later."
+    ),
     Reason.BODY_TOO_LARGE: "The body is larger than keybroker's limit.",
     Reason.UNDECODABLE_BODY: "The body's Content-Encoding could not be decoded.",
 }

@@ -1,0 +1,197 @@
+"""``keybroker approvals`` and ``keybroker session`` (DESIGN.md §13).
+
+``approvals`` talks to a running broker's admin API (``admin.listen``) with
+the operator token from ``--admin-token-env``. ``session new`` signs a
+token locally with the key from ``sessions.key_env``; ``session revoke``
+writes to the shared state store when the policy has ``state.url`` (no
+broker needs to be up), and otherwise asks the broker's admin API."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime
+from typing import Any
+
+from broker.cli.console import sanitize
+from broker.governance import sessions
+from broker.governance.config import parse_duration
+from broker.governance.governor import session_key
+from broker.governance.state import StateUnavailable, build_store
+from broker.policy.load import load_policy
+from broker.policy.schema import Policy, parse_listen
+
+ADMIN_TOKEN_ENV = "KEYBROKER_ADMIN_TOKEN"
+
+
+class CLIError(Exception):
+    """A message for the operator (never holds a token)."""
+
+
+def admin_call(
+    policy: Policy, args: argparse.Namespace, method: str, path: str, body: Any = None
+) -> Any:
+    listen = args.admin or (policy.admin.listen if policy.admin else None)
+    if listen is None:
+        raise CLIError("the policy has no admin: section (admin.listen, admin.token_sha256)")
+    host, port = parse_listen(listen)
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104
+    host = f"[{host}]" if ":" in host else host
+    token = os.environ.get(args.admin_token_env, "")
+    if not token:
+        raise CLIError(f"--admin-token-env: ${args.admin_token_env} is unset or empty")
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(
+        f"http://{host}:{port}{path}",
+        data=data,
+        method=method,
+        headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
+    )
+    problem = ""
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            problem = str(json.loads(exc.read()).get("error", exc.code))
+        except ValueError:
+            problem = f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        problem = f"cannot reach the admin API at {listen} ({reason}); is `keybroker run` up?"
+    raise CLIError(problem)
+
+
+def cmd_approvals(args: argparse.Namespace) -> int:
+    policy = load_policy(args.config)
+    if args.approvals_cmd == "list":
+        recs = admin_call(policy, args, "GET", "/v1/approvals")
+        if args.json:
+            print(json.dumps(recs, indent=2))
+            return 0
+        if not recs:
+            print("no requests waiting for approval")
+        for r in recs:
+            print(
+                " ".join(
+                    sanitize(r.get(k) or "-", 120)
+                    for k in ("id", "since", "tenant", "secret", "method", "host", "path")
+                )
+            )
+        return 0
+    action = "approve" if args.approvals_cmd == "approve" else "deny"
+    got = admin_call(policy, args, "POST", f"/v1/approvals/{args.id}/{action}")
+    print(f"{sanitize(got.get('id'))}: {sanitize(got.get('verdict'))} by {sanitize(got.get('by'))}")
+    return 0
+
+
+def cmd_session(args: argparse.Namespace) -> int:
+    policy = load_policy(args.config)
+    if args.session_cmd == "new":
+        token, expires = new_session(policy, args.tenant, args.ttl)
+        print(token)
+        when = datetime.fromtimestamp(expires, UTC).isoformat(timespec="seconds")
+        print(f"session for tenant {args.tenant!r} until {when}", file=sys.stderr)
+        return 0
+    raw = sys.stdin.readline().strip() if args.token == "-" else args.token
+    s = sessions.parse(raw)
+    if s is None:
+        raise CLIError("not a keybroker session token (they start with kbs1.)")
+    if policy.state is not None:
+        asyncio.run(_revoke_in_store(policy, s))
+    else:
+        admin_call(policy, args, "POST", "/v1/sessions/revoke", {"id": s.id, "expires": s.expires})
+    print(f"revoked session {s.id} of tenant {sanitize(s.tenant)}")
+    return 0
+
+
+async def _revoke_in_store(policy: Policy, s: sessions.Session) -> None:
+    store = build_store(policy.state)
+    try:
+        await store.revoke(s.id, s.expires)
+    except StateUnavailable as exc:
+        raise CLIError(str(exc)) from None
+    finally:
+        await store.aclose()
+
+
+def new_session(policy: Policy, tenant: str, ttl: str) -> tuple[str, int]:
+    """A session token for ``tenant`` and its expiry (Unix seconds)."""
+    if policy.sessions is None:
+        raise CLIError("the policy has no sessions: section (sessions.key_env)")
+    t = policy.tenants.get(tenant)
+    if t is None:
+        raise CLIError(f"tenant {tenant!r} is not in the policy")
+    try:
+        seconds = parse_duration(ttl)
+    except ValueError as exc:
+        raise CLIError(f"--ttl: {exc}") from None
+    if seconds > policy.sessions.max_ttl:
+        raise CLIError(f"--ttl: at most sessions.max_ttl ({policy.sessions.max_ttl} s)")
+    key = session_key(policy, os.environ)
+    assert key is not None
+    now = time.time()
+    return sessions.mint(key, tenant, t.token_sha256, seconds, now=now), int(now) + seconds
+
+
+def sandbox_token(policy: Policy, args: argparse.Namespace, tenant_token: str) -> str:
+    """What ``keybroker env`` hands a sandbox: a session token when the
+    policy has ``sessions:`` (unless ``--long-lived``), else the tenant token."""
+    if policy.sessions is None or getattr(args, "long_lived", False):
+        return tenant_token
+    try:
+        return new_session(policy, args.tenant, getattr(args, "ttl", "8h"))[0]
+    except CLIError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _admin_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True)
+    p.add_argument(
+        "--admin-token-env",
+        default=ADMIN_TOKEN_ENV,
+        metavar="VAR",
+        help=f"variable holding the operator token (default {ADMIN_TOKEN_ENV})",
+    )
+    p.add_argument("--admin", metavar="HOST:PORT", help="admin API address (default admin.listen)")
+
+
+def add_parsers(sub: Any) -> None:
+    ap = sub.add_parser("approvals", help="requests held for an operator's approval")
+    ap_sub = ap.add_subparsers(dest="approvals_cmd", required=True)
+    ls = ap_sub.add_parser("list", help="list held requests")
+    _admin_options(ls)
+    ls.add_argument("--json", action="store_true", help="a JSON list")
+    for name in ("approve", "deny"):
+        c = ap_sub.add_parser(name, help=f"{name} a held request")
+        c.add_argument("id")
+        _admin_options(c)
+    ap.set_defaults(func=_guarded(cmd_approvals))
+
+    se = sub.add_parser("session", help="short-lived session tokens for sandboxes")
+    se_sub = se.add_subparsers(dest="session_cmd", required=True)
+    new = se_sub.add_parser("new", help="print a new session token")
+    new.add_argument("--config", required=True)
+    new.add_argument("--tenant", required=True)
+    new.add_argument("--ttl", default="8h", help="lifetime: 30m, 2h, 1d (default 8h)")
+    rv = se_sub.add_parser("revoke", help="make every broker refuse a session token")
+    rv.add_argument("token", help="the session token, or - to read it from stdin")
+    _admin_options(rv)
+    se.set_defaults(func=_guarded(cmd_session))
+
+
+def _guarded(fn: Any) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return int(fn(args))
+        except CLIError as exc:
+            print(f"keybroker {args.cmd}: {exc}", file=sys.stderr)
+            return 1
+
+    return run

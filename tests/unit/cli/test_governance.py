@@ -1,0 +1,112 @@
+"""``keybroker session``, ``keybroker approvals`` and ``keybroker env``
+handing out session tokens (the CLI as an operator runs it)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import pytest
+import yaml
+
+from broker.cli.main import main
+from broker.governance import sessions
+
+TENANT_TOKEN = "kb_tenant_token_for_cli_tests"
+KEY = "cli-session-key-0123456789abcdef"
+
+
+def write_policy(tmp_path: Path, **over: Any) -> Path:
+    data: dict[str, Any] = {
+        "version": 1,
+        "listen": "127.0.0.1:18080",
+        "certs_dir": str(tmp_path / "certs"),
+        "audit": {"path": str(tmp_path / "audit.jsonl")},
+        "sessions": {"key_env": "KB_TEST_SESSION_KEY", "max_ttl": 86400},
+        "admin": {"listen": "127.0.0.1:1", "token_sha256": "c" * 64},
+        "tenants": {"acme": {"token_sha256": hashlib.sha256(TENANT_TOKEN.encode()).hexdigest()}},
+        **over,
+    }
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KB_TEST_SESSION_KEY", KEY)
+
+
+def test_session_new(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_policy(tmp_path)
+    assert main(["session", "new", "--config", str(path), "--tenant", "acme", "--ttl", "2h"]) == 0
+    out, err = capsys.readouterr()
+    token = out.strip()
+    digest = hashlib.sha256(TENANT_TOKEN.encode()).hexdigest()
+    s = sessions.verify(KEY.encode(), token, "acme", digest)
+    assert s is not None and "until" in err and token not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--tenant", "nobody"], "not in the policy"),
+        (["--tenant", "acme", "--ttl", "2d"], "max_ttl"),
+        (["--tenant", "acme", "--ttl", "soon"], "--ttl"),
+    ],
+    ids=["tenant", "too long", "bad ttl"],
+)
+def test_session_new_refuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], needle: str
+) -> None:
+    path = write_policy(tmp_path)
+    assert main(["session", "new", "--config", str(path), *argv]) == 1
+    assert needle in capsys.readouterr().err
+
+
+def test_session_new_needs_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KB_TEST_SESSION_KEY")
+    path = write_policy(tmp_path)
+    assert main(["session", "new", "--config", str(path), "--tenant", "acme"]) == 1
+    assert "KB_TEST_SESSION_KEY" in capsys.readouterr().err
+
+
+def test_env_hands_a_session_token(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_policy(tmp_path)
+    base = ["env", "--config", str(path), "--tenant", "acme", "--token", TENANT_TOKEN]
+    assert main([*base, "--format", "dotenv"]) == 0
+    lines = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines())
+    password = unquote(urlsplit(lines["HTTPS_PROXY"]).password or "")
+    assert password.startswith("kbs1.") and TENANT_TOKEN not in "".join(lines.values())
+    assert main([*base, "--format", "dotenv", "--long-lived"]) == 0
+    assert TENANT_TOKEN in capsys.readouterr().out
+
+
+def test_env_without_sessions_keeps_the_tenant_token(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_policy(tmp_path, sessions=None)
+    argv = ["env", "--config", str(path), "--tenant", "acme", "--token", TENANT_TOKEN]
+    assert main(argv) == 0
+    assert TENANT_TOKEN in capsys.readouterr().out
+
+
+def test_approvals_without_a_broker(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_policy(tmp_path)
+    assert main(["approvals", "list", "--config", str(path)]) == 1
+    assert "KEYBROKER_ADMIN_TOKEN" in capsys.readouterr().err
+    monkeypatch.setenv("KEYBROKER_ADMIN_TOKEN", "x")
+    assert main(["approvals", "approve", "apr_0011223344556677", "--config", str(path)]) == 1
+    assert "cannot reach the admin API" in capsys.readouterr().err
+
+
+def test_revoke_refuses_junk(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_policy(tmp_path)
+    assert main(["session", "revoke", "--config", str(path), "not-a-token"]) == 1
+    assert "kbs1." in capsys.readouterr().err

@@ -1,0 +1,249 @@
+"""Governance in the engine's pipeline: limits and approvals after the
+policy decision and before any value is read; fail closed without the
+state; session tokens as proxy passwords."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from broker.backends.base import BackendError
+from broker.engine import Engine
+from broker.governance import sessions
+from broker.governance.state import MemoryStore, StateUnavailable
+from broker.policy.load import PolicyError, parse_policy
+from broker.request.decision import Destination, Reason
+from tests.unit.test_engine import CountingResolver, parts
+
+DIGEST = "a" * 64
+ADMIN = "c" * 64
+KEY = "session-key-for-tests-0123456789"
+GET = Destination.of("https", "api.example.com", 443, "GET", "/v1")
+POST = Destination.of("https", "api.example.com", 443, "POST", "/v1")
+
+
+def policy(tmp_path: Path, rule: dict[str, Any], **over: Any) -> Any:
+    data: dict[str, Any] = {
+        "version": 1,
+        "certs_dir": str(tmp_path / "certs"),
+        "audit": {"path": str(tmp_path / "audit.jsonl")},
+        "backends": {"local": {"type": "env"}},
+        "admin": {"listen": "127.0.0.1:1", "token_sha256": ADMIN},
+        "sessions": {"key_env": "KB_SESSION_KEY"},
+        "approvals": {"timeout": 2, "remember": 60},
+        "tenants": {
+            "acme": {
+                "token_sha256": DIGEST,
+                "secrets": {
+                    "api": {
+                        "backend": "local",
+                        "path": "API_KEY",
+                        "hosts": ["api.example.com"],
+                        "methods": ["GET", "POST"],
+                        **rule,
+                    },
+                    "free": {"backend": "local", "path": "API_KEY", "hosts": ["api.example.com"]},
+                },
+            }
+        },
+    }
+    data.update(over)
+    return parse_policy(data, "test.yaml", tmp_path)
+
+
+@pytest.fixture
+def make(tmp_path: Path) -> Iterator[Any]:
+    engines: list[Engine] = []
+
+    def build(rule: dict[str, Any], **over: Any) -> tuple[Engine, CountingResolver]:
+        e = Engine(policy(tmp_path, rule, **over), env={"API_KEY": "v" * 20, "KB_SESSION_KEY": KEY})
+        fake = CountingResolver()
+        e.resolver = fake  # type: ignore[assignment]
+        engines.append(e)
+        return e, fake
+
+    yield build
+    for e in engines:
+        e.close()
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def reason(out: Any) -> str | None:
+    return None if out.reply is None else json.loads(out.reply.body)["reason"]
+
+
+def test_rate_limit_refuses_with_retry_after_and_reads_nothing(make: Any) -> None:
+    e, fake = make({"rate": "2/minute"})
+    assert [reason(run(e.process("acme", GET, parts()))) for _ in range(2)] == [None, None]
+    out = run(e.process("acme", GET, parts()))
+    assert reason(out) == "rate_limited" and out.reply.status == 429
+    assert 1 <= int(out.reply.headers["retry-after"]) <= 60
+    assert len(fake.calls) == 2
+    # Requests without the secret, or with an unlimited one, are not counted.
+    assert reason(run(e.process("acme", GET, parts("Bearer <<secret:free>>")))) is None
+    assert reason(run(e.process("acme", GET, parts("Bearer none")))) is None
+
+
+def test_counted_once_per_request(make: Any) -> None:
+    e, _ = make({"max_uses": 2, "locations": ["header:authorization", "query"]})
+    out = run(e.process("acme", GET, parts(query="k=%3C%3Csecret:api%3E%3E")))
+    assert reason(out) is None
+    assert reason(run(e.process("acme", GET, parts()))) is None
+    out = run(e.process("acme", GET, parts()))
+    assert reason(out) == "uses_exhausted" and out.reply.status == 403
+
+
+def test_one_shot_refunded_when_the_vault_fails(make: Any) -> None:
+    e, _ = make({"max_uses": 1})
+    e.resolver = CountingResolver(error=BackendError("vault down"))
+    assert reason(run(e.process("acme", GET, parts()))) == "backend_unavailable"
+    e.resolver = CountingResolver()
+    assert reason(run(e.process("acme", GET, parts()))) is None
+    assert reason(run(e.process("acme", GET, parts()))) == "uses_exhausted"
+
+
+def test_denied_requests_are_not_counted(make: Any) -> None:
+    e, _ = make({"max_uses": 1})
+    bad = Destination.of("https", "evil.example.com", 443, "GET", "/v1")
+    assert reason(run(e.process("acme", bad, parts()))) == "host_not_allowed"
+    assert reason(run(e.process("acme", GET, parts()))) is None
+
+
+class DownStore(MemoryStore):
+    shared = True
+
+    async def charge(self, *a: Any, **k: Any) -> Any:
+        raise StateUnavailable("state store: charge failed (ConnectionError)")
+
+    async def remembered(self, *a: Any, **k: Any) -> Any:
+        raise StateUnavailable("state store: remembered failed (ConnectionError)")
+
+    def revoked(self) -> tuple[frozenset[str], float]:
+        return frozenset(), 99.0
+
+
+def test_store_down_fails_closed_only_for_requests_that_need_it(make: Any) -> None:
+    e, fake = make({"rate": "5/second"})
+    e.governor.store = DownStore()
+    out = run(e.process("acme", GET, parts()))
+    assert reason(out) == "state_unavailable" and out.reply.status == 503
+    assert fake.calls == []
+    assert reason(run(e.process("acme", GET, parts("Bearer <<secret:free>>")))) is None
+    assert e.identity_problem("acme", DIGEST) is None  # tenant tokens need no store
+
+
+async def _decide_when_held(e: Engine, verdict: str, out: list[str]) -> None:
+    for _ in range(200):
+        pending = await e.governor.store.pending()
+        if pending:
+            rec = pending[0]
+            out.append(rec["id"])
+            remember = [k for k in rec["remember"].split(",") if k]
+            await e.governor.store.decide(rec["id"], verdict, "alice", remember, 60)  # type: ignore[arg-type]
+            return
+        await asyncio.sleep(0.01)
+
+
+def test_approval_always(make: Any) -> None:
+    e, fake = make({"approve": "always"})
+    fed: list[dict[str, Any]] = []
+    e.feed = type("F", (), {"push": lambda self, r: fed.append(r), "close": lambda self: None})()
+
+    async def go(verdict: str) -> tuple[Any, list[str]]:
+        ids: list[str] = []
+        out, _ = await asyncio.gather(
+            e.process("acme", GET, parts()), _decide_when_held(e, verdict, ids)
+        )
+        return out, ids
+
+    out, ids = run(go("denied"))
+    assert reason(out) == "approval_denied" and fake.calls == []
+    assert out.audit == {"approval": {"id": ids[0], "verdict": "denied", "by": "alice"}}
+    assert fed and fed[0]["decision"] == "held" and ids[0] in fed[0]["reason"]
+    out, ids = run(go("approved"))
+    assert reason(out) is None and fake.calls == [("acme", "api")]
+    assert out.audit["approval"] == {"id": ids[0], "verdict": "approved", "by": "alice"}
+    out, ids = run(go("approved"))  # always: every request asks again
+    assert reason(out) is None and len(ids) == 1
+
+
+def test_approval_timeout(make: Any) -> None:
+    e, fake = make({"approve": "always"}, approvals={"timeout": 0.3})
+    out = run(e.process("acme", GET, parts()))
+    assert reason(out) == "approval_timeout" and out.reply.status == 403
+    assert fake.calls == []
+    assert run(e.governor.store.pending()) == []
+
+
+def test_first_use_is_remembered_and_methods_narrow(make: Any) -> None:
+    e, _ = make({"approve": "first_use", "approve_methods": ["POST"]})
+    assert reason(run(e.process("acme", GET, parts()))) is None  # GET needs none
+
+    async def go() -> Any:
+        ids: list[str] = []
+        out, _ = await asyncio.gather(
+            e.process("acme", POST, parts()), _decide_when_held(e, "approved", ids)
+        )
+        return out
+
+    assert reason(run(go())) is None
+    out = run(e.process("acme", POST, parts()))  # remembered: no hold
+    assert reason(out) is None and out.audit == {}
+
+
+def test_limits_counted_after_approval(make: Any) -> None:
+    e, _ = make({"approve": "always", "max_uses": 1}, approvals={"timeout": 0.2})
+    assert reason(run(e.process("acme", GET, parts()))) == "approval_timeout"
+    assert run(e.governor.store.charge([], "x")) is None
+    store = e.governor.store
+    assert isinstance(store, MemoryStore) and store._uses == {}
+
+
+# -- sessions -----------------------------------------------------------------------
+
+
+def basic(tenant: str, token: str) -> str:
+    return "Basic " + base64.b64encode(f"{tenant}:{token}".encode()).decode()
+
+
+def test_session_token_is_a_proxy_password(make: Any) -> None:
+    e, _ = make({})
+    token = sessions.mint(KEY.encode(), "acme", DIGEST, 60)
+    ident = e.authenticate(basic("acme", token))
+    assert ident is not None and ident[0] == "acme" and token not in ident[1]
+    assert e.identity_problem(*ident) is None
+    assert e.authenticate(basic("globex", token)) is None
+    s = sessions.parse(token)
+    assert s is not None
+    run(e.governor.store.revoke(s.id, s.expires))
+    assert e.identity_problem(*ident) is Reason.UNAUTHENTICATED  # a bound connection too
+    assert e.authenticate(basic("acme", token)) is None
+
+
+def test_session_stale_revocations_are_503(make: Any) -> None:
+    e, _ = make({})
+    token = sessions.mint(KEY.encode(), "acme", DIGEST, 60)
+    ident = e.authenticate(basic("acme", token))
+    assert ident is not None
+    e.governor.store = DownStore()
+    assert e.identity_problem(*ident) is Reason.STATE_UNAVAILABLE
+
+
+def test_sessions_off_refuse_session_tokens(make: Any) -> None:
+    e, _ = make({}, sessions=None)
+    token = sessions.mint(KEY.encode(), "acme", DIGEST, 60)
+    assert e.authenticate(basic("acme", token)) is None
+
+
+def test_session_key_required(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="KB_SESSION_KEY"):
+        Engine(policy(tmp_path, {}), env={"API_KEY": "v"})
