@@ -317,10 +317,10 @@ class Engine:
         not be written (the request must then be refused)."""
         started = time.monotonic()
         rec = self._build(decision, dest, None, 0, started, fingerprints, "sent", None)
-        rec = self._write(_with(rec, extra))
-        if rec is None:
+        written = self._write(_with(rec, extra))
+        if written is None:
             return None
-        record_id: str = rec["id"]
+        record_id: str = written["id"]
         with self._lock:
             self._open[record_id] = _Open(decision, dest, started, fingerprints)
         return record_id
