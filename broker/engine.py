@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from broker.audit import log as audit
+from broker.audit.log import AuditLog, AuditUnavailable
+from broker.audit.record import AuditRecord, RecordSink, build_record, fingerprint
 from broker.backends.base import Backend, BackendError
 from broker.backends.registry import build_backends, cache_ttls
 from broker.backends.resolver import Resolver
@@ -73,7 +74,7 @@ class Engine:
         source: Path | None = None,
         env: Mapping[str, str] | None = None,
         scrubber: Scrubber | None = None,
-        feed: Any = None,
+        feed: RecordSink | None = None,
         worker: int | None = None,
     ) -> None:
         self.worker = worker
@@ -122,8 +123,8 @@ class Engine:
         p = policy.audit.path
         return p if self.worker is None else p.with_name(f"{p.stem}.w{self.worker}{p.suffix}")
 
-    def _make_audit(self, policy: Policy, key: bytes | None) -> audit.AuditLog:
-        return audit.AuditLog(
+    def _make_audit(self, policy: Policy, key: bytes | None) -> AuditLog:
+        return AuditLog(
             self.audit_path(policy), hmac_key=key, rotate_bytes=policy.audit.rotate_bytes
         )
 
@@ -330,7 +331,7 @@ class Engine:
         if key is None or not self.policy.audit.fingerprints:
             return {}
         return {
-            n: {"fp": audit.fingerprint(key, v.reveal_bytes()), "version": v.version}
+            n: {"fp": fingerprint(key, v.reveal_bytes()), "version": v.version}
             for n, v in values.items()
         }
 
@@ -378,11 +379,11 @@ class Engine:
             self._open[record_id] = _Open(decision, dest, started, fingerprints)
         return record_id
 
-    def _write(self, rec: dict[str, Any]) -> dict[str, Any] | None:
+    def _write(self, rec: AuditRecord) -> AuditRecord | None:
         """Append ``rec`` and show it in the feed; None when the audit is down."""
         try:
             rec = self.audit.append(rec)
-        except audit.AuditUnavailable:
+        except AuditUnavailable:
             log.error("keybroker: audit record could not be written (%s)", self.policy.audit.path)
             return None
         if self.feed is not None:
@@ -399,9 +400,9 @@ class Engine:
         fingerprints: Mapping[str, Any] | None,
         phase: str,
         record_id: str | None,
-    ) -> dict[str, Any]:
+    ) -> AuditRecord:
         host, path = self._clean(dest.host, dest.path) if dest else ("", "")
-        return audit.build_record(
+        return build_record(
             tenant=decision.tenant,
             decision=decision.verdict,
             reason=decision.reason.value if decision.reason else None,

@@ -12,7 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker.audit.log import AuditLog, build_record
+from broker.audit.log import AuditLog
+from broker.audit.record import build_record
 from broker.audit.chain import (
     GENESIS,
     canonical,
