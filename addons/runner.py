@@ -8,6 +8,7 @@ import gc
 import logging
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,7 @@ from mitmproxy.options import Options
 
 from addons.keybroker import KeyBroker
 from addons.upstream_trust import upstream_options
-from broker.audit.record import AuditRecord, RecordSink
+from broker.audit.record import RecordSink
 from broker.engine import Engine
 from broker.policy.schema import parse_listen
 from broker.tls.ca import init_ca
@@ -83,7 +84,7 @@ class _Sink:
     def __init__(self, feed: RecordSink | None, summary: Summary) -> None:
         self.feed, self.summary = feed, summary
 
-    def push(self, rec: AuditRecord) -> None:
+    def push(self, rec: Mapping[str, Any]) -> None:
         if rec.get("decision") != "held":  # a held request is counted when it ends
             self.summary.add(rec)
         if self.feed is not None:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from broker.audit.log import AuditLog, AuditUnavailable
@@ -202,7 +202,7 @@ class Engine:
             return self.governor.check(policy, tenant, digest)
         return None if still_valid(policy, tenant, digest) else Reason.UNAUTHENTICATED
 
-    def _announce(self, rec: dict[str, Any]) -> None:
+    def _announce(self, rec: Mapping[str, Any]) -> None:
         if self.feed is not None:
             self.feed.push(rec)
 
@@ -468,10 +468,11 @@ class Engine:
             self.feed.close()
 
 
-def _with(rec: dict[str, Any], extra: Mapping[str, Any] | None) -> dict[str, Any]:
+def _with(rec: AuditRecord, extra: Mapping[str, Any] | None) -> AuditRecord:
     """``rec`` plus extension fields (never replacing a §6 field)."""
     if extra:
-        rec.update({k: v for k, v in extra.items() if k not in rec})
+        merged = {**{k: v for k, v in extra.items() if k not in rec}, **rec}
+        return cast(AuditRecord, merged)
     return rec
 
 
