@@ -169,7 +169,7 @@ class Engine:
         u = urlsplit(url)
         dest = Destination.of("https", u.hostname or "", u.port or 443, "POST", u.path)
         decision = (
-            Decision("allow", None, tenant, None, (name,))
+            Decision(verdict="allow", tenant=tenant, secrets=(name,))
             if ok
             else failure(Reason.TOKEN_UNAVAILABLE, tenant, name, (name,))
         )
