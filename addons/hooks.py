@@ -20,6 +20,7 @@ from mitmproxy.connection import Client
 from addons.flows import FlowState, error_response, frame_body, guarded, strip_proxy_headers
 from addons.scrubbing import ResponseHooks
 from addons.upstream_trust import after_reload
+from addons.wire import TOO_LARGE, head_problem, install, set_request_limit, trailer_problem
 from broker.engine import Engine, Outcome
 from broker.policy.load import PolicyError
 from broker.request.auth import WHOAMI_HOST
@@ -43,6 +44,7 @@ class KeyBroker(ResponseHooks):
         self._state: weakref.WeakKeyDictionary[http.HTTPFlow, FlowState] = (
             weakref.WeakKeyDictionary()
         )
+        install()  # wire hygiene in mitmproxy's HTTP layers (addons/wire.py)
         self.fault_injection: str | None = os.environ.get("KEYBROKER_FAULT_INJECT") or None
         """Tests name a hook here to force an exception inside it (it fails closed)."""
 
@@ -62,6 +64,8 @@ class KeyBroker(ResponseHooks):
             self._configure_tls()
         if getattr(ctx.options, "connection_strategy", "lazy") != "lazy":
             ctx.options.connection_strategy = "lazy"  # a denial must open no upstream connection
+        if getattr(ctx.options, "rawtcp", False):
+            ctx.options.rawtcp = False  # no tunnel is relayed as raw TCP, past every hook
         if getattr(ctx.options, "ssl_insecure", False):
             raise exceptions.OptionsError(
                 "keybroker always verifies upstream TLS: unset ssl_insecure"
@@ -205,6 +209,10 @@ class KeyBroker(ResponseHooks):
         self._state[flow] = st
         st.tenant, why = self._tenant_for(flow)
         strip_proxy_headers(flow.request.headers)
+        if head_problem(flow) is not None:
+            self._deny_flow(flow, st, failure(Reason.MALFORMED_REQUEST, st.tenant))
+            flow.response.headers["connection"] = "close"  # type: ignore[union-attr]
+            return
         if st.tenant is None:
             self._deny_flow(flow, st, failure(why, None))
             return
@@ -212,6 +220,7 @@ class KeyBroker(ResponseHooks):
             self._whoami(flow, st)
             return
         assert self.engine is not None
+        set_request_limit(self.engine.policy.limits.max_request_body)
         length = flow.request.headers.get("content-length", "0")
         if length.isdigit() and int(length) > self.engine.policy.limits.max_request_body:
             self._deny_flow(flow, st, failure(Reason.BODY_TOO_LARGE, st.tenant))
@@ -221,7 +230,7 @@ class KeyBroker(ResponseHooks):
         import json
 
         secrets = sorted(self.engine.policy.tenants[st.tenant].secrets)
-        st.ours, st.decision = True, Decision(verdict="pass", tenant=st.tenant)
+        st.ours, st.decision = True, Decision("pass", None, st.tenant)
         flow.response = http.Response.make(
             200,
             json.dumps({"tenant": st.tenant, "secrets": secrets}).encode(),
@@ -237,6 +246,9 @@ class KeyBroker(ResponseHooks):
             return
         assert self.engine is not None and st.dest is not None
         req = flow.request
+        if trailer_problem(flow) is not None:
+            self._deny_flow(flow, st, failure(Reason.MALFORMED_REQUEST, st.tenant))
+            return
         body = self._request_body(flow, st)
         if body is None:
             return
@@ -309,6 +321,10 @@ class KeyBroker(ResponseHooks):
         st = self._state.get(flow)
         if st is None or st.done:
             return
+        if st.decision is None and flow.error and "protocol error" in flow.error.msg:
+            big = TOO_LARGE in flow.error.msg  # a chunk past the limit, or a bad body
+            reason = Reason.BODY_TOO_LARGE if big else Reason.MALFORMED_REQUEST
+            st.decision = failure(reason, st.tenant)
         self._restore(flow, st)
         self._finish(flow, st)
 

@@ -8,9 +8,8 @@ import gc
 import logging
 import signal
 import sys
-from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mitmproxy.addons import (
     block,
@@ -26,19 +25,16 @@ from mitmproxy.options import Options
 
 from addons.keybroker import KeyBroker
 from addons.upstream_trust import upstream_options
-from broker.audit.record import RecordSink
 from broker.engine import Engine
 from broker.policy.schema import parse_listen
 from broker.tls.ca import init_ca
-
-if TYPE_CHECKING:  # the feed lives in the CLI package, imported when serving
-    from broker.cli.console import Summary
 
 # mitmproxy options keybroker depends on; see ../shared/MITMPROXY_NOTES.md.
 SAFE_OPTIONS: dict[str, Any] = {
     "connection_strategy": "lazy",
     "ssl_insecure": False,
     "http2": True,
+    "rawtcp": False,  # a tunnel that does not look like HTTP is parsed as HTTP, never relayed
     "validate_inbound_headers": True,
     "store_streamed_bodies": False,
     "proxy_debug": False,
@@ -81,10 +77,10 @@ def proxy_master(opts: Options) -> Master:
 class _Sink:
     """Fans each audit record out to the live feed and the exit summary."""
 
-    def __init__(self, feed: RecordSink | None, summary: Summary) -> None:
+    def __init__(self, feed: Any, summary: Any) -> None:
         self.feed, self.summary = feed, summary
 
-    def push(self, rec: Mapping[str, Any]) -> None:
+    def push(self, rec: Any) -> None:
         if rec.get("decision") != "held":  # a held request is counted when it ends
             self.summary.add(rec)
         if self.feed is not None:
@@ -112,9 +108,9 @@ async def serve(
 ) -> int:
     from rich.console import Console
 
-    err = Console(stderr=True)
     from broker.cli import console as feedmod
 
+    err = Console(stderr=True)
     summary = feedmod.Summary()
     sink = _Sink(None if quiet else feedmod.Feed(err), summary)
     if worker is not None:

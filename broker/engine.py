@@ -6,24 +6,17 @@ from __future__ import annotations
 
 import logging
 import os
-import ssl
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
-from urllib.parse import urlsplit
+from typing import Any
 
-from broker.audit.log import AuditLog, AuditUnavailable
-from broker.audit.record import AuditRecord, RecordSink, build_record, fingerprint
+from broker.audit import log as audit
 from broker.backends.base import Backend, BackendError
 from broker.backends.registry import build_backends, cache_ttls
 from broker.backends.resolver import Resolver
-from broker.credentials.apply import sign_aws
-from broker.credentials.errors import CredentialError
-from broker.credentials.http import trust_context
-from broker.credentials.minter import MINTED, Minter
 from broker.governance.governor import Governor
 from broker.policy.load import PolicyError, load_policy
 from broker.policy.schema import Policy
@@ -74,7 +67,7 @@ class Engine:
         source: Path | None = None,
         env: Mapping[str, str] | None = None,
         scrubber: Scrubber | None = None,
-        feed: RecordSink | None = None,
+        feed: Any = None,
         worker: int | None = None,
     ) -> None:
         self.worker = worker
@@ -93,8 +86,6 @@ class Engine:
         self.governor = Governor(
             policy, self._env, announce=self._announce, clean=lambda s: self._clean(s)[0]
         )
-        self._trust_cache: tuple[Path | None, ssl.SSLContext] | None = None
-        self.minter = Minter(remember=self._remember, trust=self._trust, audit=self._token_record)
 
     # -- construction and reload -------------------------------------------------
     @classmethod
@@ -123,8 +114,8 @@ class Engine:
         p = policy.audit.path
         return p if self.worker is None else p.with_name(f"{p.stem}.w{self.worker}{p.suffix}")
 
-    def _make_audit(self, policy: Policy, key: bytes | None) -> AuditLog:
-        return AuditLog(
+    def _make_audit(self, policy: Policy, key: bytes | None) -> audit.AuditLog:
+        return audit.AuditLog(
             self.audit_path(policy), hmac_key=key, rotate_bytes=policy.audit.rotate_bytes
         )
 
@@ -155,34 +146,6 @@ class Engine:
         self._retired = old_backends
         return []
 
-    def _trust(self) -> ssl.SSLContext:
-        """Token requests trust what upstream connections trust."""
-        ca = self.policy.upstream_ca
-        if self._trust_cache is None or self._trust_cache[0] != ca:
-            self._trust_cache = (ca, trust_context(ca))
-        return self._trust_cache[1]
-
-    def _token_record(
-        self, tenant: str, name: str, url: str, status: int | None, ok: bool, started: float
-    ) -> None:
-        """The broker's own token request, audited like a request (no value)."""
-        u = urlsplit(url)
-        dest = Destination.of("https", u.hostname or "", u.port or 443, "POST", u.path)
-        decision = (
-            Decision(verdict="allow", tenant=tenant, secrets=(name,))
-            if ok
-            else failure(Reason.TOKEN_UNAVAILABLE, tenant, name, (name,))
-        )
-        self.record(decision=decision, dest=dest, status=status, scrubbed=0, started=started)
-
-    def _rejected(self, decision: Decision) -> None:
-        """An upstream 401: drop the minted tokens this request carried."""
-        rules = self.policy.tenants.get(decision.tenant or "")
-        for name in decision.secrets:
-            rule = rules.secrets.get(name) if rules else None
-            if rule is not None and rule.kind in MINTED:
-                self.minter.rejected(str(decision.tenant), name, rule)
-
     def _remember(self, tenant: str, name: str, value: SecretValue) -> None:
         self.scrubber.add(value.reveal_bytes(), placeholder(name).encode(), (tenant, name))
 
@@ -202,7 +165,7 @@ class Engine:
             return self.governor.check(policy, tenant, digest)
         return None if still_valid(policy, tenant, digest) else Reason.UNAUTHENTICATED
 
-    def _announce(self, rec: Mapping[str, Any]) -> None:
+    def _announce(self, rec: dict[str, Any]) -> None:
         if self.feed is not None:
             self.feed.push(rec)
 
@@ -274,17 +237,10 @@ class Engine:
             return out
         rules = policy.tenants[tenant].secrets
         values: dict[str, SecretValue] = {}
-        signed: list[str] = []  # aws_sigv4: re-signed after substitution
         for name in decision.secrets:
-            rule = rules[name]
             try:
-                if rule.kind == "static":
-                    values[name] = await resolver.aresolve(tenant, name, rule)
-                elif rule.kind == "aws_sigv4":
-                    signed.append(name)
-                else:
-                    values[name] = await self.minter.token(resolver, tenant, name, rule)
-            except (BackendError, CredentialError) as exc:
+                values[name] = await resolver.aresolve(tenant, name, rules[name])
+            except BackendError as exc:
                 log.warning("keybroker: secret %r of tenant %r: %s", name, tenant, exc)
                 await self.governor.refund(admission)
                 return self._reply(
@@ -292,7 +248,7 @@ class Engine:
                 )
 
         def approve(name: str, location: str) -> str | None:
-            if (name, location) in decision.substitute and name in values:
+            if (name, location) in decision.substitute:
                 return values[name].reveal()
             return None
 
@@ -301,16 +257,6 @@ class Engine:
         except SubstitutionError:
             await self.governor.refund(admission)
             return self._reply(failure(Reason.INTERNAL_ERROR, tenant, None, decision.secrets), dest)
-        if signed:
-            try:
-                new_parts = await sign_aws(
-                    self.minter, resolver, tenant, dest, new_parts, signed, rules
-                )
-            except (BackendError, CredentialError) as exc:
-                await self.governor.refund(admission)
-                return self._reply(
-                    failure(Reason(exc.reason), tenant, signed[0], decision.secrets), dest
-                )
         fingerprints = self._fingerprints(values)
         record_id = self._record_sent(decision, dest, fingerprints, admission.audit)
         if record_id is None:
@@ -331,7 +277,7 @@ class Engine:
         if key is None or not self.policy.audit.fingerprints:
             return {}
         return {
-            n: {"fp": fingerprint(key, v.reveal_bytes()), "version": v.version}
+            n: {"fp": audit.fingerprint(key, v.reveal_bytes()), "version": v.version}
             for n, v in values.items()
         }
 
@@ -379,11 +325,11 @@ class Engine:
             self._open[record_id] = _Open(decision, dest, started, fingerprints)
         return record_id
 
-    def _write(self, rec: AuditRecord) -> AuditRecord | None:
+    def _write(self, rec: dict[str, Any]) -> dict[str, Any] | None:
         """Append ``rec`` and show it in the feed; None when the audit is down."""
         try:
             rec = self.audit.append(rec)
-        except AuditUnavailable:
+        except audit.AuditUnavailable:
             log.error("keybroker: audit record could not be written (%s)", self.policy.audit.path)
             return None
         if self.feed is not None:
@@ -400,9 +346,9 @@ class Engine:
         fingerprints: Mapping[str, Any] | None,
         phase: str,
         record_id: str | None,
-    ) -> AuditRecord:
+    ) -> dict[str, Any]:
         host, path = self._clean(dest.host, dest.path) if dest else ("", "")
-        return build_record(
+        return audit.build_record(
             tenant=decision.tenant,
             decision=decision.verdict,
             reason=decision.reason.value if decision.reason else None,
@@ -435,8 +381,6 @@ class Engine:
         """Write the ``done`` audit record for a request (with the ``record_id``
         of its ``sent`` record, if it had one), and show it in the feed.
         ``extra``: fields beyond DESIGN.md §6 (the approval)."""
-        if status == 401 and decision.verdict == "allow":
-            self._rejected(decision)
         if record_id is not None:
             with self._lock:
                 self._open.pop(record_id, None)
@@ -468,11 +412,10 @@ class Engine:
             self.feed.close()
 
 
-def _with(rec: AuditRecord, extra: Mapping[str, Any] | None) -> AuditRecord:
+def _with(rec: dict[str, Any], extra: Mapping[str, Any] | None) -> dict[str, Any]:
     """``rec`` plus extension fields (never replacing a §6 field)."""
     if extra:
-        merged = {**{k: v for k, v in extra.items() if k not in rec}, **rec}
-        return cast(AuditRecord, merged)
+        rec.update({k: v for k, v in extra.items() if k not in rec})
     return rec
 
 

@@ -28,10 +28,9 @@ FIELDS = frozenset(
     "ts id tenant decision reason secrets method scheme host port path status scrubbed"
     " duration_ms prev hash".split()
 )
-OPTIONAL_FIELDS = frozenset({"fingerprints", "phase", "approval", "report"})
+OPTIONAL_FIELDS = frozenset({"fingerprints", "phase"})
 """``phase`` is written on every record since the write-ahead audit; files
-from before it lack it, and their records read as ``done``. ``approval`` and
-``report`` are extensions (governance, egress report mode)."""
+from before it lack it, and their records read as ``done``."""
 DECISIONS = frozenset({"allow", "pass", "deny", "error"})
 PHASES = frozenset({"sent", "done"})
 """``sent``: a request carrying a secret, on record before the value left;

@@ -97,9 +97,7 @@ def _map_error(exc: Exception, where: str, timeout: float) -> BackendError:
             return SecretNotFound(f"{where}: no such secret")
         if code == "InvalidRequestException":
             return SecretNotFound(f"{where}: the secret cannot be read (deleted or disabled?)")
-        meta = exc.response.get("ResponseMetadata", {}) if isinstance(exc.response, dict) else {}
-        status = meta.get("HTTPStatusCode") if isinstance(meta, dict) else None
-        if code in _REFUSED or status in (401, 403):
+        if code in _REFUSED:
             return BackendError(f"{where}: AWS refused the broker's credentials ({code})")
         if code == "DecryptionFailure":
             return BackendError(f"{where}: AWS cannot decrypt the secret (KMS key access)")

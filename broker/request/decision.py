@@ -20,6 +20,7 @@ from broker.request.locations import ScanResult
 class Reason(StrEnum):
     UNAUTHENTICATED = "unauthenticated"
     MALFORMED_PLACEHOLDER = "malformed_placeholder"
+    MALFORMED_REQUEST = "malformed_request"
     UNKNOWN_SECRET = "unknown_secret"
     HOST_NOT_ALLOWED = "host_not_allowed"
     PORT_NOT_ALLOWED = "port_not_allowed"
@@ -41,16 +42,12 @@ class Reason(StrEnum):
     # Extensions (documented in README).
     BODY_TOO_LARGE = "body_too_large"
     UNDECODABLE_BODY = "undecodable_body"
-    # Credential kinds (DESIGN.md §11); service/region are extensions.
-    TOKEN_UNAVAILABLE = "token_unavailable"
-    SERVICE_NOT_ALLOWED = "service_not_allowed"
-    REGION_NOT_ALLOWED = "region_not_allowed"
-    MALFORMED_REQUEST = "malformed_request"
 
 
 STATUS: dict[Reason, int] = {
     Reason.UNAUTHENTICATED: 407,
     Reason.MALFORMED_PLACEHOLDER: 400,
+    Reason.MALFORMED_REQUEST: 400,
     Reason.UNDECODABLE_BODY: 400,
     Reason.BODY_TOO_LARGE: 413,
     Reason.BACKEND_UNAVAILABLE: 502,
@@ -59,8 +56,6 @@ STATUS: dict[Reason, int] = {
     Reason.AUDIT_UNAVAILABLE: 503,
     Reason.RATE_LIMITED: 429,
     Reason.STATE_UNAVAILABLE: 503,
-    Reason.TOKEN_UNAVAILABLE: 502,
-    Reason.MALFORMED_REQUEST: 400,
 }
 _ERRORS = {
     Reason.BACKEND_UNAVAILABLE,
@@ -68,7 +63,6 @@ _ERRORS = {
     Reason.INTERNAL_ERROR,
     Reason.AUDIT_UNAVAILABLE,
     Reason.STATE_UNAVAILABLE,
-    Reason.TOKEN_UNAVAILABLE,
 }
 
 Verdict = Literal["allow", "pass", "deny", "error"]
@@ -149,7 +143,7 @@ def _authority_host(authority: str) -> str:
     return a.rsplit(":", 1)[0] if a.count(":") == 1 else a
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class Decision:
     verdict: Verdict
     reason: Reason | None = None
@@ -178,7 +172,7 @@ def failure(
     """A denial or error. ``upstream=True``: the failure is the upstream's
     (e.g. an undecodable response), so it is an ``error`` (5xx), not a denial."""
     verdict: Verdict = "error" if upstream else verdict_of(reason)
-    return Decision(verdict=verdict, reason=reason, tenant=tenant, secret=secret, secrets=secrets)
+    return Decision(verdict, reason, tenant, secret, secrets)
 
 
 @lru_cache(maxsize=4096)
@@ -227,7 +221,7 @@ def decide(policy: Policy, tenant: str | None, dest: Destination, found: ScanRes
         return failure(Reason.MALFORMED_PLACEHOLDER, tenant, None, names)
     if not found.occurrences:
         reason = Reason.MALFORMED_PLACEHOLDER if found.malformed else None
-        return Decision(verdict="pass", reason=reason, tenant=tenant)
+        return Decision("pass", reason, tenant)
     approved: set[tuple[str, str]] = set()
     first_miss: tuple[Reason, str] | None = None
     for occ in found.occurrences:
@@ -243,15 +237,7 @@ def decide(policy: Policy, tenant: str | None, dest: Destination, found: ScanRes
     if approved and dest.fronted:  # SNI or Host names another server than the one we connect to
         if not forward:
             return failure(Reason.HOST_NOT_ALLOWED, tenant, used[0], names)
-        return Decision(
-            verdict="pass",
-            reason=Reason.HOST_NOT_ALLOWED,
-            tenant=tenant,
-            secret=used[0],
-            secrets=names,
-        )
+        return Decision("pass", Reason.HOST_NOT_ALLOWED, tenant, used[0], names)
     if first_miss is not None and not approved:
-        return Decision(
-            verdict="pass", reason=first_miss[0], tenant=tenant, secret=first_miss[1], secrets=names
-        )
-    return Decision(verdict="allow", tenant=tenant, secrets=used, substitute=frozenset(approved))
+        return Decision("pass", first_miss[0], tenant, first_miss[1], names)
+    return Decision("allow", None, tenant, None, used, frozenset(approved))

@@ -16,6 +16,11 @@ _DETAIL: dict[Reason, str] = {
         "Write placeholders exactly as <<secret:NAME>> with NAME made of letters, digits, "
         "'.', '_' or '-' (at most 64)."
     ),
+    Reason.MALFORMED_REQUEST: (
+        "The request is one HTTP parsers could read differently (obs-fold, a bare CR/LF/NUL "
+        "or control byte in a field, conflicting framing, a lower-case method, ...); "
+        "send a plain RFC 9112 request."
+    ),
     Reason.UNKNOWN_SECRET: "Your tenant has no secret named {secret!r}; ask an operator to add it.",
     Reason.HOST_NOT_ALLOWED: "Secret {secret!r} may not be sent to {host}.",
     Reason.PORT_NOT_ALLOWED: "Secret {secret!r} may not be sent to port {port}.",
@@ -49,16 +54,6 @@ _DETAIL: dict[Reason, str] = {
     ),
     Reason.BODY_TOO_LARGE: "The body is larger than keybroker's limit.",
     Reason.UNDECODABLE_BODY: "The body's Content-Encoding could not be decoded.",
-    Reason.TOKEN_UNAVAILABLE: (
-        "keybroker could not obtain a token for secret {secret!r} from its issuer; "
-        "nothing was sent. Retry later or ask an operator."
-    ),
-    Reason.SERVICE_NOT_ALLOWED: "Secret {secret!r} may not sign requests for this AWS service.",
-    Reason.REGION_NOT_ALLOWED: "Secret {secret!r} may not sign requests for this AWS region.",
-    Reason.MALFORMED_REQUEST: (
-        "The request is malformed (for an AWS secret: not a well-formed SigV4 request "
-        "with <<secret:NAME>> as the access key id)."
-    ),
 }
 
 

@@ -58,6 +58,7 @@ def flow(host: str = "api.example.com", headers: dict[str, str] | None = None) -
     f.request.scheme, f.request.host, f.request.port = "https", host, 443
     f.client_conn.sni = host
     f.request.headers.clear()
+    f.request.headers["host"] = host  # HTTP/1.1 requires one (RFC 9112 §3.2)
     for k, v in (headers or {}).items():
         f.request.headers[k] = v
     return f

@@ -20,8 +20,7 @@ import pytest
 
 from broker.audit import chain
 from broker.audit import log as audit
-from broker.audit.log import AuditLog, AuditUnavailable
-from broker.audit.record import build_record, fingerprint
+from broker.audit.log import AuditLog, AuditUnavailable, build_record, fingerprint
 from broker.audit.chain import FIELDS, GENESIS, verify, verify_chain
 from tests.support.leaks import assert_no_leak
 
