@@ -25,6 +25,8 @@ from mitmproxy.options import Options
 
 from addons.keybroker import KeyBroker
 from addons.upstream_trust import upstream_options
+from broker.audit.chain import worker_file
+from broker.audit.lock import AuditInUse
 from broker.engine import Engine
 from broker.policy.schema import parse_listen
 from broker.tls.ca import init_ca
@@ -104,7 +106,12 @@ def _enable_reuse_port() -> None:
 
 
 async def serve(
-    config: Path, *, listen: str | None = None, quiet: bool = False, worker: int | None = None
+    config: Path,
+    *,
+    listen: str | None = None,
+    quiet: bool = False,
+    worker: int | None = None,
+    workers: int = 1,
 ) -> int:
     from rich.console import Console
 
@@ -133,7 +140,7 @@ async def serve(
                 tenants=sorted(policy.tenants),
                 backends={n: b.type for n, b in policy.backends.items()},
                 ca_path=str(files.cert),
-                audit_path=str(policy.audit.path),
+                audit_path=audit_names(policy.audit.path, workers if worker is not None else 1),
             )
         )
     loop = asyncio.get_running_loop()
@@ -156,6 +163,16 @@ async def serve(
     return 0
 
 
+def audit_names(base: Path, workers: int) -> str:
+    """The banner's audit line: the file, or every worker's chain."""
+    if workers <= 1:
+        return str(base)
+    names = ", ".join(worker_file(base, i).name for i in range(workers))
+    return (
+        f"{base.parent}/{{{names}}} (one chain per worker; `keybroker tail --config` follows all)"
+    )
+
+
 def supervise(config: Path, *, listen: str | None, quiet: bool, workers: int) -> int:
     """``--workers N``: N proxy processes share one listen address through
     SO_REUSEPORT (the kernel spreads connections); each writes its own audit
@@ -169,6 +186,7 @@ def supervise(config: Path, *, listen: str | None, quiet: bool, workers: int) ->
     policy = load_policy(config)
     init_ca(policy.certs_dir)  # once, before the workers race for it
     cmd = [sys.executable, "-m", "broker.cli", "run", "--config", str(config)]
+    cmd += ["--workers", str(workers)]  # for the banner: worker 0 names every chain
     if listen:
         cmd += ["--listen", listen]
     if quiet:
@@ -220,6 +238,20 @@ def main(
     worker: int | None = None,
 ) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
+    if worker is None:  # the process that binds first: refuse an address already served
+        from broker.cli.address import in_use_message
+        from broker.policy.load import load_policy
+
+        problem = in_use_message(*parse_listen(listen or load_policy(config).listen))
+        if problem:
+            print(f"keybroker: {problem}", file=sys.stderr)
+            return 1
     if workers > 1 and worker is None:
         return supervise(config, listen=listen, quiet=quiet, workers=workers)
-    return asyncio.run(serve(config, listen=listen, quiet=quiet, worker=worker))
+    try:
+        return asyncio.run(
+            serve(config, listen=listen, quiet=quiet, worker=worker, workers=workers)
+        )
+    except AuditInUse as exc:
+        print(f"keybroker: {exc}", file=sys.stderr)
+        return 1

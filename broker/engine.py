@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from broker.audit import log as audit
+from broker.audit.chain import worker_file
+from broker.audit.lock import AuditInUse
 from broker.backends.base import Backend, BackendError
 from broker.backends.registry import build_backends, cache_ttls
 from broker.backends.resolver import Resolver
@@ -112,7 +114,7 @@ class Engine:
 
     def audit_path(self, policy: Policy) -> Path:
         p = policy.audit.path
-        return p if self.worker is None else p.with_name(f"{p.stem}.w{self.worker}{p.suffix}")
+        return p if self.worker is None else worker_file(p, self.worker)
 
     def _make_audit(self, policy: Policy, key: bytes | None) -> audit.AuditLog:
         return audit.AuditLog(
@@ -126,17 +128,25 @@ class Engine:
         if self.source is None:
             return ["no policy file to reload"]
         old_backends = self._backends
+        new_audit: audit.AuditLog | None = None
         try:
             policy = load_policy(self.source)
             key = self._audit_key(policy)
             commit_governance = self.governor.reload(policy)
             resolver = self._make_resolver(policy)
+            if self.audit_path(policy) != self.audit.path:
+                new_audit = self._make_audit(policy, key)  # AuditInUse: another broker's
         except PolicyError as exc:
             return exc.errors
+        except AuditInUse as exc:
+            return [str(exc)]
         with self._lock:
             old_audit = self.audit
             if policy.audit != self.policy.audit:
-                self.audit = self._make_audit(policy, key)
+                if new_audit is None:  # the same file: our open holds its lock, hand it over
+                    old_audit.close()
+                    new_audit = self._make_audit(policy, key)
+                self.audit = new_audit
                 old_audit.close()
             self.policy, self.resolver, self._hmac_key = policy, resolver, key
             commit_governance()

@@ -230,6 +230,12 @@ def verify_chain(
 _ROTATED = r"\.(\d{8}T\d{6}Z)\.(\d+)"
 
 
+def worker_file(path: Path, index: int) -> Path:
+    """The chain of worker ``index`` under ``keybroker run --workers N``:
+    ``<stem>.w<index><suffix>`` next to ``path``."""
+    return path.with_name(f"{path.stem}.w{index}{path.suffix}")
+
+
 def rotated_name(path: Path, stamp: str, n: int) -> Path:
     """``<name>.<UTC timestamp>.<n>`` next to ``path``."""
     return path.with_name(f"{path.name}.{stamp}.{n}")

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from broker.audit.lock import AuditInUse, lock_exclusive
 from broker.audit.chain import (
     DECISIONS,
     GENESIS,
@@ -168,8 +169,12 @@ class AuditLog:
         self._prev = GENESIS
         self._next_try = 0.0
         self._closed = False
+        self.in_use: AuditInUse | None = None
+        """Set while another process holds the file's lock."""
         with self._lock:
             self._open()
+        if self.in_use is not None:
+            raise self.in_use
 
     # -- opening -----------------------------------------------------------------
     def _open(self) -> bool:
@@ -186,6 +191,7 @@ class AuditLog:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise OSError(f"{self.path} is not a regular file")
+            lock_exclusive(fd, self.path)
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
             if stat.S_IMODE(st.st_mode) != 0o600:
                 os.fchmod(fd, 0o600)
@@ -201,12 +207,12 @@ class AuditLog:
             elif self._prev == GENESIS:  # a fresh file after a rotation: continue that chain
                 self._prev = _rotated_last_hash(self.path) or GENESIS
             self._size = os.fstat(fd).st_size
-        except OSError:
+        except OSError as exc:
             if fd >= 0:
                 os.close(fd)
-            self._fd = None
+            self._fd, self.in_use = None, exc if isinstance(exc, AuditInUse) else None
             return False
-        self._fd, self._ident = fd, (st.st_dev, st.st_ino)
+        self._fd, self._ident, self.in_use = fd, (st.st_dev, st.st_ino), None
         return True
 
     def _drop_fd(self) -> None:

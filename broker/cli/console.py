@@ -281,7 +281,10 @@ def tail(
             ):
                 out.append(render_record(rec))
         if out:
-            console.print(Text("\n").join(out), no_wrap=True, overflow="ellipsis")
+            if console.is_terminal:
+                console.print(Text("\n").join(out), no_wrap=True, overflow="ellipsis")
+            else:  # piped: whole lines, never cut at the width rich guesses
+                console.print(Text("\n").join(out), soft_wrap=True)
 
     def partial(rest: bytes) -> None:
         if rest:

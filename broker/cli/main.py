@@ -37,7 +37,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(e, file=sys.stderr)
         return 1
     if args.listen:
-        parse_listen(args.listen)
+        try:
+            parse_listen(args.listen)
+        except ValueError as exc:
+            print(f"keybroker run: --listen: {exc}", file=sys.stderr)
+            return 2
     from addons.runner import main as run_main  # the only place mitmproxy enters
 
     return run_main(
@@ -99,17 +103,17 @@ def cmd_env(args: argparse.Namespace) -> int:
 def cmd_tail(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from broker.cli import console
+    from broker.cli import follow
 
     if args.file:
-        path = Path(args.file)
+        paths = [Path(args.file)]
     elif args.config:
-        path = load_policy(args.config).audit.path
+        paths = follow.audit_files(load_policy(args.config).audit.path)
     else:
         print("keybroker tail: give an AUDIT_FILE or --config FILE", file=sys.stderr)
         return 2
-    return console.tail(
-        path, follow=args.follow, tenant=args.tenant, decision=args.decision, console=Console()
+    return follow.tail_all(
+        paths, follow=args.follow, tenant=args.tenant, decision=args.decision, console=Console()
     )
 
 

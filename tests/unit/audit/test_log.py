@@ -426,3 +426,15 @@ def test_a_full_disk_is_unhealthy_before_a_write_fails(
     _free_space(monkeypatch, blocks=0, available=0)  # a filesystem that reports no sizes
     assert log.healthy()
     log.close()
+
+
+def test_a_second_writer_of_one_chain_is_refused(tmp_path: Path) -> None:
+    """Two brokers appending to one file would interleave two chains."""
+    from broker.audit.lock import AuditInUse
+
+    path = tmp_path / "a.jsonl"
+    first = AuditLog(path)
+    with pytest.raises(AuditInUse, match="another keybroker"):
+        AuditLog(path)
+    first.close()
+    AuditLog(path).close()  # released on close
