@@ -426,8 +426,10 @@ def audit_check(setup: Setup) -> tuple[int, int]:
         with f.open() as fh:
             for line in fh:
                 if '"decision": "allow"' in line or '"decision":"allow"' in line:
-                    allow += 1
                     rec = json.loads(line)
+                    if rec.get("phase") == "sent":
+                        continue  # the write-ahead record; its done record counts
+                    allow += 1
                     scrubbed += rec.get("scrubbed", 0) >= 1
     return allow, scrubbed
 
@@ -507,7 +509,54 @@ def run(args: argparse.Namespace) -> str:
             shutil.rmtree(work, ignore_errors=True)
 
 
+@dataclass
+class Targets:
+    """What one bench run starts: the upstream, keybroker and the references."""
+
+    base: str
+    up_port: int
+    main: Setup
+    kb: Proc
+    bare: Proc
+    bare_port: int
+    lean: Proc
+    extra: list[Proc]
+    sweep: list[tuple[Setup, Proc]]
+    load_s: dict[str, float]
+    ctx: ssl.SSLContext
+    client_bundle: Path
+    rss_start: int
+
+    @property
+    def bare_proxy(self) -> str:
+        return f"http://bench:bench@127.0.0.1:{self.bare_port}"
+
+    @property
+    def lean_proxy(self) -> str:
+        return f"http://bench:bench@127.0.0.1:{self.lean.port}"
+
+
+Results = dict[str, list[Load]]
+
+
 def _run(b: Bench, args: argparse.Namespace) -> str:
+    t = _start(b)
+    _warm_all(b, t)
+    results = _load_rounds(b, t)
+    _download_row(b, t)
+    _sse_row(b, t)
+    _workers_row(b, t, results)
+    if not args.skip_big:
+        _big_stream_rows(b, t)
+    if args.profile:
+        profile(b, t.kb, t.main, f"{t.base}/json")
+    _sweep_rows(b, t)
+    return report(b)
+
+
+def _start(b: Bench) -> Targets:
+    """Start the upstream and keybroker (which creates the CA), then bare
+    mitmdump, the lean proxy, the worker variant and the policy-size sweep."""
     import certifi
 
     from broker.policy.load import load_policy
@@ -520,7 +569,6 @@ def _run(b: Bench, args: argparse.Namespace) -> str:
     up_bundle.write_bytes(Path(certifi.where()).read_bytes() + b"\n" + ca.ca_pem)
     up_port = free_port()
     upstream = b.script("upstream", "upstream_fast.py", up_port, "--cert", cert, "--key", key)
-    base = f"https://localhost:{up_port}"
     main = make_setup(work, "main", 100, 10, up_port, ca.ca_path)
     kb = b.kb(main, "keybroker")
     b.start(upstream, kb)  # keybroker creates the CA; everything else reuses it
@@ -528,7 +576,6 @@ def _run(b: Bench, args: argparse.Namespace) -> str:
     files = ca_files(work / "certs")
     client_bundle = work / "client-bundle.pem"
     client_bundle.write_bytes(files.cert.read_bytes() + b"\n" + ca.ca_pem)
-    ctx = ssl.create_default_context(cafile=str(client_bundle))
     bare_port = free_port()
     bare = Proc(
         "bare mitmdump",
@@ -550,7 +597,6 @@ def _run(b: Bench, args: argparse.Namespace) -> str:
         dict(os.environ),
         work / "bare.log",
     )
-    bare_proxy = f"http://bench:bench@127.0.0.1:{bare_port}"
     lean_port = free_port()
     lean = b.script(
         "mitmproxy with keybroker's addon set",
@@ -561,7 +607,6 @@ def _run(b: Bench, args: argparse.Namespace) -> str:
         "--upstream-ca",
         str(up_bundle),
     )
-    lean_proxy = f"http://bench:bench@127.0.0.1:{lean_port}"
     extra = [] if quick else [b.kb(main, "keybroker --workers 2", "--workers", "2")]
     shapes = (
         [(10, 10), (100, 10), (1, 1000)]
@@ -569,9 +614,9 @@ def _run(b: Bench, args: argparse.Namespace) -> str:
         else [(10, 10), (100, 10), (1000, 10), (1, 10), (1, 1000), (1, 10000)]
     )
     sweep = [
-        (st, b.kb(st, f"keybroker {t}×{n}"))
-        for t, n in shapes
-        for st in [make_setup(work, f"p{t}x{n}", t, n, up_port, ca.ca_path)]
+        (st, b.kb(st, f"keybroker {n_t}×{n}"))
+        for n_t, n in shapes
+        for st in [make_setup(work, f"p{n_t}x{n}", n_t, n, up_port, ca.ca_path)]
     ]
     load_s = {}
     for st, _ in sweep:  # the dominant start-up cost, timed alone (processes start together)
@@ -580,32 +625,62 @@ def _run(b: Bench, args: argparse.Namespace) -> str:
         load_s[st.name] = time.perf_counter() - t0
     rss_start = kb.kib("VmRSS")
     b.start(bare, lean, *extra, *(p for _, p in sweep))
+    return Targets(
+        base=f"https://localhost:{up_port}",
+        up_port=up_port,
+        main=main,
+        kb=kb,
+        bare=bare,
+        bare_port=bare_port,
+        lean=lean,
+        extra=extra,
+        sweep=sweep,
+        load_s=load_s,
+        ctx=ssl.create_default_context(cafile=str(client_bundle)),
+        client_bundle=client_bundle,
+        rss_start=rss_start,
+    )
 
-    warm_tenants = 20 if quick else 100
-    for p in (kb, *extra):
-        took = warm(main, p.port, ctx, up_port, warm_tenants)
-        log(f"warmed {p.name}: {warm_tenants * main.secrets} secrets used once in {took:.1f}s")
-        if p is kb:
+
+def _warm_all(b: Bench, t: Targets) -> None:
+    warm_tenants = 20 if b.quick else 100
+    for p in (t.kb, *t.extra):
+        took = warm(t.main, p.port, t.ctx, t.up_port, warm_tenants)
+        log(f"warmed {p.name}: {warm_tenants * t.main.secrets} secrets used once in {took:.1f}s")
+        if p is t.kb:
             b.notes.append(
-                f"Warm-up: using each of the {warm_tenants * main.secrets:,} secrets once "
+                f"Warm-up: using each of the {warm_tenants * t.main.secrets:,} secrets once "
                 f"(8 client threads; each new value enters the scrubber's delta layer) took {took:.1f} s."
             )
-    for st, p in sweep:
-        warm(st, p.port, ctx, up_port, 1, 1)  # the one value the load uses
+    for st, p in t.sweep:
+        warm(st, p.port, t.ctx, t.up_port, 1, 1)  # the one value the load uses
 
-    # -- throughput, latency, CPU per request: alternating rounds ----------------------
+
+def _m(results: Results, tag: str, attr: str) -> float:
+    return med([getattr(x, attr) for x in results[tag]])
+
+
+def _ratio(results: Results, a: str, c: str, attr: str) -> str:
+    """Median ratio, with the per-round range when there are several rounds."""
+    x = _m(results, a, attr) / _m(results, c, attr)
+    per = [getattr(p, attr) / getattr(q, attr) for p, q in zip(results[a], results[c], strict=True)]
+    return f"**{x:.2f}**" + (f" ({min(per):.2f}–{max(per):.2f})" if len(per) > 1 else "")
+
+
+def _load_rounds(b: Bench, t: Targets) -> Results:
+    """Throughput, latency and CPU per request, in alternating rounds."""
     targets: list[tuple[str, Proc | None, str | None]] = [
         ("direct", None, None),
-        ("bare", bare, bare_proxy),
-        ("lean", lean, lean_proxy),
-        ("kb", kb, main.proxy_url(kb.port)),
+        ("bare", t.bare, t.bare_proxy),
+        ("lean", t.lean, t.lean_proxy),
+        ("kb", t.kb, t.main.proxy_url(t.kb.port)),
     ]
-    if extra:
-        targets.append(("kbw", extra[0], main.proxy_url(extra[0].port)))
-    results: dict[str, list[Load]] = collections.defaultdict(list)
+    if t.extra:
+        targets.append(("kbw", t.extra[0], t.main.proxy_url(t.extra[0].port)))
+    results: Results = collections.defaultdict(list)
     for r in range(b.rounds):
         for tag, proc, proxy in targets if r % 2 == 0 else targets[::-1]:
-            load = measure(proc, f"{base}/json", b.seconds, proxy)
+            load = measure(proc, f"{t.base}/json", b.seconds, proxy)
             if load.errors or not load.ok:
                 raise RuntimeError(f"{tag}: {load.errors} errors, {load.ok} ok")
             results[tag].append(load)
@@ -614,36 +689,25 @@ def _run(b: Bench, args: argparse.Namespace) -> str:
                 f"round {r + 1} {tag}: {load.rps:.0f} req/s, p50 {load.p50:.1f} ms, "
                 f"p99 {load.p99:.1f} ms{per}"
             )
-    allow, scrubbed = audit_check(main)
+    allow, scrubbed = audit_check(t.main)
     if not allow or scrubbed < allow:
         raise RuntimeError(f"audit: {allow} allow records, only {scrubbed} scrubbed")
 
-    def m(tag: str, attr: str) -> float:
-        return med([getattr(x, attr) for x in results[tag]])
-
-    def ratio(a: str, c: str, attr: str) -> str:
-        """Median ratio, with the per-round range when there are several rounds."""
-        x = m(a, attr) / m(c, attr)
-        per = [
-            getattr(p, attr) / getattr(q, attr) for p, q in zip(results[a], results[c], strict=True)
-        ]
-        return f"**{x:.2f}**" + (f" ({min(per):.2f}–{max(per):.2f})" if len(per) > 1 else "")
-
-    rows = b.rows
-
     def load_row(label: str, attr: str, scale: float, digits: int, goal: str, good: bool) -> str:
-        direct = "–" if attr == "cpu" else fmt(m("direct", attr) * scale, digits)
-        cells = " | ".join(fmt(m(t, attr) * scale, digits) for t in ("bare", "lean", "kb"))
+        direct = "–" if attr == "cpu" else fmt(_m(results, "direct", attr) * scale, digits)
+        cells = " | ".join(
+            fmt(_m(results, k, attr) * scale, digits) for k in ("bare", "lean", "kb")
+        )
         return (
-            f"| {label} | {direct} | {cells} | {ratio('kb', 'bare', attr)} "
-            f"| {ratio('kb', 'lean', attr)} | {goal} {ok_mark(good) if goal else ''} |"
+            f"| {label} | {direct} | {cells} | {_ratio(results, 'kb', 'bare', attr)} "
+            f"| {_ratio(results, 'kb', 'lean', attr)} | {goal} {ok_mark(good) if goal else ''} |"
         )
 
     def within(attr: str, limit: float, higher_is_better: bool = False) -> bool:
-        x = m("kb", attr) / m("bare", attr)
+        x = _m(results, "kb", attr) / _m(results, "bare", attr)
         return x >= limit if higher_is_better else x <= limit
 
-    rows += [
+    b.rows += [
         "| metric | direct | bare mitmdump | mitmproxy, keybroker's addon set, no keybroker "
         "| keybroker | keybroker ÷ bare | keybroker ÷ its own proxy without it | target |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
@@ -659,31 +723,38 @@ def _run(b: Bench, args: argparse.Namespace) -> str:
         load_row("p99 latency (ms)", "p99", 1, 1, "≤ 1.2", within("p99", 1.2)),
         load_row("proxy CPU per request (ms)", "cpu", 1e3, 2, "≤ 1.1", within("cpu", 1.1)),
     ]
-    # -- 8 MiB download ------------------------------------------------------------------
-    reps = 2 if quick else 5
+    return results
+
+
+def _download_row(b: Bench, t: Targets) -> None:
+    """8 MiB download, a new connection each time."""
+    reps = 2 if b.quick else 5
     dl: dict[str, list[float]] = collections.defaultdict(list)
-    url8 = f"{base}/bytes?size={8 * MIB}"
-    dl_targets = [("direct", None), ("bare", bare_proxy), ("kb", main.proxy_url(kb.port))]
+    url8 = f"{t.base}/bytes?size={8 * MIB}"
+    dl_targets = [("direct", None), ("bare", t.bare_proxy), ("kb", t.main.proxy_url(t.kb.port))]
     for r in range(reps + 1):
         for tag, proxy in dl_targets if r % 2 else dl_targets[::-1]:
-            took, size = curl(url8, proxy, str(client_bundle), 120)
+            took, size = curl(url8, proxy, str(t.client_bundle), 120)
             if size != 8 * MIB:
                 raise RuntimeError(f"8 MiB via {tag}: got {size} bytes")
             if r:  # the first pass warms certificates
                 dl[tag].append(took * 1e3)
-    rows.append(
+    b.rows.append(
         f"| 8 MiB download (ms; curl, new connection each) | {fmt(med(dl['direct']), 0)} "
         f"| {fmt(med(dl['bare']), 0)} | | {fmt(med(dl['kb']), 0)} "
         f"| **{med(dl['kb']) / med(dl['bare']):.2f}** | "
         f"| ≤ 1.3 {ok_mark(med(dl['kb']) <= 1.3 * med(dl['bare']))} |"
     )
 
-    # -- SSE time to first event ----------------------------------------------------------
+
+def _sse_row(b: Bench, t: Targets) -> None:
+    """SSE time to the first event, on warmed keep-alive connections."""
+    reps = 2 if b.quick else 5
     ttfe: dict[str, list[float]] = collections.defaultdict(list)
     clients = {
-        "direct": Client(ctx, up_port, None, None),
-        "bare": Client(ctx, up_port, bare_port, None),
-        "kb": Client(ctx, up_port, kb.port, main.basic(0)),
+        "direct": Client(t.ctx, t.up_port, None, None),
+        "bare": Client(t.ctx, t.up_port, t.bare_port, None),
+        "kb": Client(t.ctx, t.up_port, t.kb.port, t.main.basic(0)),
     }
     try:
         for c in clients.values():
@@ -696,59 +767,62 @@ def _run(b: Bench, args: argparse.Namespace) -> str:
             c.close()
     for v in ttfe.values():
         v.pop(0)
-    rows.append(
+    b.rows.append(
         f"| SSE time to first event (ms; 3 events 0.5 s apart) | {fmt(med(ttfe['direct']), 1)} "
         f"| {fmt(med(ttfe['bare']), 0)} (buffers the whole stream) | | {fmt(med(ttfe['kb']), 1)} "
         f"| keybroker − direct: {med(ttfe['kb']) - med(ttfe['direct']):.1f} ms | | |"
     )
 
-    # -- workers ---------------------------------------------------------------------------
-    if extra:
-        rows.append(
-            f"| `keybroker run --workers 2` (req/s; CPU/req ms) | | | | "
-            f"{fmt(m('kbw', 'rps'), 0)}; {fmt(m('kbw', 'cpu') * 1e3)} "
-            f"| ÷ 1 worker: {ratio('kbw', 'kb', 'rps')} | | |"
+
+def _workers_row(b: Bench, t: Targets, results: Results) -> None:
+    if not t.extra:
+        return
+    b.rows.append(
+        f"| `keybroker run --workers 2` (req/s; CPU/req ms) | | | | "
+        f"{fmt(_m(results, 'kbw', 'rps'), 0)}; {fmt(_m(results, 'kbw', 'cpu') * 1e3)} "
+        f"| ÷ 1 worker: {_ratio(results, 'kbw', 'kb', 'rps')} | | |"
+    )
+    for p in t.extra:
+        p.stop()
+
+
+def _big_stream_rows(b: Bench, t: Targets) -> None:
+    """A large streamed body: peak RSS sampled while it streams."""
+    kb = t.kb
+    size = (128 if b.quick else 1024) * MIB
+    label = "1 GiB" if size == 1024 * MIB else f"{size // MIB} MiB"
+    hwm0, rss0 = kb.kib("VmHWM"), kb.kib("VmRSS")
+    with ThreadPoolExecutor(1) as pool:  # sample RSS while the body streams
+        download = pool.submit(
+            curl, f"{t.base}/bytes?size={size}", t.main.proxy_url(kb.port), str(t.client_bundle)
         )
-        for p in extra:
-            p.stop()
+        peak = rss0
+        while not download.done():
+            peak = max(peak, kb.kib("VmRSS"))
+            time.sleep(0.05)
+        took, got = download.result()
+    hwm = kb.kib("VmHWM")
+    if got != size:
+        raise RuntimeError(f"{label} through keybroker: got {got} bytes")
+    dtook, _ = curl(f"{t.base}/bytes?size={size}", None, str(t.client_bundle))
+    b.rows += [
+        f"| RSS of keybroker while streaming {label} (MiB; sampled every 50 ms) | | | "
+        f"| peak {peak / 1024:.0f} (before the stream {rss0 / 1024:.0f}; after start "
+        f"{t.rss_start / 1024:.0f}; VmHWM {hwm0 / 1024:.0f} → {hwm / 1024:.0f}) "
+        f"| +{(peak - rss0) / 1024:.0f} MiB | | < 200 {ok_mark(peak < 200 * 1024)} |",
+        f"| {label} download (MB/s) | {size / dtook / 1e6:.0f} "
+        f"| not run (buffers the whole body) | | {size / took / 1e6:.0f} | | | |",
+    ]
 
-    # -- a large streamed body: peak RSS ---------------------------------------------------
-    if not args.skip_big:
-        size = (128 if quick else 1024) * MIB
-        label = "1 GiB" if size == 1024 * MIB else f"{size // MIB} MiB"
-        hwm0, rss0 = kb.kib("VmHWM"), kb.kib("VmRSS")
-        with ThreadPoolExecutor(1) as pool:  # sample RSS while the body streams
-            download = pool.submit(
-                curl, f"{base}/bytes?size={size}", main.proxy_url(kb.port), str(client_bundle)
-            )
-            peak = rss0
-            while not download.done():
-                peak = max(peak, kb.kib("VmRSS"))
-                time.sleep(0.05)
-            took, got = download.result()
-        hwm = kb.kib("VmHWM")
-        if got != size:
-            raise RuntimeError(f"{label} through keybroker: got {got} bytes")
-        dtook, _ = curl(f"{base}/bytes?size={size}", None, str(client_bundle))
-        rows += [
-            f"| RSS of keybroker while streaming {label} (MiB; sampled every 50 ms) | | | "
-            f"| peak {peak / 1024:.0f} (before the stream {rss0 / 1024:.0f}; after start "
-            f"{rss_start / 1024:.0f}; VmHWM {hwm0 / 1024:.0f} → {hwm / 1024:.0f}) "
-            f"| +{(peak - rss0) / 1024:.0f} MiB | | < 200 {ok_mark(peak < 200 * 1024)} |",
-            f"| {label} download (MB/s) | {size / dtook / 1e6:.0f} "
-            f"| not run (buffers the whole body) | | {size / took / 1e6:.0f} | | | |",
-        ]
 
-    if args.profile:
-        profile(b, kb, main, f"{base}/json")
-
-    # -- growth with policy size --------------------------------------------------------------
-    for p in (kb, bare, lean):
+def _sweep_rows(b: Bench, t: Targets) -> None:
+    """Per-request CPU against policy size (the other proxies stopped first)."""
+    for p in (t.kb, t.bare, t.lean):
         p.stop()  # quieter machine for the sweep
     sweep_cpu: dict[str, list[float]] = collections.defaultdict(list)
     for r in range(b.rounds):
-        for st, p in sweep if r % 2 == 0 else sweep[::-1]:
-            load = measure(p, f"{base}/json", b.seconds, st.proxy_url(p.port))
+        for st, p in t.sweep if r % 2 == 0 else t.sweep[::-1]:
+            load = measure(p, f"{t.base}/json", b.seconds, st.proxy_url(p.port))
             if load.errors or not load.ok:
                 raise RuntimeError(f"{p.name}: {load.errors} errors, {load.ok} ok")
             sweep_cpu[p.name].append(load.cpu)
@@ -759,15 +833,14 @@ def _run(b: Bench, args: argparse.Namespace) -> str:
         "|---|---:|---:|---:|---:|---:|",
     ]
     first: dict[bool, float] = {}
-    for st, p in sweep:
+    for st, p in t.sweep:
         cost = med(sweep_cpu[p.name])
         ref = first.setdefault(st.tenants == 1, cost)
         b.growth.append(
             f"| {st.tenants:,} × {st.secrets:,} | {st.tenants * st.secrets:,} "
-            f"| {load_s[st.name]:.1f} "
+            f"| {t.load_s[st.name]:.1f} "
             f"| {p.kib('VmRSS') / 1024:.0f} | {cost * 1e3:.2f} | {cost / ref:.2f} |"
         )
-    return report(b)
 
 
 def profile(b: Bench, kb: Proc, setup: Setup, url: str) -> None:
