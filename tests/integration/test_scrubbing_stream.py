@@ -96,8 +96,10 @@ def test_events_arrive_live_and_scrubbed(
     total = time.monotonic() - t0
     assert r.status_code == 200 and len(events) == 3, events
     first = events[0][0]
+    # Relative, not absolute (a loaded CI box stretches both): the upstream holds
+    # the stream open >= 2 s after its first event, so a buffered stream would
+    # deliver the first event within the last second.
     assert first < total - 1.0, f"first event at {first:.2f}s of {total:.2f}s: buffered"
-    assert first < 1.0
     for i, (_, line) in enumerate(events):
         assert_clean(line, value, f"event {i}")
         assert PLACEHOLDER in line

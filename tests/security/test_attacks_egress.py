@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import base64
 import os
-import time
 from collections.abc import Iterator
 from urllib.parse import quote
 
 import pytest
 
 from tests.security.conftest import Sec, assert_no_leak, request, tunnel
+from tests.support.net import wait_for
 from tests.support.proxy import Proxy
 from tests.support.upstream import Upstream
 
@@ -89,10 +89,12 @@ def test_raw_value_in_websocket_message(
             )
         )
         assert w.response(head_only=True).status == 101
+        ended = upstream.ws_ended
         w.send(_ws_frame(b"exfil " + warm.encode()))
         back = w.rest(1.0)
     assert_no_leak(back, sec)
-    time.sleep(0.2)
+    # The positive event first: the broker cut the upstream side of the socket.
+    assert wait_for(lambda: upstream.ws_ended > ended, 5), "the upstream socket stayed open"
     sent = any(warm.encode() in m for _, m in upstream.ws_messages)
     assert not sent, "the raw value reached the upstream in a WebSocket message"
 
@@ -125,6 +127,7 @@ def test_audit_never_records_a_raw_value(
         resp = w.response()
     assert resp.status == 200, resp.raw[:300]
     assert_no_leak(resp.raw, sec)
-    time.sleep(0.1)
+    # The positive event first: the exchange's done record is written.
+    assert wait_for(lambda: "/echo/raw/<<secret:anywhere>>/x" in sbroker.audit_path.read_text(), 5)
     in_audit = value in sbroker.audit_path.read_text()
     assert not in_audit, "the audit holds the value"

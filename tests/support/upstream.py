@@ -790,9 +790,11 @@ class _Handler(BaseHTTPRequestHandler):
         for _ in range(1_000_000):
             msg = self._ws_recv()
             if msg is None:
+                up._record_ws_end()
                 return
             op, payload = msg
             if op == 8:
+                up._record_ws_end()
                 self._ws_frame(8, payload[:2])
                 return
             up._record_ws(op, payload)
@@ -915,6 +917,7 @@ class Upstream:
         self._cond = threading.Condition(self._lock)
         self._received: list[Received] = []
         self._ws: list[tuple[int, bytes]] = []
+        self._ws_ended = 0
         self._errors: list[BaseException] = []
         self._connections = 0
         self._connections_total = 0
@@ -1076,6 +1079,16 @@ class Upstream:
     def _record_ws(self, op: int, payload: bytes) -> None:
         with self._lock:
             self._ws.append((op, payload))
+
+    def _record_ws_end(self) -> None:
+        with self._lock:
+            self._ws_ended += 1
+
+    @property
+    def ws_ended(self) -> int:
+        """WebSocket connections ended by the client side (a Close frame or EOF)."""
+        with self._lock:
+            return self._ws_ended
 
     def _track_sock(self, s: socket.socket) -> None:
         with self._lock:

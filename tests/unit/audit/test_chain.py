@@ -12,7 +12,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker.audit.log import AuditLog, build_record
 from broker.audit.chain import (
     GENESIS,
     canonical,
@@ -24,6 +23,7 @@ from broker.audit.chain import (
     verify_chain,
     verify_file,
 )
+from broker.audit.log import AuditLog, build_record
 
 
 def write_chain(path: Path, n: int = 5, key: bytes | None = None) -> list[bytes]:
