@@ -1,0 +1,1 @@
+"""audit: see docs/design.md for the package map."""
