@@ -7,12 +7,17 @@ JSON object yields the key named by ``field``; a plain string (or UTF-8
 binary) secret is the value itself, and its rule leaves ``field`` at the
 default. The client ignores proxy variables (``HTTPS_PROXY`` may point at the
 broker itself) and retries once; ``timeout`` bounds the connect and each read.
+TLS is verified against the system trust store plus ``ca_cert``, as for every
+HTTPS backend (botocore alone would use its own bundle).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -22,6 +27,8 @@ from botocore.config import Config
 from broker.backends.base import BackendError, SecretNotFound
 from broker.policy.backend_config import AwsSecretsManagerBackend
 from broker.secret import SecretValue
+from broker.tls.ca import CAError
+from broker.tls.upstream import bundle_bytes, system_store
 
 DEFAULT_FIELD = "value"
 _CODE_RE = re.compile(r"^[A-Za-z0-9.]{1,64}$")
@@ -46,12 +53,14 @@ class AwsSecretsManager:
         self._cfg = config
         self._problem: str | None = None
         self._client: Any = None
+        self._bundle: Path | None = None
         try:
+            verify = self._trust(config.ca_cert)
             session = boto3.session.Session(profile_name=config.profile, region_name=config.region)
             self._client = session.client(
                 "secretsmanager",
                 endpoint_url=config.endpoint_url,
-                verify=str(config.ca_cert) if config.ca_cert else None,
+                verify=verify,
                 config=Config(
                     connect_timeout=config.timeout,
                     read_timeout=config.timeout,
@@ -60,6 +69,8 @@ class AwsSecretsManager:
                     user_agent_extra="keybroker",
                 ),
             )
+        except CAError as exc:
+            self._problem = str(exc)
         except Exception as exc:  # no region, an unknown profile, a bad endpoint
             self._problem = f"client cannot be built ({type(exc).__name__})"
         self._closed = False
@@ -85,6 +96,21 @@ class AwsSecretsManager:
         self._closed = True
         if self._client is not None:
             self._client.close()
+        if self._bundle is not None:
+            self._bundle.unlink(missing_ok=True)
+
+    def _trust(self, ca_cert: Path | None) -> str | None:
+        """What botocore verifies against: the system store, plus ``ca_cert``
+        in a private bundle file (botocore takes one path) removed at close."""
+        roots = system_store()
+        if ca_cert is None:
+            return str(roots) if roots is not None else None
+        data = bundle_bytes(ca_cert, roots)
+        fd, name = tempfile.mkstemp(prefix="keybroker-aws-ca-", suffix=".pem")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        self._bundle = Path(name)
+        return name
 
 
 def _map_error(exc: Exception, where: str, timeout: float) -> BackendError:
@@ -97,7 +123,9 @@ def _map_error(exc: Exception, where: str, timeout: float) -> BackendError:
             return SecretNotFound(f"{where}: no such secret")
         if code == "InvalidRequestException":
             return SecretNotFound(f"{where}: the secret cannot be read (deleted or disabled?)")
-        if code in _REFUSED:
+        meta = exc.response.get("ResponseMetadata", {}) if isinstance(exc.response, dict) else {}
+        status = meta.get("HTTPStatusCode") if isinstance(meta, dict) else None
+        if code in _REFUSED or status in (401, 403):
             return BackendError(f"{where}: AWS refused the broker's credentials ({code})")
         if code == "DecryptionFailure":
             return BackendError(f"{where}: AWS cannot decrypt the secret (KMS key access)")

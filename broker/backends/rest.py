@@ -1,7 +1,8 @@
 """What the REST backends (1Password Connect, Doppler, Infisical) share: one
 httpx client per backend and the mapping of transport failures.
 
-The client verifies TLS with the system trust store plus the backend's
+The client verifies TLS with the system trust store (as upstream
+connections do: :func:`broker.tls.upstream.system_store`) plus the backend's
 ``ca_cert``, ignores the environment (``trust_env=False``: no
 ``HTTPS_PROXY``, which may point at the broker itself, no ``.netrc``, no
 ``SSL_CERT_FILE``), never follows a redirect (it would carry the
@@ -20,6 +21,7 @@ from typing import Any
 import httpx
 
 from broker.backends.base import BackendError
+from broker.tls.upstream import system_store
 
 MAX_BODY = 1024 * 1024
 """Bytes of a backend answer read at most; past it the answer is refused."""
@@ -40,7 +42,10 @@ class Answer:
 def make_client(url: str, ca_cert: Path | None, timeout: float) -> httpx.Client:
     """The client for one backend. Raises OSError/ssl.SSLError for an
     unreadable ``ca_cert`` (callers turn it into a failed read)."""
-    ctx = ssl.create_default_context()  # the system trust store
+    ctx = ssl.create_default_context()  # OpenSSL's default paths ...
+    roots = system_store()
+    if roots is not None:  # ... or the distribution's bundle where those are empty
+        ctx.load_verify_locations(cafile=str(roots))
     if ca_cert is not None:
         ctx.load_verify_locations(cafile=str(ca_cert))
     return httpx.Client(

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.text import Text
 
 from broker.cli import exposure
+from broker.cli.backend_check import backend_advice
 from broker.cli.sandbox_env import check_tenant_token
 from broker.policy.load import PolicyError, load_policy
 from broker.policy.schema import parse_listen
@@ -122,6 +123,7 @@ def run_doctor(
         r.fail(2, _Fail(problem))
     else:
         r.ok(2, f"tenant {tenant!r} exists and the token matches its token_sha256")
+    r.advise(backend_advice(policy, tenant, os.environ if environ is None else environ))
 
     files = ca.ca_files(policy.certs_dir)
     ca_bundle = bundle or files.bundle

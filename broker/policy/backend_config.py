@@ -134,7 +134,7 @@ class AwsSecretsManagerBackend(_Model):
     cache_ttl: _CacheTtl = 60.0
     timeout: _Timeout = 5.0
     ca_cert: Path | None = None
-    """Replaces botocore's CA bundle for the endpoint (extension)."""
+    """Extra CA bundle for the endpoint, added to the system trust store."""
 
     @field_validator("endpoint_url")
     @classmethod
