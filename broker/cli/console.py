@@ -25,6 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 DECISION_STYLES = {"allow": "green", "pass": "dim", "deny": "bold red", "error": "bold magenta"}
+DECISION_STYLES["held"] = "bold yellow"  # waiting for an operator (feed only, never audited)
 _ORDER = ("allow", "pass", "deny", "error")
 
 _ESCAPES = re.compile(

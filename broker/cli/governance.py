@@ -112,7 +112,7 @@ def cmd_session(args: argparse.Namespace) -> int:
 
 
 async def _revoke_in_store(policy: Policy, s: sessions.Session) -> None:
-    store = build_store(policy.state)
+    store = build_store(policy.state, os.environ)
     try:
         await store.revoke(s.id, s.expires)
     except StateUnavailable as exc:

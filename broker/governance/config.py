@@ -56,6 +56,9 @@ class StateConfig(_Model):
     """Key prefix, so several deployments can share one store (extension)."""
     timeout: float = Field(default=1.0, gt=0, le=30)
     """Seconds for one store operation before it counts as down (extension)."""
+    password_env: str | None = None
+    """Environment variable holding the store's password, kept out of the
+    policy file (extension)."""
 
     @field_validator("url")
     @classmethod

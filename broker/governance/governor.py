@@ -57,7 +57,7 @@ class Governor:
     ) -> None:
         self._env = env
         self.key = session_key(policy, env)
-        self.store: StateStore = build_store(policy.state)
+        self.store: StateStore = build_store(policy.state, env)
         self._state_config = policy.state
         self._announce, self._clean = announce, clean
         self._policy = policy
@@ -68,7 +68,8 @@ class Governor:
         """Check the new policy; returns the switch to call once the engine
         commits it. Raises PolicyError (the old policy stays)."""
         key = session_key(policy, self._env)
-        store = self.store if policy.state == self._state_config else build_store(policy.state)
+        same = policy.state == self._state_config
+        store = self.store if same else build_store(policy.state, self._env)
 
         def commit() -> None:
             old = self.store

@@ -116,7 +116,7 @@ def _pairs(flat: Sequence[Any] | None) -> dict[str, str] | None:
 class RedisStore:
     shared = True
 
-    def __init__(self, config: StateConfig) -> None:
+    def __init__(self, config: StateConfig, *, password: str | None = None) -> None:
         self.config = config
         self.p = config.prefix
         self.client: aioredis.Redis = aioredis.from_url(
@@ -126,6 +126,7 @@ class RedisStore:
             retry=Retry(NoBackoff(), 1),  # one retry: a pooled connection from before a restart
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
             decode_responses=True,
+            **({"password": password} if password else {}),
         )
         s = self.client.register_script
         self._charge, self._open, self._pending = s(_CHARGE), s(_OPEN), s(_PENDING)
@@ -138,7 +139,8 @@ class RedisStore:
     async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
         failed = ""
         try:
-            return await asyncio.wait_for(fn(), self.config.timeout * 3)
+            async with asyncio.timeout(self.config.timeout * 3):
+                return await fn()
         except (RedisError, OSError, TimeoutError) as exc:
             failed = type(exc).__name__
         # Raised outside the except block: no chained exception (or its text) travels on.

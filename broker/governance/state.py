@@ -219,9 +219,14 @@ class MemoryStore:
         return None
 
 
-def build_store(config: StateConfig | None) -> StateStore:
+def build_store(config: StateConfig | None, env: Mapping[str, str] | None = None) -> StateStore:
     if config is None:
         return MemoryStore()
     from broker.governance.redis_state import RedisStore
 
-    return RedisStore(config)
+    password = None
+    if config.password_env:
+        import os
+
+        password = (env if env is not None else os.environ).get(config.password_env) or None
+    return RedisStore(config, password=password)

@@ -89,3 +89,25 @@ def test_dead_store_fails_closed_and_recovers(tmp_path: Path) -> None:
         asyncio.run(go())
     finally:
         srv.stop()
+
+
+def test_password_from_the_environment(tmp_path: Path) -> None:
+    """``state.password_env``: the password stays out of the policy file."""
+    from broker.governance.state import build_store
+
+    with RedisServer(tmp_path, "--requirepass", "kb-store-pass") as srv:
+
+        async def go() -> None:
+            for env, ok in (({}, False), ({"KB_STORE_PASS": "kb-store-pass"}, True)):
+                config = StateConfig(url=srv.url, password_env="KB_STORE_PASS", timeout=0.5)
+                store = build_store(config, env)
+                try:
+                    if ok:
+                        assert await store.charge([Charge("a", "s", None, 5)], "t") is None
+                    else:
+                        with pytest.raises(StateUnavailable):
+                            await store.charge([Charge("a", "s", None, 5)], "t")
+                finally:
+                    await store.aclose()
+
+        asyncio.run(go())

@@ -39,15 +39,21 @@ def redis_binary() -> str:
 
 
 class RedisServer:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *extra: str) -> None:
+        self.extra = extra
         self.binary = redis_binary()
         self.workdir = workdir
         self.port = free_port()
+        self.socket = workdir / "redis.sock"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def unix_url(self) -> str:
+        return f"unix://{self.socket}?db=0"
 
     def start(self) -> RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -65,12 +71,18 @@ class RedisServer:
             "no",
             "--dir",
             str(self.workdir),
+            "--unixsocket",
+            str(self.socket),
+            "--unixsocketperm",
+            "700",
+            *self.extra,
         ]
         with (self.workdir / "redis.out").open("ab") as out:
             self.proc = subprocess.Popen(
                 cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
             )
-        if not wait_for(lambda: port_open(self.port) or self.proc.poll() is not None, 15):
+        up = lambda: port_open(self.port) and self.socket.exists()  # noqa: E731
+        if not wait_for(lambda: up() or self.proc.poll() is not None, 15):
             raise RuntimeError("redis-server did not start")
         if self.proc.poll() is not None:
             raise RuntimeError((self.workdir / "redis.out").read_text())
