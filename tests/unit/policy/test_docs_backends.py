@@ -22,6 +22,8 @@ def blocks() -> list[Any]:
     out = []
     for doc in ("docs/backends.md", "README.md"):
         for i, text in enumerate(BLOCK.findall((REPO / doc).read_text())):
+            if not text.startswith("backends:"):
+                continue  # other sections' fragments
             data = yaml.safe_load(text.replace("…", "x"))
             if isinstance(data, dict) and "backends" in data:
                 out.append(pytest.param(data, id=f"{doc}#{i}"))
