@@ -22,7 +22,7 @@ from broker.backends.resolver import Resolver
 from broker.governance.governor import Governor
 from broker.policy.load import PolicyError, load_policy
 from broker.policy.schema import Policy
-from broker.request import locations
+from broker.request import cookies, locations
 from broker.request.auth import authenticate, still_valid
 from broker.request.decision import Decision, Destination, Reason, check_rule, decide, failure
 from broker.request.locations import RequestParts, SubstitutionError
@@ -224,6 +224,10 @@ class Engine:
 
     async def process(self, tenant: str | None, dest: Destination, parts: RequestParts) -> Outcome:
         policy, resolver = self.policy, self.resolver
+        t = policy.tenants.get(tenant or "")
+        dropped: list[str] = []
+        if t is not None and t.on_mismatch == "deny":  # a scrubbed cookie echoed back
+            parts, dropped = cookies.drop_refused(parts, cookies.allowed_in_cookie(t, dest))
         found = locations.scan(parts)
         decision = decide(policy, tenant, dest, found)
         if decision.verdict in ("deny", "error"):
@@ -233,12 +237,15 @@ class Engine:
         if egress is not None:
             return self._reply(egress, dest)
         if decision.verdict == "pass":
+            if dropped:
+                return Outcome(decision, parts=parts, audit={"cookies_dropped": dropped})
             return Outcome(decision)
         if not self.audit.healthy():
             return self._reply(
                 failure(Reason.AUDIT_UNAVAILABLE, tenant, None, decision.secrets), dest
             )
         admission = await self.governor.admit(policy, tenant, dest, decision)
+        extra = {**admission.audit, "cookies_dropped": dropped} if dropped else admission.audit
         if admission.refusal is not None:
             out = self._reply(admission.refusal, dest)
             if out.reply is not None:
@@ -268,7 +275,7 @@ class Engine:
             await self.governor.refund(admission)
             return self._reply(failure(Reason.INTERNAL_ERROR, tenant, None, decision.secrets), dest)
         fingerprints = self._fingerprints(values)
-        record_id = self._record_sent(decision, dest, fingerprints, admission.audit)
+        record_id = self._record_sent(decision, dest, fingerprints, extra)
         if record_id is None:
             await self.governor.refund(admission)
             return self._reply(
@@ -279,7 +286,7 @@ class Engine:
             parts=new_parts,
             fingerprints=fingerprints,
             record_id=record_id,
-            audit=admission.audit,
+            audit=extra,
         )
 
     def _fingerprints(self, values: Mapping[str, SecretValue]) -> dict[str, dict[str, str | None]]:

@@ -28,7 +28,7 @@ FIELDS = frozenset(
     "ts id tenant decision reason secrets method scheme host port path status scrubbed"
     " duration_ms prev hash".split()
 )
-OPTIONAL_FIELDS = frozenset({"fingerprints", "phase"})
+OPTIONAL_FIELDS = frozenset({"fingerprints", "phase", "cookies_dropped"})
 """``phase`` is written on every record since the write-ahead audit; files
 from before it lack it, and their records read as ``done``."""
 DECISIONS = frozenset({"allow", "pass", "deny", "error"})
@@ -190,7 +190,12 @@ def verify(
     except OSError as exc:
         return VerifyResult(False, count, None, f"{path}: cannot read ({exc.strerror})", prev, path)
     return VerifyResult(
-        True, count, None, f"{path}: {count} records, chain intact{_open_note(open_ids)}", prev, path
+        True,
+        count,
+        None,
+        f"{path}: {count} records, chain intact{_open_note(open_ids)}",
+        prev,
+        path,
     )
 
 

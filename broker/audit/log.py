@@ -22,16 +22,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from broker.audit.lock import AuditInUse, lock_exclusive
 from broker.audit.chain import (
     DECISIONS,
     GENESIS,
     PHASES,
+    chain_files,
     rotated_name,
     sealed,
     tail_state,
-    chain_files,
 )
+from broker.audit.lock import AuditInUse, lock_exclusive
 
 log = logging.getLogger("keybroker")
 
