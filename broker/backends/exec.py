@@ -6,8 +6,9 @@
 the rule's, inside each argument, never through a shell. The program is
 looked up on the broker's own ``PATH``; it runs with only the variables named
 in ``env_pass`` (read when the policy is loaded), no stdin, in a session of
-its own that is killed whole after ``timeout`` seconds. Its stdout, stripped
-of surrounding whitespace, is the value.
+its own that is killed whole after ``timeout`` seconds. Its stdout, stripped of surrounding
+whitespace, is the value; at most MAX_OUTPUT bytes of it are kept, and
+stderr is read only to be counted.
 
 Failures (DESIGN.md §14): a non-zero exit or empty output is
 ``secret_not_found`` (a CLI's exit status rarely tells a missing secret from
@@ -20,9 +21,11 @@ from __future__ import annotations
 
 import os
 import re
+import selectors
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Mapping
 
 from broker.backends.base import BackendError, SecretNotFound
@@ -62,12 +65,12 @@ class ExecCommand:
         if found is None:
             raise BackendError(f"{where}: program not found on the broker's PATH")
         argv = [found, *self.argv(path, field)[1:]]
-        out, err, status = self._run(argv, where)
+        out, err_bytes, status = self._run(argv, where)
         if status < 0:
             raise BackendError(f"{where}: killed by signal {-status}")
         if status != 0:
             raise SecretNotFound(
-                f"{where}: exited with status {status} (stderr: {len(err)} bytes, not shown)"
+                f"{where}: exited with status {status} (stderr: {err_bytes} bytes, not shown)"
             )
         if len(out) > MAX_OUTPUT:
             raise SecretNotFound(f"{where}: output longer than {MAX_OUTPUT} bytes")
@@ -78,8 +81,9 @@ class ExecCommand:
             raise SecretNotFound(f"{where}: printed nothing")
         return SecretValue(value)
 
-    def _run(self, argv: list[str], where: str) -> tuple[bytes, bytes, int]:
-        """stdout, stderr and the exit status (negative: a signal)."""
+    def _run(self, argv: list[str], where: str) -> tuple[bytes, int, int]:
+        """stdout (at most MAX_OUTPUT + 1 bytes), the number of stderr bytes
+        (read and dropped) and the exit status (negative: a signal)."""
         try:
             proc = subprocess.Popen(
                 argv,
@@ -94,28 +98,53 @@ class ExecCommand:
             fail = BackendError(f"{where}: cannot start ({type(exc).__name__})")
         else:
             try:
-                out, err = proc.communicate(timeout=self._cfg.timeout)
-            except subprocess.TimeoutExpired:  # its .output may hold a value: not chained
-                _kill(proc)
+                return self._collect(proc)
+            except subprocess.TimeoutExpired:
                 fail = BackendError(f"{where}: no answer within {self._cfg.timeout:g}s")
-            else:
-                return out, err, proc.returncode
-        raise fail
+            finally:
+                _kill(proc)  # the whole session, whatever happened; reaps it
+        raise fail  # outside the handlers: nothing chained
+
+    def _collect(self, proc: subprocess.Popen[bytes]) -> tuple[bytes, int, int]:
+        """Read both pipes until they close, keeping at most MAX_OUTPUT + 1
+        bytes of stdout; raises TimeoutExpired at the deadline."""
+        assert proc.stdout is not None and proc.stderr is not None
+        deadline = time.monotonic() + self._cfg.timeout
+        out, err_bytes = bytearray(), 0
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            sel.register(proc.stderr, selectors.EVENT_READ)
+            while sel.get_map():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise subprocess.TimeoutExpired(proc.args, self._cfg.timeout)
+                for key, _ in sel.select(left):
+                    chunk = os.read(key.fd, 65536)
+                    if not chunk:
+                        sel.unregister(key.fileobj)
+                    elif key.fileobj is proc.stderr:
+                        err_bytes += len(chunk)
+                    elif len(out) <= MAX_OUTPUT:
+                        out += chunk[: MAX_OUTPUT + 1 - len(out)]
+        status = proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        return bytes(out), err_bytes, status
 
     def close(self) -> None:
         self._closed = True
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
-    """Kill the command's whole session and reap it (bounded)."""
+    """Kill the command's whole session (a no-op once it has ended and been
+    reaped), close its pipes and reap it, bounded."""
+    if proc.returncode is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            proc.kill()
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except OSError:
-        proc.kill()
-    try:
-        proc.communicate(timeout=2)
-    except subprocess.TimeoutExpired:  # a descendant escaped the session and holds a pipe
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
         proc.wait(timeout=2)
+    except subprocess.TimeoutExpired:
+        pass  # unkillable (D state): left to the OS, the read has failed anyway
