@@ -118,8 +118,13 @@ def run_doctor(
         return 1
     r.ok(1, f"policy {policy_path} loads ({len(policy.tenants)} tenant(s))")
 
-    problem = check_tenant_token(policy, tenant, token)
-    if problem:
+    from broker.cli.governance import check_session
+
+    session = check_session(policy, tenant, token, os.environ if environ is None else environ)
+    problem = check_tenant_token(policy, tenant, token) if session is None else session[1]
+    if session is not None and session[0]:
+        r.ok(2, session[1])
+    elif problem:
         r.fail(2, _Fail(problem))
     else:
         r.ok(2, f"tenant {tenant!r} exists and the token matches its token_sha256")

@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -149,6 +150,34 @@ def sandbox_token(policy: Policy, args: argparse.Namespace, tenant_token: str) -
         return new_session(policy, args.tenant, getattr(args, "ttl", "8h"))[0]
     except CLIError as exc:
         raise ValueError(str(exc)) from None
+
+
+def check_session(
+    policy: Policy, tenant: str, token: str, env: Mapping[str, str]
+) -> tuple[bool, str] | None:
+    """For ``keybroker doctor``: None when ``token`` is not a session token;
+    else whether it looks good and what to say. With the session key at hand
+    the signature is checked too; without it (inside a sandbox) only the
+    claims, and the broker checks the rest (revocation always)."""
+    s = sessions.parse(token)
+    if s is None:
+        return None
+    when = datetime.fromtimestamp(s.expires, UTC).isoformat(timespec="seconds")
+    t = policy.tenants.get(tenant)
+    if policy.sessions is None:
+        return False, "a session token, but the policy has no sessions: section"
+    if t is None or s.tenant != tenant:
+        return False, f"the session token is for tenant {sanitize(s.tenant)!r}, not {tenant!r}"
+    if s.expires <= time.time():
+        return False, f"the session token expired at {when}; run `keybroker env` again"
+    key = env.get(policy.sessions.key_env, "")
+    if key and sessions.verify(key.encode(), token, tenant, t.token_sha256) is None:
+        return False, (
+            "the session token's signature does not match (another key, or the tenant "
+            "token was rotated); run `keybroker env` again"
+        )
+    checked = "signature checked" if key else "the broker checks its signature"
+    return True, f"session token for tenant {tenant!r} until {when} ({checked})"
 
 
 def _admin_options(p: argparse.ArgumentParser) -> None:

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import pytest
 import requests
@@ -239,6 +240,20 @@ def test_session_revoked_on_every_broker_within_a_second(env: Any, upstream: Ups
     assert call(a, upstream, "free").status_code == 200  # the tenant token still works
     for broker in (a, b):
         assert session not in broker.output() and session not in broker.audit_path.read_text()
+
+
+def test_env_hands_the_sandbox_a_session(env: Any, upstream: Upstream) -> None:
+    """``keybroker env`` as an operator runs it: the proxy URL carries a
+    session token, never the tenant token, and it works on both brokers."""
+    _, (a, b) = env
+    os.environ["KB_GOV_TENANT"] = TOKEN
+    out = cli(a, "env", "--tenant", "acme", "--token-env", "KB_GOV_TENANT", "--format", "dotenv")
+    assert out.returncode == 0, out.stderr
+    lines = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
+    password = unquote(urlsplit(lines["HTTPS_PROXY"]).password or "")
+    assert password.startswith("kbs1.") and TOKEN not in out.stdout
+    for broker in (a, b):
+        assert status(broker, upstream, "free", password) == 200
 
 
 def test_store_killed_then_back(env: Any, upstream: Upstream) -> None:

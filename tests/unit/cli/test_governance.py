@@ -110,3 +110,26 @@ def test_revoke_refuses_junk(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     path = write_policy(tmp_path)
     assert main(["session", "revoke", "--config", str(path), "not-a-token"]) == 1
     assert "kbs1." in capsys.readouterr().err
+
+
+def test_doctor_step_2_with_a_session_token(tmp_path: Path) -> None:
+    from broker.cli.governance import check_session
+    from broker.policy.load import load_policy
+
+    policy = load_policy(write_policy(tmp_path))
+    digest = hashlib.sha256(TENANT_TOKEN.encode()).hexdigest()
+    good = sessions.mint(KEY.encode(), "acme", digest, 60)
+    assert check_session(policy, "acme", TENANT_TOKEN, {}) is None
+    ok, text = check_session(policy, "acme", good, {}) or (False, "")
+    assert ok and "the broker checks its signature" in text
+    ok, text = check_session(policy, "acme", good, {"KB_TEST_SESSION_KEY": KEY}) or (False, "")
+    assert ok and "signature checked" in text and good not in text
+    other = sessions.mint(b"another-key-0123456789", "acme", digest, 60)
+    assert check_session(policy, "acme", other, {"KB_TEST_SESSION_KEY": KEY}) == (
+        False,
+        "the session token's signature does not match (another key, or the tenant token was "
+        "rotated); run `keybroker env` again",
+    )
+    old = sessions.mint(KEY.encode(), "acme", digest, 60, now=1000)
+    assert "expired" in (check_session(policy, "acme", old, {}) or (True, ""))[1]
+    assert "not 'globex'" in (check_session(policy, "globex", good, {}) or (True, ""))[1]
