@@ -42,6 +42,22 @@ def assert_clean(exc: BaseException, *also: str) -> None:
     assert exc.__context__ is None and exc.__cause__ is None
 
 
+_OPEN: list[Any] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_backends() -> Iterator[None]:
+    """Close what a test built even when it fails (no unclosed sockets)."""
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
+
+
+def opened(backend: Any) -> Any:
+    _OPEN.append(backend)
+    return backend
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 1000.0
@@ -63,7 +79,7 @@ def infisical(srv: VendorServer, ca: TestCA, clock: Clock, secret: str = TOKEN) 
         type="infisical", url=srv.url, ca_cert=ca.ca_path,  # type: ignore[arg-type]
         client_id_env="I", client_secret_env="S",
     )  # fmt: skip
-    return Infisical("inf", cfg, {"I": "id-1", "S": secret}, clock=clock)
+    return opened(Infisical("inf", cfg, {"I": "id-1", "S": secret}, clock=clock))
 
 
 def test_infisical_logs_in_once_then_renews_before_expiry(
@@ -80,7 +96,6 @@ def test_infisical_logs_in_once_then_renews_before_expiry(
     clock.now += 600 - 29  # inside the 30 s margin before the 600 s lifetime ends
     b.read("p1/prod", "K")
     assert app.logins == before + 2
-    b.close()
 
 
 def test_infisical_revoked_token_logs_in_again_and_retries_once(
@@ -94,7 +109,6 @@ def test_infisical_revoked_token_logs_in_again_and_retries_once(
     before = app.logins
     assert b.read("p1/prod/deep/folder", "K") == SecretValue(VALUE)
     assert app.logins == before + 1
-    b.close()
 
 
 def test_infisical_wrong_client_secret_names_the_variables(
@@ -107,7 +121,6 @@ def test_infisical_wrong_client_secret_names_the_variables(
         b.read("p1/prod", "K")
     assert type(info.value) is BackendError
     assert_clean(info.value, wrong)
-    b.close()
 
 
 @pytest.fixture(scope="module")
@@ -209,13 +222,12 @@ def test_confused_servers_are_backend_errors_without_their_body(
     app.mode = mode
     with VendorServer(app, test_ca) as srv:
         cfg = DopplerBackend(type="doppler", url=srv.url, ca_cert=test_ca.ca_path, token_env="T")  # type: ignore[arg-type]
-        b = Doppler("dp", cfg, {"T": TOKEN})
+        b = opened(Doppler("dp", cfg, {"T": TOKEN}))
         with pytest.raises(BackendError, match=message) as info:
             b.read("web/prd", "K")
         assert type(info.value) is BackendError
         assert_clean(info.value)
         assert srv.requests == [("GET", "/v3/configs/config/secret")]  # no redirect followed
-        b.close()
 
 
 def test_doppler_accepts_its_documented_shape(test_ca: TestCA) -> None:
@@ -224,9 +236,8 @@ def test_doppler_accepts_its_documented_shape(test_ca: TestCA) -> None:
     app.put("web/prd", "K", VALUE)
     with VendorServer(app, test_ca) as srv:
         cfg = DopplerBackend(type="doppler", url=srv.url, ca_cert=test_ca.ca_path, token_env="T")  # type: ignore[arg-type]
-        b = Doppler("dp", cfg, {"T": TOKEN})
+        b = opened(Doppler("dp", cfg, {"T": TOKEN}))
         assert b.read("web/prd", "K") == SecretValue(VALUE)
         with pytest.raises(BackendError, match=r"HTTP 403") as info:
             b.read("web/dev", "K")  # a service token reads its own config only
         assert_clean(info.value)
-        b.close()
