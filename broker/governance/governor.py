@@ -62,12 +62,14 @@ class Governor:
         self._announce, self._clean = announce, clean
         self._policy = policy
         self.admin: AdminServer | None = None
+        self._started = False
 
     # -- lifecycle -----------------------------------------------------------------
     def reload(self, policy: Policy) -> Callable[[], None]:
         """Check the new policy; returns the switch to call once the engine
         commits it. Raises PolicyError (the old policy stays)."""
         key = session_key(policy, self._env)
+        listen = self._policy.admin.listen if self._policy.admin else None
         same = policy.state == self._state_config
         store = self.store if same else build_store(policy.state, self._env)
 
@@ -83,8 +85,10 @@ class Governor:
                 log.warning("keybroker: state store changed; new requests use the new one")
                 self._spawn(store.start())
                 self._spawn(old.aclose())
-            if self.admin is not None and policy.admin is None:
-                log.warning("keybroker: admin: removed; the admin API stops at the next restart")
+            if self.admin is None and policy.admin is not None and self._started:
+                self._spawn(self._start_admin())
+            elif self.admin is not None and (policy.admin is None or policy.admin.listen != listen):
+                log.warning("keybroker: admin.listen changed; it applies at the next restart")
 
         return commit
 
@@ -99,7 +103,11 @@ class Governor:
 
     async def start(self) -> None:
         """Start the revocation watch and the admin API (inside the proxy's loop)."""
+        self._started = True
         await self.store.start()
+        await self._start_admin()
+
+    async def _start_admin(self) -> None:
         admin = self._policy.admin
         if admin is not None and self.admin is None:
             self.admin = AdminServer(lambda: self._policy, lambda: self.store)

@@ -247,3 +247,34 @@ def test_sessions_off_refuse_session_tokens(make: Any) -> None:
 def test_session_key_required(tmp_path: Path) -> None:
     with pytest.raises(PolicyError, match="KB_SESSION_KEY"):
         Engine(policy(tmp_path, {}), env={"API_KEY": "v"})
+
+
+def test_reload_switches_the_store_and_keeps_it_when_unchanged(tmp_path: Path) -> None:
+    import yaml
+
+    from broker.governance.redis_state import RedisStore
+
+    src = tmp_path / "policy.yaml"
+    data: dict[str, Any] = {
+        "version": 1,
+        "certs_dir": str(tmp_path / "certs"),
+        "audit": {"path": str(tmp_path / "audit.jsonl")},
+        "tenants": {"acme": {"token_sha256": DIGEST}},
+    }
+    src.write_text(yaml.safe_dump(data))
+    e = Engine.from_file(src, env={})
+    try:
+        first = e.governor.store
+        assert isinstance(first, MemoryStore) and e.reload() == []
+        assert e.governor.store is first  # unchanged state: same counters
+        data["state"] = {"url": "redis://127.0.0.1:1/0"}
+        src.write_text(yaml.safe_dump(data))
+        assert e.reload() == []
+        assert isinstance(e.governor.store, RedisStore)
+        data["sessions"] = {"key_env": "KB_MISSING"}
+        src.write_text(yaml.safe_dump(data))
+        errors = e.reload()
+        assert errors and "KB_MISSING" in errors[0]
+        assert e.policy.sessions is None and e.governor.key is None  # the last good policy
+    finally:
+        e.close()
