@@ -325,3 +325,6 @@ def test_desync_corpus(dproxy: Proxy, lenient: LenientUpstream) -> None:
     assert not problems, "\n".join(problems)
     # The harness can see deliveries: allowed vectors did reach the upstream with the value.
     assert any(value in raw for reqs in parsed.values() for _, _, raw in reqs)
+    # Request trailers are forwarded, not dropped (HTTP/1 chunked, in the last chunk).
+    with_trailers = [r for r in lenient.received if r.path == "/allowed/trailers"]
+    assert [r.trailers for r in with_trailers] == [[("X-Checksum", "1")]]
