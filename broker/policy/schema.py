@@ -44,7 +44,22 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+CredentialKind = Literal[
+    "static", "aws_sigv4", "oauth2_refresh", "oauth2_client_credentials", "github_app"
+]
+# Keys only one kind may set (DESIGN.md §11); anything else is an error naming the kind.
+_KIND_KEYS: dict[str, tuple[str, ...]] = {
+    "aws_sigv4": ("services", "regions"),
+    "oauth2_refresh": ("token_url", "scopes", "token_auth"),
+    "oauth2_client_credentials": ("token_url", "scopes", "token_auth"),
+    "github_app": ("api_url",),
+}
+_AWS_LOCATIONS = ("header:authorization", "query")
+
+
 class SecretRule(_Model):
+    kind: CredentialKind = "static"
+    """How the placeholder becomes wire bytes (DESIGN.md §11): :mod:`broker.credentials`."""
     backend: str
     path: str = Field(min_length=1)
     field: str = "value"
@@ -71,6 +86,45 @@ class SecretRule(_Model):
     @classmethod
     def _approve_methods(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
         return cls._methods(v)
+
+    # Kind-specific keys (DESIGN.md §11); each is refused on any other kind.
+    services: tuple[str, ...] | None = None
+    regions: tuple[str, ...] | None = None
+    token_url: str | None = None
+    scopes: tuple[str, ...] | None = None
+    token_auth: Literal["client_secret_basic", "client_secret_post"] | None = None
+    api_url: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_defaults(cls, data: object) -> object:
+        # A SigV4 credential sits in Authorization or, presigned, in the query.
+        if isinstance(data, dict) and data.get("kind") == "aws_sigv4" and "locations" not in data:
+            return {**data, "locations": list(_AWS_LOCATIONS)}
+        return data
+
+    @model_validator(mode="after")
+    def _kind_keys(self) -> SecretRule:
+        own = _KIND_KEYS.get(self.kind, ())
+        problems = [
+            f"{key} is only valid for kind {'/'.join(k for k, ks in _KIND_KEYS.items() if key in ks)}"
+            f" (this secret is kind {self.kind})"
+            for ks in _KIND_KEYS.values()
+            for key in ks
+            if key not in own and getattr(self, key) is not None
+        ]
+        if self.kind.startswith("oauth2_") and not self.token_url:
+            problems.append(f"kind {self.kind} needs token_url")
+        for key in ("token_url", "api_url"):
+            url = getattr(self, key)
+            if url is not None and not url.startswith("https://"):
+                problems.append(f"{key} must start with https://")
+        if self.kind == "aws_sigv4":
+            bad = [loc for loc in self.locations if loc not in _AWS_LOCATIONS]
+            if bad:
+                problems.append(f"kind aws_sigv4 takes locations {list(_AWS_LOCATIONS)} only")
+        _raise_all(sorted(set(problems)))
+        return self
 
     # Each list validator reports every bad item, not only the first.
     @field_validator("hosts")
@@ -136,10 +190,30 @@ def _raise_all(problems: list[str]) -> None:
         raise ValueError("; ".join(problems))
 
 
+class CaptureRule(_Model):
+    """Tokens an upstream issues, handed to the agent as placeholders (DESIGN.md §11)."""
+
+    hosts: tuple[str, ...] = Field(min_length=1)
+    paths: tuple[str, ...] | None = None
+    json_fields: tuple[str, ...] = ()
+    cookies: tuple[str, ...] = ()
+    ttl: float = Field(default=3600.0, gt=0, le=7 * 86400)
+
+    _hosts = field_validator("hosts")(SecretRule._hosts.__func__)  # type: ignore[attr-defined]
+    _paths = field_validator("paths")(SecretRule._paths.__func__)  # type: ignore[attr-defined]
+
+    @model_validator(mode="after")
+    def _something(self) -> CaptureRule:
+        if not self.json_fields and not self.cookies:
+            raise ValueError("a capture names json_fields, cookies or both")
+        return self
+
+
 class Tenant(_Model):
     token_sha256: str
     secrets: dict[SecretName, SecretRule] = Field(default_factory=dict)
     on_mismatch: Literal["deny", "forward"] = "deny"
+    capture: tuple[CaptureRule, ...] = ()
 
     @field_validator("token_sha256")
     @classmethod

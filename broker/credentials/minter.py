@@ -1,0 +1,148 @@
+"""Credentials that are not a static string (DESIGN.md §11), for the engine:
+minted bearer tokens (OAuth2, GitHub App) written where the placeholder is,
+and AWS keys for re-signing. Every value read or minted goes through
+``remember`` (the scrubber) before it is used; token requests are audited
+through ``audit`` (never a value)."""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections.abc import Callable, Hashable
+from functools import lru_cache
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from broker.backends.base import BackendError
+from broker.credentials import github_app, oauth2
+from broker.credentials.aws_sigv4 import AwsKeys
+from broker.credentials.errors import CredentialError
+from broker.credentials.http import Answer, post
+from broker.credentials.tokens import Token, TokenCache
+from broker.policy.schema import SecretRule
+from broker.secret import SecretValue
+
+Remember = Callable[[str, str, SecretValue], None]
+MINTED = ("oauth2_refresh", "oauth2_client_credentials", "github_app")
+
+
+class TokenAudit(Protocol):
+    def __call__(
+        self, tenant: str, name: str, url: str, status: int | None, ok: bool, started: float
+    ) -> None: ...
+
+
+class Resolve(Protocol):
+    async def aresolve(self, tenant: str, secret_name: str, rule: SecretRule) -> SecretValue: ...
+
+
+@lru_cache(maxsize=4096)
+def field_rule(rule: SecretRule, field: str) -> SecretRule:
+    """The same secret read at another KV field (one rule holds several)."""
+    return rule.model_copy(update={"field": field})
+
+
+def _key(tenant: str, name: str, rule: SecretRule) -> Hashable:
+    return (tenant, name, rule)
+
+
+class Minter:
+    def __init__(
+        self,
+        *,
+        remember: Remember,
+        trust: Callable[[], ssl.SSLContext],
+        audit: TokenAudit,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._remember = remember
+        self._trust = trust
+        self._audit = audit
+        self._clock = clock
+        self.tokens = TokenCache(clock)
+        self._rotated: dict[Hashable, tuple[SecretValue, SecretValue]] = {}
+        """(tenant, name, rule) -> (the stored refresh token it replaced, the rotated one)."""
+
+    async def _field(
+        self, resolver: Resolve, tenant: str, name: str, rule: SecretRule, field: str
+    ) -> SecretValue:
+        return await resolver.aresolve(tenant, name, field_rule(rule, field))
+
+    # -- AWS -----------------------------------------------------------------------
+    async def aws_keys(
+        self, resolver: Resolve, tenant: str, name: str, rule: SecretRule
+    ) -> AwsKeys:
+        key_id = await self._field(resolver, tenant, name, rule, "access_key_id")
+        secret = await self._field(resolver, tenant, name, rule, "secret_access_key")
+        try:
+            token: SecretValue | None = await self._field(
+                resolver, tenant, name, rule, "session_token"
+            )
+        except BackendError as exc:
+            if exc.reason != "secret_not_found":
+                raise
+            token = None
+        return AwsKeys(key_id, secret, token)
+
+    # -- minted bearer tokens ----------------------------------------------------------
+    async def token(
+        self, resolver: Resolve, tenant: str, name: str, rule: SecretRule
+    ) -> SecretValue:
+        """The current token for an oauth2_* or github_app secret, minted when
+        the cache has none. Raises CredentialError or BackendError."""
+
+        async def fetch() -> Token:
+            if rule.kind == "github_app":
+                return await self._github(resolver, tenant, name, rule)
+            return await self._oauth2(resolver, tenant, name, rule)
+
+        return await self.tokens.get(_key(tenant, name, rule), fetch)
+
+    def rejected(self, tenant: str, name: str, rule: SecretRule) -> None:
+        """The upstream answered 401 to a request carrying this token."""
+        self.tokens.drop(_key(tenant, name, rule))
+
+    async def _oauth2(self, resolver: Resolve, tenant: str, name: str, rule: SecretRule) -> Token:
+        fields = oauth2.FIELDS[rule.kind]
+        got = {f: await self._field(resolver, tenant, name, rule, f) for f in fields}
+        key = _key(tenant, name, rule)
+        stored = got.get("refresh_token")
+        rotated = self._rotated.get(key)
+        # A rotated refresh token wins until the store holds a new one.
+        refresh = rotated[1] if rotated and stored is not None and rotated[0] == stored else stored
+        body, headers = oauth2.token_request(rule, got["client_id"], got["client_secret"], refresh)
+        answer = await self._post(tenant, name, str(rule.token_url), body, headers)
+        issued = oauth2.parse_answer(answer)
+        self._remember(tenant, name, issued.access_token)
+        if issued.refresh_token is not None and stored is not None:
+            self._remember(tenant, name, issued.refresh_token)
+            self._rotated[key] = (stored, issued.refresh_token)
+        return Token(issued.access_token, issued.lifetime)
+
+    async def _github(self, resolver: Resolve, tenant: str, name: str, rule: SecretRule) -> Token:
+        got = {f: await self._field(resolver, tenant, name, rule, f) for f in github_app.FIELDS}
+        url = github_app.token_url(rule, got["installation_id"].reveal().strip())
+        jwt = github_app.app_jwt(got["app_id"].reveal().strip(), got["private_key"])
+        self._remember(tenant, name, jwt)
+        body, headers = github_app.token_request(jwt)
+        answer = await self._post(tenant, name, url, body, headers)
+        value, lifetime = github_app.parse_answer(answer)
+        self._remember(tenant, name, value)
+        return Token(value, lifetime)
+
+    async def _post(
+        self, tenant: str, name: str, url: str, body: bytes, headers: dict[str, str]
+    ) -> Answer:
+        started = self._clock()
+        try:
+            answer = await post(url, body, headers, self._trust())
+        except (OSError, ValueError) as exc:
+            self._audit(tenant, name, url, None, False, started)
+            host = urlsplit(url).hostname or "?"
+            raise CredentialError(
+                "token_unavailable",
+                f"the token endpoint at {host} could not be reached ({type(exc).__name__})",
+                name,
+            ) from None
+        self._audit(tenant, name, url, answer.status, answer.status in (200, 201), started)
+        return answer
