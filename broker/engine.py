@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from broker.audit import log as audit
 from broker.audit.chain import worker_file
@@ -19,6 +21,10 @@ from broker.audit.lock import AuditInUse
 from broker.backends.base import Backend, BackendError
 from broker.backends.registry import build_backends, cache_ttls
 from broker.backends.resolver import Resolver
+from broker.credentials.apply import sign_aws
+from broker.credentials.errors import CredentialError
+from broker.credentials.http import trust_context
+from broker.credentials.minter import MINTED, Minter
 from broker.governance.governor import Governor
 from broker.policy.load import PolicyError, load_policy
 from broker.policy.schema import Policy
@@ -88,6 +94,8 @@ class Engine:
         self.governor = Governor(
             policy, self._env, announce=self._announce, clean=lambda s: self._clean(s)[0]
         )
+        self._trust_cache: tuple[Path | None, ssl.SSLContext] | None = None
+        self.minter = Minter(remember=self._remember, trust=self._trust, audit=self._token_record)
 
     # -- construction and reload -------------------------------------------------
     @classmethod
@@ -155,6 +163,34 @@ class Engine:
         self._close_backends(self._retired)
         self._retired = old_backends
         return []
+
+    def _trust(self) -> ssl.SSLContext:
+        """Token requests trust what upstream connections trust."""
+        ca = self.policy.upstream_ca
+        if self._trust_cache is None or self._trust_cache[0] != ca:
+            self._trust_cache = (ca, trust_context(ca))
+        return self._trust_cache[1]
+
+    def _token_record(
+        self, tenant: str, name: str, url: str, status: int | None, ok: bool, started: float
+    ) -> None:
+        """The broker's own token request, audited like a request (no value)."""
+        u = urlsplit(url)
+        dest = Destination.of("https", u.hostname or "", u.port or 443, "POST", u.path)
+        decision = (
+            Decision("allow", None, tenant, None, (name,))
+            if ok
+            else failure(Reason.TOKEN_UNAVAILABLE, tenant, name, (name,))
+        )
+        self.record(decision=decision, dest=dest, status=status, scrubbed=0, started=started)
+
+    def _rejected(self, decision: Decision) -> None:
+        """An upstream 401: drop the minted tokens this request carried."""
+        rules = self.policy.tenants.get(decision.tenant or "")
+        for name in decision.secrets:
+            rule = rules.secrets.get(name) if rules else None
+            if rule is not None and rule.kind in MINTED:
+                self.minter.rejected(str(decision.tenant), name, rule)
 
     def _remember(self, tenant: str, name: str, value: SecretValue) -> None:
         self.scrubber.add(value.reveal_bytes(), placeholder(name).encode(), (tenant, name))
@@ -254,10 +290,17 @@ class Engine:
             return out
         rules = policy.tenants[tenant].secrets
         values: dict[str, SecretValue] = {}
+        signed: list[str] = []  # aws_sigv4: re-signed after substitution
         for name in decision.secrets:
+            rule = rules[name]
             try:
-                values[name] = await resolver.aresolve(tenant, name, rules[name])
-            except BackendError as exc:
+                if rule.kind == "static":
+                    values[name] = await resolver.aresolve(tenant, name, rule)
+                elif rule.kind == "aws_sigv4":
+                    signed.append(name)
+                else:
+                    values[name] = await self.minter.token(resolver, tenant, name, rule)
+            except (BackendError, CredentialError) as exc:
                 log.warning("keybroker: secret %r of tenant %r: %s", name, tenant, exc)
                 await self.governor.refund(admission)
                 return self._reply(
@@ -265,7 +308,7 @@ class Engine:
                 )
 
         def approve(name: str, location: str) -> str | None:
-            if (name, location) in decision.substitute:
+            if (name, location) in decision.substitute and name in values:
                 return values[name].reveal()
             return None
 
@@ -274,6 +317,16 @@ class Engine:
         except SubstitutionError:
             await self.governor.refund(admission)
             return self._reply(failure(Reason.INTERNAL_ERROR, tenant, None, decision.secrets), dest)
+        if signed:
+            try:
+                new_parts = await sign_aws(
+                    self.minter, resolver, tenant, dest, new_parts, signed, rules
+                )
+            except (BackendError, CredentialError) as exc:
+                await self.governor.refund(admission)
+                return self._reply(
+                    failure(Reason(exc.reason), tenant, signed[0], decision.secrets), dest
+                )
         fingerprints = self._fingerprints(values)
         record_id = self._record_sent(decision, dest, fingerprints, extra)
         if record_id is None:
@@ -398,6 +451,8 @@ class Engine:
         """Write the ``done`` audit record for a request (with the ``record_id``
         of its ``sent`` record, if it had one), and show it in the feed.
         ``extra``: fields beyond DESIGN.md §6 (the approval)."""
+        if status == 401 and decision.verdict == "allow":
+            self._rejected(decision)
         if record_id is not None:
             with self._lock:
                 self._open.pop(record_id, None)

@@ -103,6 +103,7 @@ def render_env(
     bundle: Path,
     fmt: Format = "shell",
     no_proxy: str = "",
+    extra: list[tuple[str, str]] | None = None,
 ) -> str:
     """``export NAME='value'`` lines (shell) or ``NAME=value`` lines (dotenv,
     as ``docker run --env-file`` reads them: literally, no quotes), each
@@ -115,7 +116,7 @@ def render_env(
         token=token,
         bundle=bundle,
         no_proxy=no_proxy,
-    )
+    ) + (extra or [])
     lines = []
     for name, value in pairs:
         if "\n" in value or "\r" in value or "\0" in value:
@@ -140,6 +141,27 @@ def refusal(message: str, fmt: Format = "shell") -> str:
         return f"keybroker env failed: {one_line}\n"
     text = f"keybroker env failed: {one_line}; not starting the sandbox"
     return f"echo {shell_quote(text)} >&2\nexit 1\n"
+
+
+AWS_DUMMY_SECRET = "keybroker-signs-this-request"
+"""Not a secret: the SDK needs some secret key to sign; keybroker signs again."""
+
+
+def credential_vars(policy: Policy, tenant: str) -> list[tuple[str, str]]:
+    """What an SDK needs for the tenant's credential kinds (DESIGN.md §11):
+    the AWS variables for its first ``aws_sigv4`` secret (by name)."""
+    t = policy.tenants.get(tenant)
+    aws = sorted(n for n, r in (t.secrets.items() if t else ()) if r.kind == "aws_sigv4")
+    if not aws:
+        return []
+    rule = t.secrets[aws[0]] if t else None
+    out = [
+        ("AWS_ACCESS_KEY_ID", f"<<secret:{aws[0]}>>"),
+        ("AWS_SECRET_ACCESS_KEY", AWS_DUMMY_SECRET),
+    ]
+    if rule is not None and rule.regions:
+        out += [("AWS_REGION", rule.regions[0]), ("AWS_DEFAULT_REGION", rule.regions[0])]
+    return out
 
 
 def shell_quote(value: str) -> str:
@@ -192,6 +214,7 @@ def command(args: argparse.Namespace, token: Callable[[], str]) -> tuple[str, bo
             bundle=files.bundle,
             fmt=args.format,
             no_proxy=args.no_proxy,
+            extra=credential_vars(policy, args.tenant),
         ), True
     except PolicyError as exc:
         why = [*exc.errors, f"{args.config}: {len(exc.errors)} error(s)"]

@@ -38,7 +38,10 @@ logging.getLogger("botocore.auth").setLevel(logging.WARNING)
 ALGORITHM = "AWS4-HMAC-SHA256"
 FIELDS = ("access_key_id", "secret_access_key", "session_token")
 _KEPT = ("UNSIGNED-PAYLOAD", "STREAMING-UNSIGNED-PAYLOAD-TRAILER")
-_SIGNED_CHUNKS = ("STREAMING-AWS4-HMAC-SHA256-PAYLOAD", "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER")
+_SIGNED_CHUNKS = (
+    "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+    "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER",
+)
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _AMZ_DATE = re.compile(r"^\d{8}T\d{6}Z$")
 _QUERY_AUTH = {
@@ -77,9 +80,7 @@ class AwsKeys:
 
     def botocore(self) -> BotoCredentials:
         token = self.session_token.reveal() if self.session_token else None
-        return BotoCredentials(
-            self.access_key_id.reveal(), self.secret_access_key.reveal(), token
-        )
+        return BotoCredentials(self.access_key_id.reveal(), self.secret_access_key.reveal(), token)
 
 
 def _malformed(detail: str) -> CredentialError:
@@ -88,7 +89,7 @@ def _malformed(detail: str) -> CredentialError:
 
 def _scope(credential: str, timestamp: str) -> tuple[str, str, str, str]:
     access, _, scope = credential.partition("/")
-    date, region, service, term = (scope.split("/") + ["", "", "", ""])[:4]
+    date, region, service, term = [*scope.split("/"), "", "", ""][:4]
     names, _ = placeholders.find_names(access)
     if len(names) != 1 or placeholders.VALID_STR.fullmatch(access) is None:
         raise _malformed("the SigV4 access key is not exactly one <<secret:NAME>> placeholder")
@@ -136,7 +137,7 @@ def only_in_credential(parts: RequestParts, cred: Credential) -> bool:
     return sum(placeholders.find_names(t)[0].count(cred.name) for t in texts) == 1
 
 
-class _Signer(SigV4Auth):
+class _Signer(SigV4Auth):  # type: ignore[misc]
     """botocore's SigV4 with the agent's timestamp and a payload hash we chose."""
 
     def __init__(self, keys: BotoCredentials, cred: Credential, payload: str) -> None:
@@ -160,9 +161,11 @@ class _Signer(SigV4Auth):
         self._inject_signature_to_request(request, signature)
 
 
-class _QuerySigner(SigV4QueryAuth, _Signer):
-    def __init__(self, keys: BotoCredentials, cred: Credential) -> None:
-        _Signer.__init__(self, keys, cred, "UNSIGNED-PAYLOAD")
+class _QuerySigner(SigV4QueryAuth, _Signer):  # type: ignore[misc]
+    def __init__(self, keys: BotoCredentials, cred: Credential, body: bytes) -> None:
+        # S3 presigns without a payload hash; other services hash the body.
+        payload = "UNSIGNED-PAYLOAD" if cred.service == "s3" else hashlib.sha256(body).hexdigest()
+        _Signer.__init__(self, keys, cred, payload)
         self._expires = cred.expires
 
 
@@ -170,8 +173,17 @@ def _url(scheme: str, authority: str, path: str, query: str) -> str:
     return f"{scheme}://{authority}{path}" + (f"?{query}" if query else "")
 
 
-def _signed_subset(parts: RequestParts, cred: Credential, authority: str) -> dict[str, str]:
+# The aws-chunked framing headers, gone once the body is plain.
+_FRAMING = ("content-encoding", "x-amz-decoded-content-length", "x-amz-trailer")
+
+
+def _signed_subset(
+    parts: RequestParts, cred: Credential, authority: str, *, reframed: bool = False
+) -> dict[str, str]:
     wanted = set(cred.signed_headers) - set(_REPLACED)
+    if reframed:
+        present = {k.lower() for k, _ in parts.headers}
+        wanted -= {h for h in _FRAMING if h not in present}
     out: dict[str, str] = {}
     for k, v in parts.headers:
         lk = k.lower()
@@ -186,17 +198,29 @@ def _signed_subset(parts: RequestParts, cred: Credential, authority: str) -> dic
 
 
 def resign(
-    parts: RequestParts, cred: Credential, keys: AwsKeys, *, scheme: str, authority: str, method: str
+    parts: RequestParts,
+    cred: Credential,
+    keys: AwsKeys,
+    *,
+    scheme: str,
+    authority: str,
+    method: str,
 ) -> RequestParts:
     """The request signed again with ``keys``. ``authority`` is the host (and
     port unless the scheme's default) the proxy connects to."""
     boto = keys.botocore()
     if cred.presigned:
         kept = "&".join(
-            p for p in parts.query.split("&") if p and unquote(p.partition("=")[0]).lower() not in _QUERY_AUTH
+            p
+            for p in parts.query.split("&")
+            if p and unquote(p.partition("=")[0]).lower() not in _QUERY_AUTH
         )
-        req = AWSRequest(method, _url(scheme, authority, parts.path, kept), _signed_subset(parts, cred, authority))
-        _QuerySigner(boto, cred).add_auth(req)
+        req = AWSRequest(
+            method,
+            _url(scheme, authority, parts.path, kept),
+            _signed_subset(parts, cred, authority),
+        )
+        _QuerySigner(boto, cred, parts.body).add_auth(req)
         query = req.url.partition("?")[2]
         return replace(parts, query=query)
     headers, body = list(parts.headers), parts.body
@@ -209,8 +233,12 @@ def resign(
     elif mode is None or _HEX64.match(mode):
         payload = hashlib.sha256(body).hexdigest()
     else:
-        raise _malformed(f"x-amz-content-sha256 {mode[:40]!r} is not a payload mode keybroker signs")
-    subset = _signed_subset(replace(parts, headers=tuple(headers)), cred, authority)
+        raise _malformed(
+            f"x-amz-content-sha256 {mode[:40]!r} is not a payload mode keybroker signs"
+        )
+    subset = _signed_subset(
+        replace(parts, headers=tuple(headers)), cred, authority, reframed=mode in _SIGNED_CHUNKS
+    )
     if mode is not None:
         subset["x-amz-content-sha256"] = payload
     req = AWSRequest(method, _url(scheme, authority, parts.path, parts.query), subset, body)
@@ -246,7 +274,9 @@ def _plain_body(
         if lk in ("x-amz-decoded-content-length", "x-amz-trailer", "transfer-encoding"):
             continue
         if lk == "content-encoding":
-            rest = [c.strip() for c in v.split(",") if c.strip() and c.strip().lower() != "aws-chunked"]
+            rest = [
+                c.strip() for c in v.split(",") if c.strip() and c.strip().lower() != "aws-chunked"
+            ]
             if rest:
                 out.append((k, ", ".join(rest)))
             continue

@@ -74,7 +74,9 @@ def parse_answer(answer: Answer, now: float | None = None) -> tuple[SecretValue,
     try:
         deadline = datetime.fromisoformat(str(expires_at).replace("Z", "+00:00")).timestamp()
     except ValueError:
-        raise CredentialError("token_unavailable", "GitHub's answer has no valid expires_at") from None
+        raise CredentialError(
+            "token_unavailable", "GitHub's answer has no valid expires_at"
+        ) from None
     lifetime = deadline - (now if now is not None else time.time())
     if lifetime <= 0:
         raise CredentialError("token_unavailable", "GitHub issued a token that has already expired")

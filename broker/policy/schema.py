@@ -199,11 +199,18 @@ class CaptureRule(_Model):
     cookies: tuple[str, ...] = ()
     ttl: float = Field(default=3600.0, gt=0, le=7 * 86400)
 
-    _hosts = field_validator("hosts")(SecretRule._hosts.__func__)  # type: ignore[attr-defined]
-    _paths = field_validator("paths")(SecretRule._paths.__func__)  # type: ignore[attr-defined]
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return SecretRule._hosts(v)
+
+    @field_validator("paths")
+    @classmethod
+    def _paths(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return SecretRule._paths(v)
 
     @model_validator(mode="after")
-    def _something(self) -> CaptureRule:
+    def _names_something(self) -> CaptureRule:
         if not self.json_fields and not self.cookies:
             raise ValueError("a capture names json_fields, cookies or both")
         return self

@@ -46,7 +46,9 @@ class TooLarge(DecodeError):
 def parse_encoding(header: str) -> list[str]:
     """Codings in the order they were applied (``identity`` and blanks dropped)."""
     codings = [c.strip().lower() for c in header.split(",")]
-    return [c for c in codings if c and c != "identity"]
+    # S3's aws-chunked is a framing of the payload, not a compression: its
+    # bytes are read as they are (broker.credentials.aws_chunked).
+    return [c for c in codings if c and c not in ("identity", "aws-chunked")]
 
 
 def decode_body(data: bytes, encoding: str, limit: int) -> bytes:

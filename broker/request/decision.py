@@ -42,6 +42,11 @@ class Reason(StrEnum):
     # Extensions (documented in README).
     BODY_TOO_LARGE = "body_too_large"
     UNDECODABLE_BODY = "undecodable_body"
+    # Credential kinds (DESIGN.md §11); service/region are extensions.
+    TOKEN_UNAVAILABLE = "token_unavailable"
+    SERVICE_NOT_ALLOWED = "service_not_allowed"
+    REGION_NOT_ALLOWED = "region_not_allowed"
+    MALFORMED_REQUEST = "malformed_request"
 
 
 STATUS: dict[Reason, int] = {
@@ -56,6 +61,8 @@ STATUS: dict[Reason, int] = {
     Reason.AUDIT_UNAVAILABLE: 503,
     Reason.RATE_LIMITED: 429,
     Reason.STATE_UNAVAILABLE: 503,
+    Reason.TOKEN_UNAVAILABLE: 502,
+    Reason.MALFORMED_REQUEST: 400,
 }
 _ERRORS = {
     Reason.BACKEND_UNAVAILABLE,
@@ -63,6 +70,7 @@ _ERRORS = {
     Reason.INTERNAL_ERROR,
     Reason.AUDIT_UNAVAILABLE,
     Reason.STATE_UNAVAILABLE,
+    Reason.TOKEN_UNAVAILABLE,
 }
 
 Verdict = Literal["allow", "pass", "deny", "error"]

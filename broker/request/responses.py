@@ -54,6 +54,16 @@ _DETAIL: dict[Reason, str] = {
     ),
     Reason.BODY_TOO_LARGE: "The body is larger than keybroker's limit.",
     Reason.UNDECODABLE_BODY: "The body's Content-Encoding could not be decoded.",
+    Reason.TOKEN_UNAVAILABLE: (
+        "keybroker could not obtain a token for secret {secret!r} from its issuer; "
+        "nothing was sent. Retry later or ask an operator."
+    ),
+    Reason.SERVICE_NOT_ALLOWED: "Secret {secret!r} may not sign requests for this AWS service.",
+    Reason.REGION_NOT_ALLOWED: "Secret {secret!r} may not sign requests for this AWS region.",
+    Reason.MALFORMED_REQUEST: (
+        "The request is malformed (for an AWS secret: not a well-formed SigV4 request "
+        "with <<secret:NAME>> as the access key id)."
+    ),
 }
 
 
