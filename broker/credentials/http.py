@@ -11,14 +11,15 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from broker.tls.ca import system_roots
+from broker.tls.upstream import system_store
 
 MAX_ANSWER = 1 << 20
 TIMEOUT = 10.0
 
 
 def trust_context(upstream_ca: Path | None) -> ssl.SSLContext:
-    roots = system_roots()
+    """The bundle mitmproxy verifies upstreams against (:mod:`broker.tls.upstream`)."""
+    roots = system_store()
     ctx = ssl.create_default_context(cafile=str(roots) if roots else None)
     if upstream_ca is not None:
         ctx.load_verify_locations(cafile=str(upstream_ca))
