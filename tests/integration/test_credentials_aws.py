@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,7 +117,10 @@ def test_boto3_s3_and_sts_through_the_broker(
     assert real.head_object(Bucket="boto-bucket", Key="multipart")["ContentLength"] == 1536 * 1024
 
 
-@pytest.mark.skipif(shutil.which("aws") is None, reason="the AWS CLI (PyPI awscli) is a test extra")
+@pytest.mark.skipif(
+    not (Path(sys.executable).parent / "aws").is_file(),
+    reason="the AWS CLI (PyPI awscli) is a test extra",
+)
 def test_aws_cli_through_the_broker(
     kb: Proxy, acme: Tenant, moto: MotoServer, tmp_path: Path
 ) -> None:

@@ -1,0 +1,118 @@
+"""The token cache (single flight, expiry minus a margin, errors not cached,
+401 drop) and the token answers of OAuth2 and GitHub."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from broker.credentials import github_app, oauth2
+from broker.credentials.errors import CredentialError
+from broker.credentials.http import Answer
+from broker.credentials.tokens import Token, TokenCache, margin
+from broker.secret import SecretValue
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_single_flight_expiry_and_drop() -> None:
+    clock, calls = Clock(), []
+
+    async def fetch() -> Token:
+        calls.append(1)
+        await asyncio.sleep(0.01)
+        return Token(SecretValue(f"t{len(calls)}"), 100.0)
+
+    async def main() -> None:
+        cache = TokenCache(clock)
+        got = await asyncio.gather(*(cache.get("k", fetch) for _ in range(20)))
+        assert {v.reveal() for v in got} == {"t1"} and len(calls) == 1
+        clock.now += 100 - margin(100) - 1
+        assert (await cache.get("k", fetch)).reveal() == "t1"
+        clock.now += 2
+        assert (await cache.get("k", fetch)).reveal() == "t2"
+        cache.drop("k")
+        assert (await cache.get("k", fetch)).reveal() == "t3"
+
+    asyncio.run(main())
+
+
+def test_errors_are_shared_but_not_cached() -> None:
+    calls = []
+
+    async def fetch() -> Token:
+        calls.append(1)
+        await asyncio.sleep(0.01)
+        raise CredentialError("token_unavailable", "down")
+
+    async def main() -> None:
+        cache = TokenCache()
+        results = await asyncio.gather(
+            *(cache.get("k", fetch) for _ in range(5)), return_exceptions=True
+        )
+        assert all(isinstance(r, CredentialError) for r in results) and len(calls) == 1
+        with pytest.raises(CredentialError):
+            await cache.get("k", fetch)
+        assert len(calls) == 2
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("answer", "ok"),
+    [
+        pytest.param(Answer(200, b'{"access_token":"a","expires_in":30}'), True, id="ok"),
+        pytest.param(Answer(400, b'{"error":"invalid_grant"}'), False, id="400"),
+        pytest.param(Answer(200, b"<html>"), False, id="not-json"),
+        pytest.param(Answer(200, b'{"access_token":"a\\nb"}'), False, id="newline"),
+        pytest.param(Answer(200, b'{"token_type":"bearer"}'), False, id="no-token"),
+    ],
+)
+def test_oauth2_answers(answer: Answer, ok: bool) -> None:
+    if ok:
+        issued = oauth2.parse_answer(answer)
+        assert issued.access_token.reveal() == "a" and issued.lifetime == 30
+    else:
+        with pytest.raises(CredentialError) as err:
+            oauth2.parse_answer(answer)
+        assert err.value.reason == "token_unavailable"
+        assert "invalid_grant" not in str(err.value)  # the endpoint's text is not repeated
+
+
+def test_rotated_refresh_token_is_returned() -> None:
+    body = json.dumps({"access_token": "a", "refresh_token": "r2", "expires_in": 10}).encode()
+    issued = oauth2.parse_answer(Answer(200, body))
+    assert issued.refresh_token is not None and issued.refresh_token.reveal() == "r2"
+
+
+def test_github_app_jwt_and_answer() -> None:
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    token = github_app.app_jwt("123", SecretValue(pem), now=2_000_000_000)
+    claims = jwt.decode(
+        token.reveal(),
+        key.public_key(),
+        algorithms=["RS256"],
+        options={"verify_exp": False, "verify_iat": False},
+    )
+    assert claims == {"iat": 2_000_000_000 - 60, "exp": 2_000_000_000 + 540, "iss": "123"}
+    value, lifetime = github_app.parse_answer(
+        Answer(201, b'{"token":"ghs_x","expires_at":"2033-05-18T04:33:20Z"}'), now=2_000_000_000
+    )
+    assert value.reveal() == "ghs_x" and lifetime == 3600
+    with pytest.raises(CredentialError):
+        github_app.app_jwt("123", SecretValue("not a key"))
