@@ -10,7 +10,7 @@ import ssl
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,6 +22,7 @@ from broker.backends.base import Backend, BackendError
 from broker.backends.registry import build_backends, cache_ttls
 from broker.backends.resolver import Resolver
 from broker.credentials.apply import sign_aws
+from broker.credentials.capture import CaptureStore
 from broker.credentials.errors import CredentialError
 from broker.credentials.http import trust_context
 from broker.credentials.minter import MINTED, Minter
@@ -31,13 +32,18 @@ from broker.policy.schema import Policy
 from broker.request import cookies, locations
 from broker.request.auth import authenticate, still_valid
 from broker.request.decision import Decision, Destination, Reason, check_rule, decide, failure
-from broker.request.locations import RequestParts, SubstitutionError
+from broker.request.locations import Occurrence, RequestParts, SubstitutionError
 from broker.request.placeholders import placeholder
 from broker.request.responses import Reply, reply_for
 from broker.scrub.scrubber import Scrubber, StreamScrubber
 from broker.secret import SecretValue
 
 log = logging.getLogger("keybroker")
+
+
+def _without(decision: Decision, captured: Mapping[str, SecretValue]) -> Decision:
+    """The decision as governance sees it: captured tokens are not policy secrets."""
+    return replace(decision, secrets=tuple(n for n in decision.secrets if n not in captured))
 
 
 @dataclass
@@ -95,6 +101,7 @@ class Engine:
             policy, self._env, announce=self._announce, clean=lambda s: self._clean(s)[0]
         )
         self._trust_cache: tuple[Path | None, ssl.SSLContext] | None = None
+        self.captures = CaptureStore(self._remember)
         self.minter = Minter(remember=self._remember, trust=self._trust, audit=self._token_record)
 
     # -- construction and reload -------------------------------------------------
@@ -192,6 +199,29 @@ class Engine:
             if rule is not None and rule.kind in MINTED:
                 self.minter.rejected(str(decision.tenant), name, rule)
 
+    def capture(
+        self,
+        tenant: str | None,
+        dest: Destination | None,
+        *,
+        set_cookies: list[str] | None = None,
+        content_type: str = "",
+        body: bytes | None = None,
+    ) -> None:
+        """Tokens this response issues, per ``tenants.<t>.capture`` (DESIGN.md §11):
+        registered for scrubbing under fresh placeholders before it is scrubbed."""
+        t = self.policy.tenants.get(tenant) if tenant is not None else None
+        if t is None or not t.capture or dest is None or tenant is None:
+            return
+        self.captures.capture(
+            tenant,
+            t.capture,
+            dest,
+            set_cookies=set_cookies or (),
+            content_type=content_type,
+            body=body,
+        )
+
     def _remember(self, tenant: str, name: str, value: SecretValue) -> None:
         self.scrubber.add(value.reveal_bytes(), placeholder(name).encode(), (tenant, name))
 
@@ -263,9 +293,18 @@ class Engine:
         t = policy.tenants.get(tenant or "")
         dropped: list[str] = []
         if t is not None and t.on_mismatch == "deny":  # a scrubbed cookie echoed back
-            parts, dropped = cookies.drop_refused(parts, cookies.allowed_in_cookie(t, dest))
+            allowed = cookies.allowed_in_cookie(t, dest)
+            if self.captures.active and tenant is not None:  # a captured session cookie
+                allowed = self.captures.or_captured(allowed, tenant, dest)
+            parts, dropped = cookies.drop_refused(parts, allowed)
         found = locations.scan(parts)
+        held: tuple[Occurrence, ...] = ()
+        if self.captures.active and tenant is not None:
+            found, held = self.captures.split(tenant, found)
         decision = decide(policy, tenant, dest, found)
+        captured: dict[str, SecretValue] = {}
+        if held and tenant is not None and decision.verdict in ("allow", "pass"):
+            decision, captured = self.captures.merge(decision, tenant, held, dest)
         if decision.verdict in ("deny", "error"):
             return self._reply(decision, dest)
         assert tenant is not None
@@ -280,7 +319,9 @@ class Engine:
             return self._reply(
                 failure(Reason.AUDIT_UNAVAILABLE, tenant, None, decision.secrets), dest
             )
-        admission = await self.governor.admit(policy, tenant, dest, decision)
+        admission = await self.governor.admit(
+            policy, tenant, dest, _without(decision, captured) if captured else decision
+        )
         extra = {**admission.audit, "cookies_dropped": dropped} if dropped else admission.audit
         if admission.refusal is not None:
             out = self._reply(admission.refusal, dest)
@@ -289,9 +330,11 @@ class Engine:
             out.audit = admission.audit
             return out
         rules = policy.tenants[tenant].secrets
-        values: dict[str, SecretValue] = {}
+        values: dict[str, SecretValue] = dict(captured)
         signed: list[str] = []  # aws_sigv4: re-signed after substitution
         for name in decision.secrets:
+            if name in values:
+                continue
             rule = rules[name]
             try:
                 if rule.kind == "static":

@@ -73,25 +73,29 @@ class Resolver:
         self._inflight: dict[_Key, _Read] = {}
         self._generation = 0  # bumped by invalidate()
 
-    def resolve(self, tenant: str, secret_name: str, rule: SecretRule) -> SecretValue:
+    def resolve(
+        self, tenant: str, secret_name: str, rule: SecretRule, *, quiet: bool = False
+    ) -> SecretValue:
         """The value for ``rule``. Raises BackendError or SecretNotFound."""
         got = self._begin((rule.backend, rule.path, rule.field))
         if isinstance(got, _Entry):
-            return self._deliver(got, tenant, secret_name)
+            return self._deliver(got, tenant, secret_name, quiet)
         read, lead = got
         if lead:
             self._lead(read)
-        return self._deliver(self._outcome(read), tenant, secret_name)
+        return self._deliver(self._outcome(read), tenant, secret_name, quiet)
 
-    async def aresolve(self, tenant: str, secret_name: str, rule: SecretRule) -> SecretValue:
+    async def aresolve(
+        self, tenant: str, secret_name: str, rule: SecretRule, *, quiet: bool = False
+    ) -> SecretValue:
         """Like :meth:`resolve`. A cache hit is served on the loop; a miss reads
         in a worker thread, and waiters for the same key wait without one."""
         backend = self._backends.get(rule.backend)
         if backend is not None and not backend.blocking:
-            return self.resolve(tenant, secret_name, rule)  # no I/O: no thread hop
+            return self.resolve(tenant, secret_name, rule, quiet=quiet)  # no I/O: no thread hop
         got = self._begin((rule.backend, rule.path, rule.field))
         if isinstance(got, _Entry):
-            return self._deliver(got, tenant, secret_name)
+            return self._deliver(got, tenant, secret_name, quiet)
         read, lead = got
         try:
             if lead:
@@ -105,7 +109,7 @@ class Resolver:
                 await asyncio.wrap_future(read)
         except Exception:  # noqa: S110 - the outcome is re-raised below
             pass
-        return self._deliver(self._outcome(read), tenant, secret_name)
+        return self._deliver(self._outcome(read), tenant, secret_name, quiet)
 
     def invalidate(self) -> None:
         """Forget every cached value; reads in flight finish but are not cached."""
@@ -197,8 +201,11 @@ class Resolver:
         )
         raise err
 
-    def _deliver(self, entry: _Entry, tenant: str, secret_name: str) -> SecretValue:
-        if self._on_value is not None:
+    def _deliver(
+        self, entry: _Entry, tenant: str, secret_name: str, quiet: bool = False
+    ) -> SecretValue:
+        """``quiet``: a field that is not secret (a GitHub App id), not told to ``on_value``."""
+        if self._on_value is not None and not quiet:
             pair = (tenant, secret_name)
             if pair not in entry.told:
                 self._on_value(tenant, secret_name, entry.value)

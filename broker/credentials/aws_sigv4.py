@@ -36,7 +36,6 @@ from broker.secret import SecretValue
 logging.getLogger("botocore.auth").setLevel(logging.WARNING)
 
 ALGORITHM = "AWS4-HMAC-SHA256"
-FIELDS = ("access_key_id", "secret_access_key", "session_token")
 _KEPT = ("UNSIGNED-PAYLOAD", "STREAMING-UNSIGNED-PAYLOAD-TRAILER")
 _SIGNED_CHUNKS = (
     "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",

@@ -17,7 +17,6 @@ from broker.credentials.http import MAX_ANSWER, Answer
 from broker.policy.schema import SecretRule
 from broker.secret import SecretValue
 
-FIELDS = ("app_id", "private_key", "installation_id")
 DEFAULT_API = "https://api.github.com"
 
 

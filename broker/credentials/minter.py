@@ -17,6 +17,7 @@ from broker.backends.base import BackendError
 from broker.credentials import github_app, oauth2
 from broker.credentials.aws_sigv4 import AwsKeys
 from broker.credentials.errors import CredentialError
+from broker.credentials.fields import fields_of, secret_fields
 from broker.credentials.http import Answer, post
 from broker.credentials.tokens import Token, TokenCache
 from broker.policy.schema import SecretRule
@@ -33,7 +34,9 @@ class TokenAudit(Protocol):
 
 
 class Resolve(Protocol):
-    async def aresolve(self, tenant: str, secret_name: str, rule: SecretRule) -> SecretValue: ...
+    async def aresolve(
+        self, tenant: str, secret_name: str, rule: SecretRule, *, quiet: bool = False
+    ) -> SecretValue: ...
 
 
 @lru_cache(maxsize=4096)
@@ -66,7 +69,8 @@ class Minter:
     async def _field(
         self, resolver: Resolve, tenant: str, name: str, rule: SecretRule, field: str
     ) -> SecretValue:
-        return await resolver.aresolve(tenant, name, field_rule(rule, field))
+        quiet = field not in secret_fields(rule)
+        return await resolver.aresolve(tenant, name, field_rule(rule, field), quiet=quiet)
 
     # -- AWS -----------------------------------------------------------------------
     async def aws_keys(
@@ -103,7 +107,7 @@ class Minter:
         self.tokens.drop(_key(tenant, name, rule))
 
     async def _oauth2(self, resolver: Resolve, tenant: str, name: str, rule: SecretRule) -> Token:
-        fields = oauth2.FIELDS[rule.kind]
+        fields = fields_of(rule)
         got = {f: await self._field(resolver, tenant, name, rule, f) for f in fields}
         key = _key(tenant, name, rule)
         stored = got.get("refresh_token")
@@ -120,7 +124,7 @@ class Minter:
         return Token(issued.access_token, issued.lifetime)
 
     async def _github(self, resolver: Resolve, tenant: str, name: str, rule: SecretRule) -> Token:
-        got = {f: await self._field(resolver, tenant, name, rule, f) for f in github_app.FIELDS}
+        got = {f: await self._field(resolver, tenant, name, rule, f) for f in fields_of(rule)}
         url = github_app.token_url(rule, got["installation_id"].reveal().strip())
         jwt = github_app.app_jwt(got["app_id"].reveal().strip(), got["private_key"])
         self._remember(tenant, name, jwt)

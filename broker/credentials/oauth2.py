@@ -14,10 +14,6 @@ from broker.credentials.http import MAX_ANSWER, Answer
 from broker.policy.schema import SecretRule
 from broker.secret import SecretValue
 
-FIELDS = {
-    "oauth2_refresh": ("client_id", "client_secret", "refresh_token"),
-    "oauth2_client_credentials": ("client_id", "client_secret"),
-}
 DEFAULT_LIFETIME = 60.0
 """Seconds a token without ``expires_in`` is reused."""
 

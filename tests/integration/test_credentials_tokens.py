@@ -6,6 +6,7 @@ public key; the agent writes only placeholders, with requests and git."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from tests.support.tlsca import TestCA
 from tests.support.token_server import Client, Token, TokenServer
 
 pytestmark = pytest.mark.integration
+GLOBEX = Tenant("globex")
 
 CLIENTS = {
     name: Client(f"{name}-client", f"{name}-secret-{i}7f3a", grants)
@@ -35,6 +37,7 @@ CLIENTS = {
             ("rotating", ("refresh_token",)),
             ("svc", ("client_credentials",)),
             ("down", ("client_credentials",)),
+            ("agentapp", ("client_credentials",)),
         ]
     )
 }
@@ -126,7 +129,26 @@ def world(
             "backends": {
                 "vault": {"type": "vault", "url": openbao.url, "token_env": "KB_TEST_VAULT_TOKEN"}
             },
-            "tenants": {"acme": {"token_sha256": acme.digest, "secrets": secrets_}},
+            "tenants": {
+                "acme": {
+                    "token_sha256": acme.digest,
+                    "secrets": secrets_,
+                    "capture": [
+                        {
+                            "hosts": ["localhost"],
+                            "paths": ["/token"],
+                            "json_fields": ["access_token"],
+                        },
+                        {
+                            "hosts": ["localhost"],
+                            "paths": ["/login"],
+                            "cookies": ["session"],
+                            "ttl": 2,
+                        },
+                    ],
+                },
+                "globex": {"token_sha256": GLOBEX.digest},
+            },
         }
         with Proxy(policy, work, env={"KB_TEST_VAULT_TOKEN": openbao.root_token}) as proxy:
             yield World(proxy, ts, git, acme, seeds)
@@ -254,3 +276,50 @@ def test_token_requests_are_audited_without_values(world: World) -> None:
     values += list(st.tokens) + list(st.refresh) + list(st.github_tokens)
     for v in values:
         assert_no_leak(text.encode(), v.encode(), "the audit")
+
+
+# -- captured tokens --------------------------------------------------------------------------
+def test_captured_oauth_token_reaches_the_agent_as_a_placeholder(world: World) -> None:
+    app = CLIENTS["agentapp"]
+    s = world.session()
+    form = {
+        "grant_type": "client_credentials",
+        "client_id": app.client_id,
+        "client_secret": app.client_secret,
+    }
+    r = s.post(world.ts.url("/token"), data=form, timeout=30)
+    assert r.status_code == 200, r.text
+    token = r.json()["access_token"]
+    assert re.fullmatch(r"<<secret:cap\.[0-9a-f]{16}>>", token), token
+    real = [t for t, v in world.ts.state.tokens.items() if v.client_id == app.client_id]
+    assert len(real) == 1 and real[0] not in r.text
+    # Substituted back toward the host that issued it ...
+    r = s.get(world.ts.url("/api/me"), headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["token"] == token
+    # ... never elsewhere (127.0.0.1 is not in the capture's hosts) ...
+    other = f"https://127.0.0.1:{world.ts.port}/api/me"
+    r = s.get(other, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert r.status_code == 403 and r.json()["reason"] == "host_not_allowed"
+    # ... and never for another tenant.
+    g = requests.Session()
+    g.proxies = world.proxy.proxies("globex", GLOBEX.token)
+    g.verify, g.trust_env = str(world.proxy.ca_path), False
+    r = g.get(world.ts.url("/api/me"), headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert r.status_code == 403 and r.json()["reason"] == "unknown_secret"
+
+
+def test_captured_session_cookie_and_its_ttl(world: World) -> None:
+    s = world.session()
+    r = s.post(world.ts.url("/login"), timeout=30)
+    assert r.status_code == 200
+    set_cookie = r.headers["set-cookie"]
+    m = re.search(r"session=(<<secret:cap\.[0-9a-f]{16}>>)", set_cookie)
+    assert m, set_cookie
+    assert world.ts.state.sessions[-1] not in set_cookie
+    cookie = {"Cookie": f"session={m.group(1)}"}
+    r = s.get(world.ts.url("/api/me"), headers=cookie, timeout=30)
+    assert r.status_code == 200, r.text
+    time.sleep(2.2)  # past the capture's ttl of 2 s
+    r = s.get(world.ts.url("/api/me"), headers=cookie, timeout=30)
+    assert r.status_code == 403 and r.json()["reason"] == "unknown_secret"

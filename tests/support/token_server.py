@@ -104,6 +104,7 @@ class State:
         self.tokens: dict[str, Token] = {}
         self.refresh: dict[str, Token] = {}
         self.github_tokens: list[str] = []
+        self.sessions: list[str] = []
         self.seen_auth: list[str] = []
         """How each token request authenticated its client: basic or post."""
 
@@ -238,17 +239,28 @@ class TokenServer:
             expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + st.expires_in))
             return jsonify({"token": value, "expires_at": expires}), 201
 
+        @app.post("/login")
+        def login() -> Any:
+            value = "sess_" + secrets.token_urlsafe(24)
+            with st.lock:
+                st.sessions.append(value)
+            resp = jsonify({"ok": True})
+            resp.set_cookie("session", value, secure=True, httponly=True)
+            return resp
+
         @app.route("/api/<path:rest>", methods=["GET", "POST"])
         def api(rest: str) -> Any:
             auth = request.headers.get("Authorization", "")
             scheme, _, cred = auth.partition(" ")
             if scheme.lower() == "basic":
                 cred = base64.b64decode(cred).decode().partition(":")[2]
+            if not auth:
+                cred = request.cookies.get("session", "")
             with st.lock:
                 t = st.tokens.get(cred)
-                ok = (
-                    t is not None and not t.revoked and not t.is_expired()
-                ) or cred in st.github_tokens
+                ok = (t is not None and not t.revoked and not t.is_expired()) or cred in (
+                    st.github_tokens + st.sessions
+                )
             if not ok:
                 return jsonify({"error": "invalid_token"}), 401
             return jsonify({"path": rest, "authorization": auth, "token": cred})
