@@ -46,7 +46,6 @@ class Reason(StrEnum):
     TOKEN_UNAVAILABLE = "token_unavailable"
     SERVICE_NOT_ALLOWED = "service_not_allowed"
     REGION_NOT_ALLOWED = "region_not_allowed"
-    MALFORMED_REQUEST = "malformed_request"
 
 
 STATUS: dict[Reason, int] = {
@@ -62,7 +61,6 @@ STATUS: dict[Reason, int] = {
     Reason.RATE_LIMITED: 429,
     Reason.STATE_UNAVAILABLE: 503,
     Reason.TOKEN_UNAVAILABLE: 502,
-    Reason.MALFORMED_REQUEST: 400,
 }
 _ERRORS = {
     Reason.BACKEND_UNAVAILABLE,

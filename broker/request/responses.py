@@ -60,10 +60,6 @@ _DETAIL: dict[Reason, str] = {
     ),
     Reason.SERVICE_NOT_ALLOWED: "Secret {secret!r} may not sign requests for this AWS service.",
     Reason.REGION_NOT_ALLOWED: "Secret {secret!r} may not sign requests for this AWS region.",
-    Reason.MALFORMED_REQUEST: (
-        "The request is malformed (for an AWS secret: not a well-formed SigV4 request "
-        "with <<secret:NAME>> as the access key id)."
-    ),
 }
 
 
