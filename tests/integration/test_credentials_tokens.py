@@ -322,4 +322,11 @@ def test_captured_session_cookie_and_its_ttl(world: World) -> None:
     assert r.status_code == 200, r.text
     time.sleep(2.2)  # past the capture's ttl of 2 s
     r = s.get(world.ts.url("/api/me"), headers=cookie, timeout=30)
+    # An expired cookie pair is dropped (as every refused cookie is): the server
+    # sees no session and answers 401 itself.
+    assert r.status_code == 401 and r.json() == {"error": "invalid_token"}
+    # An expired token in another location is simply unknown.
+    r = s.get(
+        world.ts.url("/api/me"), headers={"Authorization": f"Bearer {m.group(1)}"}, timeout=30
+    )
     assert r.status_code == 403 and r.json()["reason"] == "unknown_secret"
