@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import requests
 
+from tests.support.net import wait_for
 from tests.support.openbao import OpenBao
 from tests.support.proxy import Proxy
 from tests.support.scenario import Tenant
@@ -140,6 +141,11 @@ def test_failures_are_502_with_their_reason_and_nothing_upstream(
     assert r.json()["reason"] == (reason or case.store.wrong_reason)
     assert r.json()["secret"] == secret
     assert upstream.received == []
+    why = f"backend '{case.store.kind}-{SECRETS[secret][0]}'"
+    line = f"keybroker: secret {secret!r} of tenant 'acme': "
+    assert wait_for(lambda: line in case.proxy.output(), 5)
+    logged = next(ln for ln in case.proxy.output().splitlines() if line in ln)
+    assert why in logged and case.store.why[secret] in logged, logged
 
 
 def test_rotation_is_seen_after_cache_ttl_and_not_before(case: Case, upstream: Upstream) -> None:

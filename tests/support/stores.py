@@ -43,6 +43,9 @@ class Store:
     credentials: list[str]
     """Backend credentials: never in any output."""
     wrong_reason: str = "backend_unavailable"
+    why: dict[str, str] = field(default_factory=dict)
+    """Secret -> what the broker's log line says of its failure (the cause,
+    not merely a 502: a wrong profile must fail as refused, not as absent)."""
     noise: list[str] = field(default_factory=list)
     """What the store says on failure that must not be logged verbatim."""
 
@@ -78,6 +81,12 @@ def onepassword(stack: ExitStack, ca: TestCA, **_: Any) -> Store:
             "missing": ("Private/No such item", "credential"),
         },
         credentials=[good, wrong],
+        why={
+            "missing": "no ",
+            "down": "cannot connect",
+            "untrusted": "TLS handshake or certificate verification failed",
+            "wrong": "refused the credential in KB_OP_WRONG (HTTP 401)",
+        },
     )
 
 
@@ -99,6 +108,12 @@ def doppler(stack: ExitStack, ca: TestCA, **_: Any) -> Store:
             "missing": ("web/prd", "NO_SUCH_SECRET"),
         },
         credentials=[good, wrong],
+        why={
+            "missing": "no ",
+            "down": "cannot connect",
+            "untrusted": "TLS handshake or certificate verification failed",
+            "wrong": "refused the credential in KB_DOPPLER_WRONG (HTTP 401)",
+        },
     )
 
 
@@ -120,6 +135,12 @@ def infisical(stack: ExitStack, ca: TestCA, **_: Any) -> Store:
             "missing": ("6f1e2c/prod", "NO_SUCH_SECRET"),
         },
         credentials=[csecret, wrong_secret],
+        why={
+            "missing": "no ",
+            "down": "cannot connect",
+            "untrusted": "TLS handshake or certificate verification failed",
+            "wrong": "login refused (HTTP 401; check KB_INF_ID/KB_INF_WRONG)",
+        },
     )
 
 
@@ -165,6 +186,12 @@ def aws(stack: ExitStack, tmp: Path, ca: TestCA, **_: Any) -> Store:
             "missing": ("acme/no-such-secret", "api_key"),
         },
         credentials=[moto.secret_access_key, wrong_secret],
+        why={
+            "missing": "no such secret",
+            "down": "cannot connect",
+            "untrusted": "TLS handshake or certificate verification failed",
+            "wrong": "AWS refused the broker's credentials",
+        },
     )
 
 
@@ -212,6 +239,11 @@ def exec_bao(stack: ExitStack, openbao: OpenBao, **_: Any) -> Store:
         },
         credentials=[openbao.root_token, wrong],
         wrong_reason="secret_not_found",  # a CLI's exit status cannot say which
+        why={
+            "missing": "exited with status 2",
+            "down": "no answer within 1.5s",
+            "wrong": "exited with status 2",
+        },
         noise=["permission denied", "Error making API request"],
     )
 
