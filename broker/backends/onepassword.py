@@ -1,7 +1,8 @@
 """The ``onepassword_connect`` backend: a 1Password Connect server's REST API
 (``/v1/vaults``, ``/v1/vaults/{id}/items``), bearer token from ``token_env``.
 
-A rule's ``path`` is ``VAULT/ITEM`` and its ``field`` a field label. A vault
+A rule's ``path`` is ``VAULT/ITEM`` and its ``field`` a field label (or id;
+``SECTION.LABEL`` picks the field of that label in that section). A vault
 or item segment that looks like a 1Password id (26 lower-case letters and
 digits) is used as the id; anything else is looked up by name (vaults) or
 title (items) with Connect's SCIM filters. A name that matches several
@@ -86,10 +87,21 @@ def _field(item: object, label: str, where: str) -> SecretValue:
     matches = [f for f in fields if f.get("label") == label] or [
         f for f in fields if f.get("id") == label
     ]
+    section, _, short = label.rpartition(".")
+    if not matches and section:  # "SECTION.LABEL", as in op://vault/item/section/field
+        ids = {s.get("id") for s in item.get("sections") or () if isinstance(s, dict)
+               and section in (s.get("label"), s.get("id"))}  # fmt: skip
+        matches = [
+            f for f in fields
+            if f.get("label") == short and isinstance(f.get("section"), dict)
+            and f["section"].get("id") in ids
+        ]  # fmt: skip
     if not matches:
         raise SecretNotFound(f"{where}: no field labelled {label!r}")
     if len(matches) > 1:
-        raise SecretNotFound(f"{where}: {len(matches)} fields labelled {label!r}; use its id")
+        raise SecretNotFound(
+            f"{where}: {len(matches)} fields labelled {label!r}; use SECTION.LABEL or its id"
+        )
     value = text(matches[0].get("value"))
     if value is None:
         raise SecretNotFound(f"{where}: field {label!r} is empty or not a string")

@@ -150,6 +150,18 @@ def test_onepassword_by_name_by_id_and_label(
     assert got == SecretValue(VALUE) and got.version == "1"
 
 
+def test_onepassword_section_dot_label_picks_among_same_labels(
+    op: tuple[OnePasswordConnectApp, OnePasswordConnect],
+) -> None:
+    app, b = op
+    app.put("Private/Two envs", "key", VALUE, section="prod")
+    app.put("Private/Two envs", "key", "sk_test_other", section="staging")
+    with pytest.raises(SecretNotFound, match="2 fields labelled 'key'"):
+        b.read("Private/Two envs", "key")
+    assert b.read("Private/Two envs", "prod.key") == SecretValue(VALUE)
+    assert b.read("Private/Two envs", "staging.key") == SecretValue("sk_test_other")
+
+
 @pytest.mark.parametrize(
     ("path", "field", "setup", "error", "message"),
     [

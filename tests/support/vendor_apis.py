@@ -60,7 +60,7 @@ class OnePasswordConnectApp:
         self.vaults: dict[str, dict[str, Any]] = {}  # id -> {name, items: {id: item}}
         self.tokens: dict[str, set[str] | None] = {}  # token -> vault names it may read (None: all)
 
-    def put(self, path: str, label: str, value: str) -> None:
+    def put(self, path: str, label: str, value: str, section: str | None = None) -> None:
         vault_name, _, title = path.partition("/")
         with self.lock:
             vault = next((v for v in self.vaults.values() if v["name"] == vault_name), None)
@@ -74,9 +74,23 @@ class OnePasswordConnectApp:
                     "id": iid, "title": title, "vault": {"id": vault["id"]},
                     "category": "API_CREDENTIAL", "version": 0, "fields": [],
                 }  # fmt: skip
-            field = next((f for f in item["fields"] if f["label"] == label), None)
+            sec_id = None
+            if section is not None:
+                sections = item.setdefault("sections", [])
+                sec = next((x for x in sections if x["label"] == section), None)
+                if sec is None:
+                    sec = {"id": _new_id(), "label": section}
+                    sections.append(sec)
+                sec_id = sec["id"]
+            field = next(
+                (f for f in item["fields"] if f["label"] == label
+                 and (f.get("section") or {}).get("id") == sec_id),
+                None,
+            )  # fmt: skip
             if field is None:
                 field = {"id": _new_id(), "type": "CONCEALED", "label": label}
+                if sec_id is not None:
+                    field["section"] = {"id": sec_id}
                 item["fields"].append(field)
             field["value"] = value
             item["version"] += 1
