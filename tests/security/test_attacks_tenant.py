@@ -128,7 +128,8 @@ def test_proxy_authorization_stripped_from_plain_http(
     one of them another tenant's, and Proxy-Authorization sent again as a
     chunked-body trailer.
     Expected: each request is answered as a valid header's tenant or
-    refused (the trailer request fails: mitmproxy has no request trailers); no Proxy-Authorization, Proxy-Connection or token reaches the
+    refused (the trailer request: 400 malformed_request, a Proxy-* field may
+    not be a trailer); no Proxy-Authorization, Proxy-Connection or token reaches the
     upstream (headers or trailers); nothing leaks back."""
     n = len(plain_upstream.received)
     url = f"http://127.0.0.1:{sec.plain_port}/echo/pa"
@@ -144,8 +145,8 @@ def test_proxy_authorization_stripped_from_plain_http(
             resp = w.response()
             got += resp.raw
             assert resp.status in (200, 407), resp.raw[:300]
-    # mitmproxy 12 does not implement HTTP/1 request trailers: the connection
-    # handler fails ("HTTP trailers are not implemented yet") and nothing is sent.
+    # Request trailers are forwarded (addons/wire.py) only when each field may
+    # be a trailer (RFC 9110 §6.5.1): a Proxy-Authorization trailer is refused.
     with connect(sbroker) as w:
         body = b"5\r\nhello\r\n0\r\nProxy-Authorization: " + pa_b.encode() + b"\r\n\r\n"
         w.send(
@@ -161,7 +162,9 @@ def test_proxy_authorization_stripped_from_plain_http(
                 body,
             )
         )
-        got += w.rest(2.0)
+        refused = w.rest(2.0)
+        got += refused
+    assert refused.startswith(b"HTTP/1.1 400 ") and b"malformed_request" in refused, refused[:200]
     assert_no_leak(got, sec)
     assert not any(tok.encode() in got for tok in tokens(sec))
     for r in plain_upstream.received[n:]:

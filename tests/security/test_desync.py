@@ -328,3 +328,27 @@ def test_desync_corpus(dproxy: Proxy, lenient: LenientUpstream) -> None:
     # Request trailers are forwarded, not dropped (HTTP/1 chunked, in the last chunk).
     with_trailers = [r for r in lenient.received if r.path == "/allowed/trailers"]
     assert [r.trailers for r in with_trailers] == [[("X-Checksum", "1")]]
+
+
+def test_response_trailers_relayed_scrubbed(dproxy: Proxy, lenient: LenientUpstream) -> None:
+    """An HTTP/1 upstream answers chunked with a trailer that echoes the
+    substituted value (mitmproxy 12 raised NotImplementedError on HTTP/1
+    trailers: the client hung).
+    Expected: the answer arrives, its trailer carries the placeholder, never
+    the value."""
+    target = f"127.0.0.1:{lenient.port}"
+    req = f"GET /allowed/rt/echo-trailer HTTP/1.1\r\nHost: {target}\r\n{AUTH}\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", dproxy.port), timeout=BOUND) as s:
+        auth = Proxy.auth_header("acme", TOKEN)
+        s.sendall(f"CONNECT {target} HTTP/1.1\r\nProxy-Authorization: {auth}\r\n\r\n".encode())
+        assert s.recv(4096).startswith(b"HTTP/1.1 200")
+        s.sendall(req.encode())
+        data = b""
+        while not data.endswith(b"\r\n\r\n") or b"\r\n0\r\n" not in data:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200 "), data[:100]
+    assert VALUE.encode() not in data
+    assert b"\r\n0\r\nX-Echo: Bearer <<secret:desync>>\r\n\r\n" in data, data[-200:]

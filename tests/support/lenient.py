@@ -114,6 +114,18 @@ def parse_one(buf: bytes, conn: int) -> tuple[Parsed, int] | None:
     return Parsed(conn, method, path, headers, trailers, buf[start:stop]), stop
 
 
+def _answer(req: Parsed) -> bytes:
+    """``200 ok``; a path ending in ``/echo-trailer`` gets a chunked answer
+    whose trailer echoes the request's Authorization value."""
+    if not req.path.endswith("/echo-trailer"):
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    auth = next((v for k, v in req.headers if k.lower() == "authorization"), "")
+    return (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Echo\r\n\r\n"
+        b"2\r\nok\r\n0\r\nX-Echo: " + auth.encode("latin-1") + b"\r\n\r\n"
+    )
+
+
 class LenientUpstream:
     def __init__(self) -> None:
         self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -148,7 +160,7 @@ class LenientUpstream:
                     buf = buf[used:]
                     with self._lock:
                         self.received.append(req)
-                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    c.sendall(_answer(req))
         except OSError:
             pass
         finally:
