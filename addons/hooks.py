@@ -230,7 +230,7 @@ class KeyBroker(ResponseHooks):
         import json
 
         secrets = sorted(self.engine.policy.tenants[st.tenant].secrets)
-        st.ours, st.decision = True, Decision("pass", None, st.tenant)
+        st.ours, st.decision = True, Decision(verdict="pass", tenant=st.tenant)
         flow.response = http.Response.make(
             200,
             json.dumps({"tenant": st.tenant, "secrets": secrets}).encode(),

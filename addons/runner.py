@@ -8,8 +8,9 @@ import gc
 import logging
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mitmproxy.addons import (
     block,
@@ -27,9 +28,13 @@ from addons.keybroker import KeyBroker
 from addons.upstream_trust import upstream_options
 from broker.audit.chain import worker_file
 from broker.audit.lock import AuditInUse
+from broker.audit.record import RecordSink
 from broker.engine import Engine
 from broker.policy.schema import parse_listen
 from broker.tls.ca import init_ca
+
+if TYPE_CHECKING:  # the feed lives in the CLI package, imported when serving
+    from broker.cli.console import Summary
 
 # mitmproxy options keybroker depends on; see ../shared/MITMPROXY_NOTES.md.
 SAFE_OPTIONS: dict[str, Any] = {
@@ -79,10 +84,10 @@ def proxy_master(opts: Options) -> Master:
 class _Sink:
     """Fans each audit record out to the live feed and the exit summary."""
 
-    def __init__(self, feed: Any, summary: Any) -> None:
+    def __init__(self, feed: RecordSink | None, summary: Summary) -> None:
         self.feed, self.summary = feed, summary
 
-    def push(self, rec: Any) -> None:
+    def push(self, rec: Mapping[str, Any]) -> None:
         if rec.get("decision") != "held":  # a held request is counted when it ends
             self.summary.add(rec)
         if self.feed is not None:

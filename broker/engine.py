@@ -12,12 +12,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
-from broker.audit import log as audit
 from broker.audit.chain import worker_file
 from broker.audit.lock import AuditInUse
+from broker.audit.log import AuditLog, AuditUnavailable
+from broker.audit.record import AuditRecord, RecordSink, build_record, fingerprint
 from broker.backends.base import Backend, BackendError
 from broker.backends.registry import build_backends, cache_ttls
 from broker.backends.resolver import Resolver
@@ -81,7 +82,7 @@ class Engine:
         source: Path | None = None,
         env: Mapping[str, str] | None = None,
         scrubber: Scrubber | None = None,
-        feed: Any = None,
+        feed: RecordSink | None = None,
         worker: int | None = None,
     ) -> None:
         self.worker = worker
@@ -131,8 +132,8 @@ class Engine:
         p = policy.audit.path
         return p if self.worker is None else worker_file(p, self.worker)
 
-    def _make_audit(self, policy: Policy, key: bytes | None) -> audit.AuditLog:
-        return audit.AuditLog(
+    def _make_audit(self, policy: Policy, key: bytes | None) -> AuditLog:
+        return AuditLog(
             self.audit_path(policy), hmac_key=key, rotate_bytes=policy.audit.rotate_bytes
         )
 
@@ -143,7 +144,7 @@ class Engine:
         if self.source is None:
             return ["no policy file to reload"]
         old_backends = self._backends
-        new_audit: audit.AuditLog | None = None
+        new_audit: AuditLog | None = None
         try:
             policy = load_policy(self.source)
             key = self._audit_key(policy)
@@ -185,7 +186,7 @@ class Engine:
         u = urlsplit(url)
         dest = Destination.of("https", u.hostname or "", u.port or 443, "POST", u.path)
         decision = (
-            Decision("allow", None, tenant, None, (name,))
+            Decision(verdict="allow", tenant=tenant, secrets=(name,))
             if ok
             else failure(Reason.TOKEN_UNAVAILABLE, tenant, name, (name,))
         )
@@ -241,7 +242,7 @@ class Engine:
             return self.governor.check(policy, tenant, digest)
         return None if still_valid(policy, tenant, digest) else Reason.UNAUTHENTICATED
 
-    def _announce(self, rec: dict[str, Any]) -> None:
+    def _announce(self, rec: Mapping[str, Any]) -> None:
         if self.feed is not None:
             self.feed.push(rec)
 
@@ -390,7 +391,7 @@ class Engine:
         if key is None or not self.policy.audit.fingerprints:
             return {}
         return {
-            n: {"fp": audit.fingerprint(key, v.reveal_bytes()), "version": v.version}
+            n: {"fp": fingerprint(key, v.reveal_bytes()), "version": v.version}
             for n, v in values.items()
         }
 
@@ -438,11 +439,11 @@ class Engine:
             self._open[record_id] = _Open(decision, dest, started, fingerprints)
         return record_id
 
-    def _write(self, rec: dict[str, Any]) -> dict[str, Any] | None:
+    def _write(self, rec: AuditRecord) -> AuditRecord | None:
         """Append ``rec`` and show it in the feed; None when the audit is down."""
         try:
             rec = self.audit.append(rec)
-        except audit.AuditUnavailable:
+        except AuditUnavailable:
             log.error("keybroker: audit record could not be written (%s)", self.policy.audit.path)
             return None
         if self.feed is not None:
@@ -459,9 +460,9 @@ class Engine:
         fingerprints: Mapping[str, Any] | None,
         phase: str,
         record_id: str | None,
-    ) -> dict[str, Any]:
+    ) -> AuditRecord:
         host, path = self._clean(dest.host, dest.path) if dest else ("", "")
-        return audit.build_record(
+        return build_record(
             tenant=decision.tenant,
             decision=decision.verdict,
             reason=decision.reason.value if decision.reason else None,
@@ -527,10 +528,10 @@ class Engine:
             self.feed.close()
 
 
-def _with(rec: dict[str, Any], extra: Mapping[str, Any] | None) -> dict[str, Any]:
+def _with(rec: AuditRecord, extra: Mapping[str, Any] | None) -> AuditRecord:
     """``rec`` plus extension fields (never replacing a §6 field)."""
     if extra:
-        rec.update({k: v for k, v in extra.items() if k not in rec})
+        return cast(AuditRecord, {**{k: v for k, v in extra.items() if k not in rec}, **rec})
     return rec
 
 

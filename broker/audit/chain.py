@@ -28,9 +28,11 @@ FIELDS = frozenset(
     "ts id tenant decision reason secrets method scheme host port path status scrubbed"
     " duration_ms prev hash".split()
 )
-OPTIONAL_FIELDS = frozenset({"fingerprints", "phase", "cookies_dropped"})
+OPTIONAL_FIELDS = frozenset({"fingerprints", "phase", "approval", "report", "cookies_dropped"})
 """``phase`` is written on every record since the write-ahead audit; files
-from before it lack it, and their records read as ``done``."""
+from before it lack it, and their records read as ``done``. ``approval``,
+``report`` and ``cookies_dropped`` are extensions (governance, egress report
+mode, scrubbed cookies removed from a request)."""
 DECISIONS = frozenset({"allow", "pass", "deny", "error"})
 PHASES = frozenset({"sent", "done"})
 """``sent``: a request carrying a secret, on record before the value left;

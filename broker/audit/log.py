@@ -2,36 +2,31 @@
 hash-chained (DESIGN.md §6). Records hold names and destinations only: never
 a secret value, a header value, a query value, a body or a token.
 
-The chain itself (hashing and checking) lives in :mod:`broker.audit.chain`.
+Records are built in :mod:`broker.audit.record`; the chain itself (hashing
+and checking) lives in :mod:`broker.audit.chain`.
 """
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
-import hmac
 import logging
-import math
 import os
 import stat
 import threading
 import time
-import uuid
-from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 from broker.audit.chain import (
-    DECISIONS,
     GENESIS,
-    PHASES,
     chain_files,
     rotated_name,
     sealed,
     tail_state,
 )
 from broker.audit.lock import AuditInUse, lock_exclusive
+from broker.audit.record import AuditRecord
 
 log = logging.getLogger("keybroker")
 
@@ -42,87 +37,11 @@ MIN_FREE_BYTES = 1 << 20
 filesystem, :meth:`AuditLog.healthy` is False: a request carrying a secret is
 refused before it is forwarded, instead of being forwarded on a full disk and
 then not recorded."""
-_FP_DOMAIN = b"keybroker/fingerprint/v1\x00"
 _clock = time.monotonic
 
 
 class AuditUnavailable(Exception):
     """The audit cannot be written; requests carrying a secret must be refused."""
-
-
-def _text(value: object) -> str:
-    if type(value) is str and value.isascii():
-        return value  # the common case: nothing to replace
-    # Lone surrogates (from undecodable bytes) cannot be written as UTF-8.
-    return str(value).encode("utf-8", "replace").decode("utf-8")
-
-
-def _fingerprints(fps: Mapping[str, Any]) -> dict[str, dict[str, str | None]]:
-    out: dict[str, dict[str, str | None]] = {}
-    for name, entry in fps.items():
-        fp = entry.get("fp") if isinstance(entry, Mapping) else None
-        if not isinstance(fp, str) or len(fp) != 32 or not all(c in "0123456789abcdef" for c in fp):
-            raise ValueError("an audit fingerprint must come from audit.fingerprint()")
-        version = entry.get("version")
-        out[_text(name)] = {"fp": fp, "version": None if version is None else _text(version)}
-    return out
-
-
-def build_record(
-    *,
-    tenant: str | None,
-    decision: str,
-    reason: str | None,
-    secrets: Sequence[str],
-    method: str,
-    scheme: str,
-    host: str,
-    port: int,
-    path: str,
-    status: int | None,
-    scrubbed: int,
-    duration_ms: float,
-    fingerprints: Mapping[str, Any] | None = None,
-    phase: str = "done",
-    record_id: str | None = None,
-) -> dict[str, Any]:
-    """One audit record (without ``prev``/``hash``, which :meth:`AuditLog.append` sets).
-    The query and fragment are cut from ``path``. A ``done`` record of an
-    exchange that was ``sent`` carries the ``record_id`` of that record."""
-    if decision not in DECISIONS:
-        raise ValueError(f"unknown audit decision {decision!r}")
-    if phase not in PHASES:
-        raise ValueError(f"unknown audit phase {phase!r}")
-    ms = float(duration_ms)
-    rec: dict[str, Any] = {
-        # 2024-05-01T12:00:00.123Z (isoformat truncates to milliseconds)
-        "ts": datetime.now(UTC).isoformat(timespec="milliseconds")[:-6] + "Z",
-        "id": record_id or uuid.uuid4().hex,
-        "tenant": None if tenant is None else _text(tenant),
-        "decision": decision,
-        "reason": None if reason is None else _text(reason),
-        "secrets": [_text(s) for s in secrets],
-        "method": _text(method),
-        "scheme": _text(scheme),
-        "host": _text(host),
-        "port": int(port),
-        "path": _text(str(path).split("?", 1)[0].split("#", 1)[0]),
-        "status": None if status is None else int(status),
-        "scrubbed": int(scrubbed),
-        "duration_ms": round(ms, 2) if math.isfinite(ms) else 0.0,
-        "phase": phase,
-    }
-    if fingerprints:
-        rec["fingerprints"] = _fingerprints(fingerprints)
-    return rec
-
-
-def fingerprint(key: bytes, value: bytes) -> str:
-    """A keyed, domain-separated fingerprint of a secret value (32 hex chars):
-    tells which value was used without revealing it."""
-    if not key:
-        raise ValueError("a fingerprint needs a non-empty key")
-    return hmac.new(key, _FP_DOMAIN + value, hashlib.sha256).hexdigest()[:32]
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -256,9 +175,9 @@ class AuditLog:
         # f_blocks == 0: a filesystem that reports no sizes; the write decides.
         return fs.f_blocks == 0 or fs.f_bavail * fs.f_frsize >= MIN_FREE_BYTES
 
-    def append(self, record: Mapping[str, Any]) -> dict[str, Any]:
+    def append(self, record: AuditRecord) -> AuditRecord:
         """Chain ``record`` (sets ``prev`` and ``hash``), write it as one line, return it."""
-        rec = {k: v for k, v in record.items() if k not in ("prev", "hash")}
+        rec = cast(AuditRecord, {k: v for k, v in record.items() if k not in ("prev", "hash")})
         with self._lock:
             if not self._ready():
                 raise AuditUnavailable(f"audit log {self.path} cannot be written")

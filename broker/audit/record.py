@@ -40,6 +40,8 @@ class AuditRecord(TypedDict):
     """Extension: the approval a governed request waited for (id, verdict, by)."""
     report: NotRequired[bool]
     """Extension: a report-mode egress finding (forwarded, would be refused)."""
+    cookies_dropped: NotRequired[Any]
+    """Extension: Cookie pairs holding a placeholder removed before the decision."""
     prev: NotRequired[str]
     hash: NotRequired[str]
 

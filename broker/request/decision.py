@@ -149,7 +149,7 @@ def _authority_host(authority: str) -> str:
     return a.rsplit(":", 1)[0] if a.count(":") == 1 else a
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Decision:
     verdict: Verdict
     reason: Reason | None = None
@@ -178,7 +178,7 @@ def failure(
     """A denial or error. ``upstream=True``: the failure is the upstream's
     (e.g. an undecodable response), so it is an ``error`` (5xx), not a denial."""
     verdict: Verdict = "error" if upstream else verdict_of(reason)
-    return Decision(verdict, reason, tenant, secret, secrets)
+    return Decision(verdict=verdict, reason=reason, tenant=tenant, secret=secret, secrets=secrets)
 
 
 @lru_cache(maxsize=4096)
@@ -227,7 +227,7 @@ def decide(policy: Policy, tenant: str | None, dest: Destination, found: ScanRes
         return failure(Reason.MALFORMED_PLACEHOLDER, tenant, None, names)
     if not found.occurrences:
         reason = Reason.MALFORMED_PLACEHOLDER if found.malformed else None
-        return Decision("pass", reason, tenant)
+        return Decision(verdict="pass", reason=reason, tenant=tenant)
     approved: set[tuple[str, str]] = set()
     first_miss: tuple[Reason, str] | None = None
     for occ in found.occurrences:
@@ -243,7 +243,15 @@ def decide(policy: Policy, tenant: str | None, dest: Destination, found: ScanRes
     if approved and dest.fronted:  # SNI or Host names another server than the one we connect to
         if not forward:
             return failure(Reason.HOST_NOT_ALLOWED, tenant, used[0], names)
-        return Decision("pass", Reason.HOST_NOT_ALLOWED, tenant, used[0], names)
+        return Decision(
+            verdict="pass",
+            reason=Reason.HOST_NOT_ALLOWED,
+            tenant=tenant,
+            secret=used[0],
+            secrets=names,
+        )
     if first_miss is not None and not approved:
-        return Decision("pass", first_miss[0], tenant, first_miss[1], names)
-    return Decision("allow", None, tenant, None, used, frozenset(approved))
+        return Decision(
+            verdict="pass", reason=first_miss[0], tenant=tenant, secret=first_miss[1], secrets=names
+        )
+    return Decision(verdict="allow", tenant=tenant, secrets=used, substitute=frozenset(approved))

@@ -23,7 +23,8 @@ from broker.audit.chain import (
     verify_chain,
     verify_file,
 )
-from broker.audit.log import AuditLog, build_record
+from broker.audit.log import AuditLog
+from broker.audit.record import build_record
 
 
 def write_chain(path: Path, n: int = 5, key: bytes | None = None) -> list[bytes]:
@@ -327,6 +328,20 @@ def test_records_without_a_phase_still_verify(tmp_path: Path) -> None:
     log = AuditLog(path)
     rec = _record("done", "d" * 32, 200)
     del rec["phase"]
+    log.append(rec)
+    log.close()
+    assert verify(path).ok
+
+
+def test_extension_fields_verify(tmp_path: Path) -> None:
+    """Governance (approval), egress report mode (report) and the cookie filter
+    (cookies_dropped) add fields to a record; the chain must still verify."""
+    path = tmp_path / "a.jsonl"
+    log = AuditLog(path)
+    rec = _record("done", "e" * 32, 200)
+    rec["approval"] = {"id": "ap1", "verdict": "approved", "by": "ops"}
+    rec["report"] = True
+    rec["cookies_dropped"] = 1
     log.append(rec)
     log.close()
     assert verify(path).ok

@@ -21,7 +21,8 @@ import pytest
 from broker.audit import chain
 from broker.audit import log as audit
 from broker.audit.chain import FIELDS, GENESIS, verify, verify_chain
-from broker.audit.log import AuditLog, AuditUnavailable, build_record, fingerprint
+from broker.audit.log import AuditLog, AuditUnavailable
+from broker.audit.record import build_record, fingerprint
 from tests.support.leaks import assert_no_leak
 
 CANARY = "kbcanary_audit_9d8c7b6a5f4e3d2c1b0a"

@@ -16,7 +16,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rich.console import Console
 
-from broker.audit.log import AuditLog, build_record
+from broker.audit.log import AuditLog
+from broker.audit.record import build_record
 from broker.cli.console import (
     DECISION_STYLES,
     Feed,

@@ -245,7 +245,7 @@ def test_denials(
 
 def test_pass_without_placeholder() -> None:
     decision = decide(POLICY, "acme", dest("anything.example"), req(auth="Bearer plain"))
-    assert decision == Decision("pass", None, "acme")
+    assert decision == Decision(verdict="pass", tenant="acme")
     assert decision.status is None
 
 

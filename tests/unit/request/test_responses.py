@@ -111,7 +111,7 @@ def test_reply_is_not_cached() -> None:
 
 
 def test_decision_without_reason_fails_closed_as_internal_error() -> None:
-    reply = reply_for(Decision("error"))
+    reply = reply_for(Decision(verdict="error"))
     body = json.loads(reply.body)
     assert reply.status == 502
     assert body["reason"] == Reason.INTERNAL_ERROR.value
