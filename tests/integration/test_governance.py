@@ -242,6 +242,29 @@ def test_session_revoked_on_every_broker_within_a_second(env: Any, upstream: Ups
         assert session not in broker.output() and session not in broker.audit_path.read_text()
 
 
+def test_revocation_reaches_an_open_tunnel(env: Any, upstream: Upstream) -> None:
+    """A tunnel opened with a session before its revocation is refused on
+    its next request (the identity is re-checked per request, not per CONNECT)."""
+    _, (a, b) = env
+    session = cli(a, "session", "new", "--tenant", "acme", "--ttl", "5m").stdout.strip()
+    proxy = f"http://acme:{session}@127.0.0.1:{a.port}"
+    with requests.Session() as s:  # keep-alive: one CONNECT tunnel for every request
+        s.trust_env = False
+
+        def get() -> int:
+            return s.get(
+                upstream.base_url + "/echo/tunnel",
+                headers={"Authorization": "Bearer <<secret:free>>"},
+                proxies={"https": proxy},
+                verify=str(a.ca_path),
+                timeout=20,
+            ).status_code
+
+        assert get() == 200
+        assert cli(b, "session", "revoke", session).returncode == 0  # through the other broker
+        assert wait_for(lambda: get() == 407, 1.0)
+
+
 def test_env_hands_the_sandbox_a_session(env: Any, upstream: Upstream) -> None:
     """``keybroker env`` as an operator runs it: the proxy URL carries a
     session token, never the tenant token, and it works on both brokers."""
