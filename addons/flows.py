@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mitmproxy import http
 
+from broker.request.auth import claimed_tenant
 from broker.request.decision import Decision, Destination
 from broker.request.responses import Reply
 
-__all__ = ["FlowState", "error_response", "frame_body", "guarded", "strip_proxy_headers"]
+if TYPE_CHECKING:
+    from broker.engine import Engine
+
+__all__ = [
+    "FlowState",
+    "error_response",
+    "frame_body",
+    "guarded",
+    "strip_proxy_headers",
+    "who_tried",
+]
 
 
 @dataclass
@@ -87,3 +99,14 @@ def guarded[F: Callable[..., Any]](hook: F) -> F:
 
     wrapper = async_wrapper if asyncio.iscoroutinefunction(hook) else sync_wrapper
     return wrapper  # type: ignore[return-value]
+
+
+def who_tried(
+    engine: Engine | None, header: str | None, refused: Decision | None
+) -> Decision | None:
+    """The refusal as the audit records it: with the tenant the request
+    claimed (when the policy has that name). The 407 the client got names
+    no tenant, so it confirms no names."""
+    if engine is None or refused is None:
+        return refused
+    return dataclasses.replace(refused, tenant=claimed_tenant(engine.policy, header))

@@ -17,7 +17,14 @@ from typing import Any
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.connection import Client
 
-from addons.flows import FlowState, error_response, frame_body, guarded, strip_proxy_headers
+from addons.flows import (
+    FlowState,
+    error_response,
+    frame_body,
+    guarded,
+    strip_proxy_headers,
+    who_tried,
+)
 from addons.scrubbing import ResponseHooks
 from addons.upstream_trust import after_reload
 from addons.wire import TOO_LARGE, head_problem, install, set_request_limit, trailer_problem
@@ -172,6 +179,7 @@ class KeyBroker(ResponseHooks):
             st = FlowState(dest=self._dest(flow))
             self._state[flow] = st
             self._deny_flow(flow, st, failure(Reason.UNAUTHENTICATED, None))
+            st.decision = who_tried(self.engine, header, st.decision)
             self._finish(flow, st)  # a refused CONNECT never reaches `response`
             return
         self._conn_tenant[flow.client_conn] = ident
@@ -208,6 +216,7 @@ class KeyBroker(ResponseHooks):
         st = FlowState(dest=self._dest(flow))
         self._state[flow] = st
         st.tenant, why = self._tenant_for(flow)
+        claimed = flow.request.headers.get("proxy-authorization")
         strip_proxy_headers(flow.request.headers)
         if head_problem(flow) is not None:
             self._deny_flow(flow, st, failure(Reason.MALFORMED_REQUEST, st.tenant))
@@ -215,6 +224,7 @@ class KeyBroker(ResponseHooks):
             return
         if st.tenant is None:
             self._deny_flow(flow, st, failure(why, None))
+            st.decision = who_tried(self.engine, claimed, st.decision)
             return
         if flow.request.host == WHOAMI_HOST and flow.request.pretty_host == WHOAMI_HOST:
             self._whoami(flow, st)

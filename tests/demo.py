@@ -6,6 +6,7 @@ should."""
 from __future__ import annotations
 
 import io
+import shutil
 import sys
 import tempfile
 import time
@@ -96,9 +97,13 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.5)  # let the feed flush
             show(results)
             ok = all(r[-1] for r in results)
-            out.print(f"audit: {proxy.audit_path}")
+            # The work directory goes away with the demo: keep the audit.
+            kept = Path(tempfile.gettempdir()) / "keybroker-demo-audit.jsonl"
+            shutil.copyfile(proxy.audit_path, kept)
+            kept.chmod(0o600)
+            out.print(f"audit (kept): {kept}  — try: keybroker audit verify {kept}")
             if svg:
-                export_feed(proxy.audit_path, svg)
+                export_feed(kept, svg)
     out.rule("[green]demo passed" if ok else "[red]demo FAILED")
     return 0 if ok else 1
 

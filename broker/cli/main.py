@@ -21,11 +21,20 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(e, file=sys.stderr)
         print(f"{args.config}: {len(exc.errors)} error(s)", file=sys.stderr)
         return 1
+    from broker.policy.environment import missing_variables
+
     n = sum(len(t.secrets) for t in policy.tenants.values())
-    print(
-        f"{args.config}: valid ({len(policy.tenants)} tenants, {n} secrets, "
-        f"{len(policy.backends)} backends)"
+    counts = ", ".join(
+        f"{k} {what}{'' if k == 1 else 's'}"
+        for k, what in (
+            (len(policy.tenants), "tenant"),
+            (n, "secret"),
+            (len(policy.backends), "backend"),
+        )
     )
+    print(f"{args.config}: valid ({counts})")
+    for warning in missing_variables(policy, os.environ):
+        print(f"{args.config}: warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -100,33 +109,6 @@ def cmd_env(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def cmd_tail(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from broker.cli import follow
-
-    if args.file:
-        paths = [Path(args.file)]
-    elif args.config:
-        paths = follow.audit_files(load_policy(args.config).audit.path)
-    else:
-        print("keybroker tail: give an AUDIT_FILE or --config FILE", file=sys.stderr)
-        return 2
-    return follow.tail_all(
-        paths, follow=args.follow, tenant=args.tenant, decision=args.decision, console=Console()
-    )
-
-
-def cmd_audit_verify(args: argparse.Namespace) -> int:
-
-    from broker.audit import chain
-
-    key = os.environ.get(args.key_env) if args.key_env else None
-    result = chain.verify_file(Path(args.file), hmac_key=key.encode() if key else None)
-    print(result.message, file=sys.stdout if result.ok else sys.stderr)
-    return 0 if result.ok else 1
-
-
 def cmd_doctor(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -170,6 +152,8 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from broker.cli.audit_commands import cmd_audit_verify, cmd_tail
+
     p = argparse.ArgumentParser(
         prog="keybroker",
         description="keybroker: a credential broker for AI agents (a forward HTTPS proxy).",
@@ -236,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     aud = sub.add_parser("audit", help="audit log tools")
     aud_sub = aud.add_subparsers(dest="audit_cmd", required=True)
     ver = aud_sub.add_parser("verify", help="check the hash chain")
-    ver.add_argument("file")
+    ver.add_argument("file", nargs="?")
+    ver.add_argument("--config", help="verify every chain of this policy's audit.path")
     ver.add_argument("--key-env", help="environment variable holding the HMAC key")
     ver.set_defaults(func=cmd_audit_verify)
 

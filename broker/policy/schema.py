@@ -34,6 +34,20 @@ TENANT_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _METHOD_RE = re.compile(r"^[A-Z]{1,16}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+KNOWN_METHODS = frozenset(
+    "GET HEAD POST PUT PATCH DELETE OPTIONS TRACE CONNECT QUERY PROPFIND PROPPATCH MKCOL "
+    "COPY MOVE LOCK UNLOCK REPORT SEARCH MKCALENDAR".split()
+)
+"""RFC 9110's methods, QUERY and WebDAV's: a typo (``GTE``) never matches a
+request, so it is an error rather than a rule that silently allows nothing."""
+
+
+def _unknown_method(m: str) -> str:
+    import difflib
+
+    near = difflib.get_close_matches(m, sorted(KNOWN_METHODS), n=1, cutoff=0.5)
+    hint = f"did you mean {near[0]}?" if near else "e.g. GET, POST, PUT, PATCH, DELETE"
+    return f"method {m!r} is not a known HTTP method ({hint})"
 
 
 SecretName = Annotated[str, StringConstraints(pattern=SECRET_NAME_RE.pattern)]
@@ -153,6 +167,7 @@ class SecretRule(_Model):
         out = tuple(m.upper() for m in v)
         _raise_all(
             [f"method {m!r} is not an HTTP method name" for m in out if not _METHOD_RE.match(m)]
+            + [_unknown_method(m) for m in out if _METHOD_RE.match(m) and m not in KNOWN_METHODS]
         )
         return out
 
@@ -227,6 +242,13 @@ class Tenant(_Model):
     def _digest(cls, v: str) -> str:
         d = v.strip().lower().removeprefix("sha256:")
         if not _SHA256_RE.match(d):
+            if v.strip().startswith("kb_"):  # never echo the value: it is a live token
+                raise ValueError(
+                    "this looks like a tenant token, not its hash: put the sha256: line "
+                    "`keybroker token new` printed here (or the output of "
+                    '`printf %s "$TOKEN" | sha256sum`), and give the token itself only '
+                    "to the sandbox"
+                )
             raise ValueError("token_sha256 must be 64 hex digits (optionally 'sha256:' first)")
         return d
 

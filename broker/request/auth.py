@@ -40,6 +40,19 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
+def claimed_tenant(policy: Policy, header: str | None) -> str | None:
+    """The tenant a refused request *claimed*, for the audit (who tried):
+    only a name the policy has, never whatever the user field held (a token
+    pasted there must not reach the audit)."""
+    creds = parse_basic(header)
+    if creds is None:
+        raw = basic_payload(header) if header else None
+        user = raw.partition(":")[0] if raw else ""
+    else:
+        user = creds[0]
+    return user if user in policy.tenants else None
+
+
 def authenticate(policy: Policy, header: str | None) -> tuple[str, str] | None:
     """(tenant, token digest) when the credentials match, else None."""
     creds = parse_basic(header)

@@ -40,12 +40,29 @@ def write(tmp_path: Path, text: str, name: str = "policy.yaml") -> Path:
     return path
 
 
-def test_check_valid_policy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_valid_policy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STRIPE", "x")
+    monkeypatch.setenv("MAPS", "y")
     path = write(tmp_path, VALID)
     assert main(["check", "--config", str(path)]) == 0
     out, err = capsys.readouterr()
-    assert out.strip() == f"{path}: valid (1 tenants, 2 secrets, 1 backends)"
+    assert out.strip() == f"{path}: valid (1 tenant, 2 secrets, 1 backend)"
     assert err == ""
+
+
+def test_check_warns_about_unset_variables(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Still valid (exit 0): the broker's own environment may differ from this shell."""
+    monkeypatch.delenv("STRIPE", raising=False)
+    monkeypatch.setenv("MAPS", "y")
+    path = write(tmp_path, VALID)
+    assert main(["check", "--config", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: tenants.acme.secrets.stripe: $STRIPE (env backend 'local') is not set" in err
+    assert "502 secret_not_found" in err and "MAPS" not in err
 
 
 def test_check_lists_every_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -111,7 +128,11 @@ def test_check_requires_config(capsys: pytest.CaptureFixture[str]) -> None:
 # --- the example policy -------------------------------------------------------------------------------
 
 
-def test_example_policy_passes_check(capsys: pytest.CaptureFixture[str]) -> None:
+def test_example_policy_passes_check(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("VAULT_TOKEN", "ACME_MAPS_KEY", "GLOBEX_MAILER_KEY"):
+        monkeypatch.setenv(name, "x")
     assert main(["check", "--config", str(EXAMPLE)]) == 0
     out, err = capsys.readouterr()
     assert "valid" in out

@@ -134,3 +134,27 @@ def test_still_valid_after_reload(new_tenants: dict[str, str], valid: bool) -> N
 def test_still_valid_rejects_another_digest() -> None:
     assert not still_valid(POLICY, "acme", token_digest(GLOBEX_TOKEN))
     assert not still_valid(POLICY, "acme", "")
+
+
+def test_claimed_tenant_names_only_tenants_the_policy_has() -> None:
+    """The audit of a 407 says who tried; a token typed into the user field
+    (``http://kb_...@proxy``) must never land there."""
+    import base64
+
+    from broker.policy.load import parse_policy
+    from broker.request.auth import claimed_tenant
+
+    pol = parse_policy(
+        {"version": 1, "audit": {"path": "a"}, "backends": {},
+         "tenants": {"acme": {"token_sha256": "0" * 64}}},
+        "p.yaml", Path("/"),
+    )  # fmt: skip
+
+    def basic(text: str) -> str:
+        return "Basic " + base64.b64encode(text.encode()).decode()
+
+    assert claimed_tenant(pol, basic("acme:wrong")) == "acme"
+    assert claimed_tenant(pol, basic("acme:")) == "acme"
+    assert claimed_tenant(pol, basic("kb_secret_token:")) is None
+    assert claimed_tenant(pol, basic("nobody:x")) is None
+    assert claimed_tenant(pol, None) is None
