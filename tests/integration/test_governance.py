@@ -205,6 +205,9 @@ def test_approval_on_one_broker_releases_the_other(env: Any, upstream: Upstream)
         "verdict": "approved",
         "by": "admin",
     }
+    assert [r["phase"] for r in approved] == ["sent", "done"]  # on record before it left
+    verified = keybroker("audit", "verify", str(b.audit_path))
+    assert verified.returncode == 0, verified.stderr
 
 
 def test_denial_and_tenant_credentials_cannot_approve(env: Any, upstream: Upstream) -> None:
