@@ -37,6 +37,8 @@ _AUTHORITY = re.compile(rb"[A-Za-z0-9\-._~%!$&'()*+,;=:\[\]]+\Z")
 """RFC 3986 §3.2 authority without userinfo: reg-name / IP-literal, ``:port``."""
 
 _VERSIONS_H1 = (b"HTTP/1.1", b"HTTP/1.0")
+_FOLD = re.compile(rb"[^a-z0-9-]")
+"""What a sloppy parser drops from a name (CGI maps ``_`` to ``-`` first)."""
 
 _FRAMING = frozenset(
     {
@@ -156,6 +158,12 @@ def _check_fields(fields: Iterable[Field]) -> Malformed | None:
             return Malformed("nul", "A field value holds a NUL byte.")
         if _BAD_VALUE.search(value):
             return Malformed("ctl", "A field value holds a control byte.")
+        folded = _FOLD.sub(b"", name.lower().replace(b"_", b"-"))
+        if folded in _FRAMING and folded != name.lower():
+            return Malformed(
+                "framing-lookalike",
+                "A field name that reads as a framing field once '_' or punctuation is dropped.",
+            )
         if name.lower() in _FRAMING and not value.isascii():
             return Malformed("framing-octet", "A framing or routing field holds non-ASCII bytes.")
     return None

@@ -3,10 +3,11 @@
 It parses the way the sloppiest real servers do, so any ambiguity keybroker
 forwards turns into a request it can see: lines end at CRLF, a bare LF *or a
 bare CR*; a line that starts with whitespace is a header of its own (no
-obs-fold unfolding); any header whose name contains ``transfer-encoding`` and
-whose value contains ``chunked`` makes the body chunked (over any
-Content-Length); otherwise the first digits of a Content-Length give the
-length; chunk sizes are the leading hex digits, wrapped at 64 bits; empty
+obs-fold unfolding); header names are read lower-cased, ``_`` as ``-``, other
+bytes outside ``[a-z0-9-]`` dropped (``\x00Transfer_Encoding`` is
+Transfer-Encoding); a Transfer-Encoding whose value contains ``chunked`` makes
+the body chunked (over any Content-Length); otherwise the first digits of a
+Content-Length give the length; chunk sizes are the leading hex digits, wrapped at 64 bits; empty
 lines before a request line are skipped. Every request it parses is recorded
 (connection number, method, path, raw bytes) and answered ``200``.
 """
@@ -78,6 +79,12 @@ def _chunked(buf: bytes, pos: int) -> tuple[int, list[tuple[str, str]]] | None:
         trailers.append((k.strip(), v.strip()))
 
 
+def _name(raw: str) -> str:
+    """A header name as a sloppy server sees it: lower case, ``_`` read as
+    ``-`` (CGI-style), every other byte outside ``[a-z0-9-]`` dropped."""
+    return re.sub(r"[^a-z0-9-]", "", raw.lower().replace("_", "-"))
+
+
 def parse_one(buf: bytes, conn: int) -> tuple[Parsed, int] | None:
     """One request off the front of ``buf`` (and its length), or None."""
     start = 0
@@ -95,7 +102,7 @@ def parse_one(buf: bytes, conn: int) -> tuple[Parsed, int] | None:
         if ln:
             k, _, v = ln.partition(":")
             headers.append((k.strip(), v.strip()))
-    chunked = any("transfer-encoding" in k.lower() and "chunked" in v.lower() for k, v in headers)
+    chunked = any(_name(k) == "transfer-encoding" and "chunked" in v.lower() for k, v in headers)
     trailers: list[tuple[str, str]] = []
     if chunked:
         got = _chunked(buf, end)
@@ -105,7 +112,7 @@ def parse_one(buf: bytes, conn: int) -> tuple[Parsed, int] | None:
     else:
         length = 0
         for k, v in headers:
-            if k.lower() == "content-length" and (d := re.search(r"\d+", v)):
+            if _name(k) == "content-length" and (d := re.search(r"\d+", v)):
                 length = int(d.group())
                 break
         if len(buf) < end + length:
