@@ -55,12 +55,15 @@ TOOL_BUNDLE_VARS = (
     "BUNDLE_SSL_CA_CERT",  # bundler
     "HTTPLIB2_CA_CERTS",  # httplib2 (older Google API clients)
     "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",  # gRPC
+    "YARN_HTTPS_CA_FILE_PATH",  # yarn 2+ (yarn 1 reads npm_config_*)
 )
 TOOL_PROXY_VARS = (
     "npm_config_proxy",  # npm: beats `proxy` / `https-proxy` in an npmrc
     "npm_config_https_proxy",
     "PIP_PROXY",  # pip: beats `proxy` in pip.conf
     "CARGO_HTTP_PROXY",  # cargo: beats http.proxy in its config
+    "YARN_HTTPS_PROXY",  # yarn 2+: beats httpsProxy in .yarnrc.yml
+    "YARN_HTTP_PROXY",
 )
 TOOL_NO_PROXY_VARS = ("npm_config_noproxy",)
 _UNSPECIFIED = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S104
