@@ -174,28 +174,27 @@ def _read_body(orig: Callable[..., Gen]) -> Callable[..., Gen]:
         reader = self.body_reader
         if isinstance(self, _http1.Http1Server) and type(reader) is ChunkedReader:
             reader.__class__ = _BoundedChunks
-        if not isinstance(reader, ChunkedReader):
-            yield from orig(self, event)
-            return
-        # h11 reports trailers on its EndOfMessage, which mitmproxy refuses:
-        # take them off it and hand them on as a trailer event first.
-        real = reader.__call__
+        if isinstance(reader, ChunkedReader):
+            # h11 reports trailers on its EndOfMessage, which mitmproxy refuses:
+            # take them off it and hand them on as a trailer event first.
+            real = reader.__call__
 
-        def call(buf: Any) -> Any:
-            ev = real(buf)
-            if isinstance(ev, h11.EndOfMessage) and ev.headers:
-                fields = [(bytes(k), bytes(v)) for k, v in ev.headers.raw_items()]
-                self._kb_trailers = http.Headers(fields)  # type: ignore[attr-defined]
-                return h11.EndOfMessage()
-            return ev
+            def call(buf: Any) -> Any:
+                ev = real(buf)
+                if isinstance(ev, h11.EndOfMessage) and ev.headers:
+                    fields = [(bytes(k), bytes(v)) for k, v in ev.headers.raw_items()]
+                    self._kb_trailers = http.Headers(fields)  # type: ignore[attr-defined]
+                    return h11.EndOfMessage()
+                return ev
 
-        self.body_reader = _Calling(reader, call)  # type: ignore[assignment]
+            self.body_reader = _Calling(reader, call)  # type: ignore[assignment]
         try:
             for cmd in orig(self, event):
                 if (
                     isinstance(cmd, commands.CloseConnection)
                     and isinstance(self, _http1.Http1Server)
                     and self.response is None
+                    and getattr(self.state, "__name__", "") == "read_body"
                 ):
                     # a body mitmproxy cannot read is answered, not just closed
                     big = isinstance(reader, _BoundedChunks) and reader.over

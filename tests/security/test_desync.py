@@ -61,6 +61,8 @@ class Vector:
     src: str
     data: bytes
     expect: int | None = None
+    half_close: bool = False
+    """Send FIN after the bytes (a truncated request)."""
 
 
 def _fill(text: str, vid: str, host: str) -> str:
@@ -78,12 +80,21 @@ def _fill(text: str, vid: str, host: str) -> str:
 
 
 def _build(
-    vid: str, head: list[str], body: str, host: str, *, nl: str = "\r\n", prefix: str = ""
+    vid: str,
+    head: list[str],
+    body: str,
+    host: str,
+    *,
+    nl: str = "\r\n",
+    prefix: str = "",
+    follow: bool = True,
+    end: str | None = None,
 ) -> bytes:
     body_s = _fill(body, vid, host)
     lines = [_fill(h, vid, host).replace("{CL}", str(len(body_s.encode("latin-1")))) for h in head]
-    follow = f"GET /allowed/{vid}/f HTTP/1.1\r\nHost: {host}\r\n{AUTH}\r\n\r\n"
-    return (prefix + nl.join(lines) + nl + nl + body_s + follow).encode("latin-1")
+    then = f"GET /allowed/{vid}/f HTTP/1.1\r\nHost: {host}\r\n{AUTH}\r\n\r\n" if follow else ""
+    blank = nl + nl if end is None else end
+    return (prefix + nl.join(lines) + blank + body_s + then).encode("latin-1")
 
 
 def corpus(host: str) -> list[Vector]:
@@ -110,8 +121,12 @@ def corpus(host: str) -> list[Vector]:
             host,
             nl=raw.get("nl", "\r\n"),
             prefix=raw.get("prefix", ""),
+            follow=raw.get("follow", True),
+            end=raw.get("end"),
         )
-        out.append(Vector(raw["id"], raw["src"], data, raw.get("expect")))
+        out.append(
+            Vector(raw["id"], raw["src"], data, raw.get("expect"), raw.get("half_close", False))
+        )
     assert len({v.id for v in out}) == len(out), "vector ids must be unique"
     return out
 
@@ -166,6 +181,8 @@ def run_vector(proxy: Proxy, target: str, v: Vector) -> Outcome:
             return Outcome(v, [], True, 0.0, f"CONNECT answered {got[:40]!r}")
         t0 = time.monotonic()
         s.sendall(v.data)
+        if v.half_close:
+            s.shutdown(socket.SHUT_WR)
         data, closed = b"", False
         deadline = t0 + BOUND
         while (now := time.monotonic()) < deadline:
