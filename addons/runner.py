@@ -253,7 +253,11 @@ def main(
     workers: int = 1,
     worker: int | None = None,
 ) -> int:
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
+    # A serving process logs through mitmproxy's termlog (installed on the root
+    # logger by the master); a second handler here printed every line twice.
+    # The supervisor of --workers has no master: it gets a plain handler.
+    if workers > 1 and worker is None:
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
     if worker is None:  # the process that binds first: refuse an address already served
         from broker.cli.address import in_use_message
         from broker.policy.load import load_policy

@@ -105,3 +105,5 @@ def test_reload_applies_a_changed_upstream_ca_and_names_restart_fields(
         assert r.status_code == 200, r.text
         out = p.output()
         assert "listen changed" in out and "restart" in out
+        # Each log line once: mitmproxy's termlog is the only handler of a serving process.
+        assert out.count("upstream trust reloaded") == 1, out
