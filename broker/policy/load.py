@@ -70,6 +70,14 @@ def _check_references(data: dict[str, Any]) -> list[tuple[str, str]]:
                 kind = cfg.get("type") if isinstance(cfg, dict) else None
                 if problem := rule_problem(kind, rule.get("path")):
                     errs.append((f"tenants.{tname}.secrets.{sname}.path", problem))
+                if kind == "env" and rule.get("kind", "static") != "static":
+                    # An env backend ignores `field`: every field would read one value.
+                    errs.append(
+                        (
+                            f"tenants.{tname}.secrets.{sname}.backend",
+                            f"kind {rule.get('kind')} reads several fields; an env backend holds one value",
+                        )
+                    )
     return errs
 
 

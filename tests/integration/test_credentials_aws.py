@@ -289,3 +289,18 @@ def test_malformed_chunks_are_refused(
     r = _session(kb, acme, test_ca).put(url, data=body, headers=headers)
     assert r.status_code == 400
     assert r.json()["reason"] == "malformed_request"
+
+
+def test_a_host_header_naming_another_server_is_refused(
+    kb: Proxy, acme: Tenant, moto: MotoServer, test_ca: TestCA
+) -> None:
+    """Domain fronting: the tunnel goes to the allowed host, the signed Host
+    names another; the broker never signs for a server it does not connect to."""
+    url = f"{moto.url}/?Action=GetCallerIdentity&Version=2011-06-15"
+    headers, _ = _signed(
+        "GET", url, service="sts", region="us-east-1", headers={"Host": "sts.amazonaws.com"}
+    )
+    assert headers["Host"] == "sts.amazonaws.com"
+    r = _session(kb, acme, test_ca).get(url, headers=headers)
+    assert r.status_code == 403
+    assert r.json()["reason"] == "host_not_allowed"

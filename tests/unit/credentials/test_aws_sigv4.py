@@ -204,3 +204,10 @@ def test_signed_chunks_decode() -> None:
 def test_bad_chunks_are_refused(body: bytes) -> None:
     with pytest.raises(ChunkError):
         decode_signed_chunks(body, trailer=True)
+
+
+def test_the_agents_own_session_token_is_dropped() -> None:
+    parts = agent_parts(headers={"X-Amz-Security-Token": "agent-chosen"})
+    out = resign(parts)
+    assert "agent-chosen" not in str(out.headers)
+    assert verifies(out, "real-secret")

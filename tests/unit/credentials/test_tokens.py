@@ -116,3 +116,37 @@ def test_github_app_jwt_and_answer() -> None:
     assert value.reveal() == "ghs_x" and lifetime == 3600
     with pytest.raises(CredentialError):
         github_app.app_jwt("123", SecretValue("not a key"))
+
+
+def test_a_token_endpoint_redirect_is_not_followed() -> None:
+    """A redirect would send the client secret to a new destination."""
+    import ssl
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from broker.credentials.http import _post
+
+    hits: list[str] = []
+
+    class H(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            hits.append(self.path)
+            self.send_response(307)
+            self.send_header("Location", "/elsewhere")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}/token"
+        answer = _post(url, b"grant_type=x", {}, ssl.create_default_context())
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert answer.status == 307 and hits == ["/token"]
+    with pytest.raises(CredentialError):
+        oauth2.parse_answer(answer)

@@ -61,3 +61,24 @@ def test_capture_needs_something_to_capture() -> None:
         CaptureRule(hosts=["login.example.com"])
     rule = CaptureRule(hosts=["Login.Example.com"], json_fields=["access_token"], ttl=60)
     assert rule.hosts == ("login.example.com",)
+
+
+def test_an_env_backend_cannot_hold_a_multi_field_kind(tmp_path: Any) -> None:
+    from broker.policy.load import PolicyError, parse_policy
+
+    data = {
+        "version": 1,
+        "audit": {"path": "a.jsonl"},
+        "backends": {"local": {"type": "env"}},
+        "tenants": {
+            "acme": {
+                "token_sha256": "0" * 64,
+                "secrets": {"aws": {**BASE, "backend": "local", "kind": "aws_sigv4"}},
+            }
+        },
+    }
+    with pytest.raises(PolicyError) as err:
+        parse_policy(data, "p.yaml", tmp_path)
+    assert any(
+        "tenants.acme.secrets.aws.backend" in e and "env backend" in e for e in err.value.errors
+    )
