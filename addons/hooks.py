@@ -17,6 +17,7 @@ from typing import Any
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.connection import Client
 
+from addons.egress import EgressHooks
 from addons.flows import (
     FlowState,
     error_response,
@@ -52,6 +53,8 @@ class KeyBroker(ResponseHooks):
             weakref.WeakKeyDictionary()
         )
         install()  # wire hygiene in mitmproxy's HTTP layers (addons/wire.py)
+        self.egress = EgressHooks(self)
+        self.addons = [self.egress]  # mitmproxy calls a sub-addon's hooks after ours
         self.fault_injection: str | None = os.environ.get("KEYBROKER_FAULT_INJECT") or None
         """Tests name a hook here to force an exception inside it (it fails closed)."""
 
@@ -270,7 +273,8 @@ class KeyBroker(ResponseHooks):
             body=body,
             content_type=req.headers.get("content-type", ""),
         )
-        outcome: Outcome = await self.engine.process(st.tenant, st.dest, parts)
+        pins = self.egress.pins(flow.client_conn)
+        outcome: Outcome = await self.engine.process(st.tenant, st.dest, parts, pins=pins)
         st.decision, st.fingerprints = outcome.decision, outcome.fingerprints
         st.record_id, st.audit = outcome.record_id, outcome.audit
         if outcome.reply is not None:

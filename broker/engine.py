@@ -27,6 +27,9 @@ from broker.credentials.capture import CaptureStore
 from broker.credentials.errors import CredentialError
 from broker.credentials.http import trust_context
 from broker.credentials.minter import MINTED, Minter
+from broker.egress.check import check as egress_check
+from broker.egress.resolve import Lookup, Pins, system_lookup
+from broker.egress.rules import host_key
 from broker.governance.governor import Governor
 from broker.policy.load import PolicyError, load_policy
 from broker.policy.schema import Policy
@@ -84,7 +87,10 @@ class Engine:
         scrubber: Scrubber | None = None,
         feed: RecordSink | None = None,
         worker: int | None = None,
+        lookup: Lookup = system_lookup,
     ) -> None:
+        self.lookup = lookup
+        """Resolves destination names for the egress check (tests script it)."""
         self.worker = worker
         """With ``keybroker run --workers N``, each worker keeps its own audit chain."""
         self._env = env if env is not None else os.environ
@@ -289,7 +295,16 @@ class Engine:
             ),
         )
 
-    async def process(self, tenant: str | None, dest: Destination, parts: RequestParts) -> Outcome:
+    async def process(
+        self,
+        tenant: str | None,
+        dest: Destination,
+        parts: RequestParts,
+        *,
+        pins: Pins | None = None,
+    ) -> Outcome:
+        """``pins``: the client connection's resolved destinations (a fresh
+        table, so one lookup per call, when the caller keeps none)."""
         policy, resolver = self.policy, self.resolver
         t = policy.tenants.get(tenant or "")
         dropped: list[str] = []
@@ -312,6 +327,15 @@ class Engine:
         egress = self._raw_egress(policy, tenant, dest, parts)
         if egress is not None:
             return self._reply(egress, dest)
+        allowed = policy.tenants[tenant].egress_rules
+        where = await egress_check(
+            allowed, host_key(dest.host), dest.port, Pins() if pins is None else pins, self.lookup
+        )
+        if where.refused:
+            assert where.reason is not None
+            return self._reply(failure(where.reason, tenant, None, decision.secrets), dest)
+        if where.report:
+            decision = replace(decision, reason=where.reason, report=True)
         if decision.verdict == "pass":
             if dropped:
                 return Outcome(decision, parts=parts, audit={"cookies_dropped": dropped})
@@ -462,7 +486,7 @@ class Engine:
         record_id: str | None,
     ) -> AuditRecord:
         host, path = self._clean(dest.host, dest.path) if dest else ("", "")
-        return build_record(
+        rec = build_record(
             tenant=decision.tenant,
             decision=decision.verdict,
             reason=decision.reason.value if decision.reason else None,
@@ -479,6 +503,9 @@ class Engine:
             phase=phase,
             record_id=record_id,
         )
+        if decision.report:
+            rec["report"] = True  # egress mode: report (forwarded, would be refused)
+        return rec
 
     def record(
         self,

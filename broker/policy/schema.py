@@ -12,11 +12,13 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     StringConstraints,
     field_validator,
     model_validator,
 )
 
+from broker.egress.rules import EgressRules, EntryError, parse_entry, parse_network
 from broker.governance.config import (
     AdminConfig,
     ApprovalsConfig,
@@ -231,11 +233,60 @@ class CaptureRule(_Model):
         return self
 
 
+class Egress(_Model):
+    """Where a tenant may connect at all (DESIGN.md §12)."""
+
+    mode: Literal["enforce", "report"] = "enforce"
+    allow: tuple[str, ...] = ()
+    """``host``, ``*.suffix``, ``host:port`` or ``[v6]:port``; no port means 443."""
+    private: tuple[str, ...] = ()
+    """CIDRs of private addresses the tenant may reach."""
+
+    @field_validator("allow")
+    @classmethod
+    def _allow(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        problems = []
+        for entry in v:
+            try:
+                parse_entry(entry)
+            except EntryError as exc:
+                problems.append(f"allow {entry!r}: {exc}")
+        _raise_all(problems)
+        return v
+
+    @field_validator("private")
+    @classmethod
+    def _private(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        problems = []
+        for cidr in v:
+            try:
+                parse_network(cidr)
+            except EntryError as exc:
+                problems.append(f"private {cidr!r}: {exc}")
+        _raise_all(problems)
+        return v
+
+
 class Tenant(_Model):
     token_sha256: str
     secrets: dict[SecretName, SecretRule] = Field(default_factory=dict)
     on_mismatch: Literal["deny", "forward"] = "deny"
     capture: tuple[CaptureRule, ...] = ()
+    egress: Egress | None = None
+    _egress_rules: EgressRules = PrivateAttr()
+
+    def model_post_init(self, _context: object) -> None:
+        # Indexed once per load: a check costs the same with 10 or 1,000 entries.
+        e = self.egress
+        destinations = [(h, p) for r in self.secrets.values() for h in r.hosts for p in r.ports]
+        if e is not None:
+            destinations += [parse_entry(a) for a in e.allow]
+        networks = [parse_network(c) for c in e.private] if e is not None else []
+        self._egress_rules = EgressRules.build(e.mode if e else None, destinations, networks)
+
+    @property
+    def egress_rules(self) -> EgressRules:
+        return self._egress_rules
 
     @field_validator("token_sha256")
     @classmethod

@@ -39,6 +39,8 @@ class Reason(StrEnum):
     APPROVAL_DENIED = "approval_denied"
     APPROVAL_TIMEOUT = "approval_timeout"
     STATE_UNAVAILABLE = "state_unavailable"
+    EGRESS_DENIED = "egress_denied"
+    PRIVATE_ADDRESS = "private_address"
     # Extensions (documented in README).
     BODY_TOO_LARGE = "body_too_large"
     UNDECODABLE_BODY = "undecodable_body"
@@ -158,6 +160,8 @@ class Decision:
     secrets: tuple[str, ...] = ()
     substitute: frozenset[tuple[str, str]] = field(default_factory=frozenset)
     """(secret name, location) pairs to write values into."""
+    report: bool = False
+    """Forwarded although ``reason`` would refuse it (egress ``mode: report``)."""
 
     @property
     def status(self) -> int | None:

@@ -35,6 +35,13 @@ _DETAIL: dict[Reason, str] = {
         "The request carries a raw secret value to a destination not allowed for it; "
         "use the <<secret:NAME>> placeholder instead of the value."
     ),
+    Reason.EGRESS_DENIED: (
+        "Your tenant may not connect to {host}:{port}; ask an operator to add it to egress.allow."
+    ),
+    Reason.PRIVATE_ADDRESS: (
+        "{host} is or resolves to a private address your tenant may not reach; an operator "
+        "can name it in egress.allow or list its range in egress.private."
+    ),
     Reason.BACKEND_UNAVAILABLE: "The secret store is unreachable; retry later.",
     Reason.SECRET_NOT_FOUND: "Secret {secret!r} is not in the secret store; ask an operator.",
     Reason.INTERNAL_ERROR: "keybroker failed while handling this request; nothing was sent.",

@@ -1,0 +1,139 @@
+"""Egress control in the mitmproxy shell (DESIGN.md §12): a CONNECT to a
+destination the tenant may not reach is refused at once (no TLS
+interception, no upstream connection), and every upstream connection goes
+to exactly the address the core checked for that client connection.
+
+mitmproxy resolves a host name itself when it opens a connection. That
+second lookup is what a rebinding DNS server answers differently, so
+``server_connect`` replaces the name with the pinned address (SNI and the
+Host header keep the name: the certificate is still checked against it),
+and refuses a connection nothing was checked for. The check itself is
+:mod:`broker.egress.check`; the request path runs it in
+:meth:`broker.engine.Engine.process` with this connection's pins.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import weakref
+from typing import TYPE_CHECKING
+
+from mitmproxy import ctx, http
+from mitmproxy.connection import Client, Server
+from mitmproxy.proxy.server_hooks import ServerConnectionHookData
+
+from addons.flows import error_response
+from broker.egress.addresses import canonical, private_kind
+from broker.egress.check import check
+from broker.egress.resolve import Pins
+from broker.egress.rules import host_key
+from broker.request.auth import WHOAMI_HOST
+from broker.request.decision import Decision, Reason, failure
+from broker.request.responses import reply_for
+
+if TYPE_CHECKING:
+    from addons.hooks import KeyBroker
+
+log = logging.getLogger("keybroker")
+NOT_CHECKED = "keybroker: no egress check for this destination (or its name did not resolve)"
+
+
+class EgressHooks:
+    """A sub-addon of :class:`addons.hooks.KeyBroker` (its hooks run after
+    the parent's, so the tenant is already bound to the connection)."""
+
+    def __init__(self, broker: KeyBroker) -> None:
+        self._broker = broker
+        self._pins: weakref.WeakKeyDictionary[Client, Pins] = weakref.WeakKeyDictionary()
+        self._names: weakref.WeakKeyDictionary[Server, tuple[str, int]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def pins(self, client: Client) -> Pins:
+        pins = self._pins.get(client)
+        if pins is None:
+            pins = self._pins[client] = Pins()
+        return pins
+
+    # -- CONNECT -------------------------------------------------------------------
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None:
+            return  # already refused (407)
+        try:
+            await self._check_connect(flow)
+        except Exception as exc:
+            log.error("keybroker: egress check failed (%s); failing closed", type(exc).__name__)
+            self._refuse(flow, failure(Reason.INTERNAL_ERROR, None))
+
+    async def _check_connect(self, flow: http.HTTPFlow) -> None:
+        engine = self._broker.engine
+        bound = self._broker._conn_tenant.get(flow.client_conn)
+        if engine is None or bound is None or flow.request.host == WHOAMI_HOST:
+            return
+        tenant = engine.policy.tenants.get(bound[0])
+        if tenant is None:
+            return  # the request inside the tunnel is refused as unauthenticated
+        host, port = host_key(flow.request.host), flow.request.port
+        pins = self.pins(flow.client_conn)
+        verdict = await check(tenant.egress_rules, host, port, pins, engine.lookup)
+        if verdict.refused:
+            assert verdict.reason is not None
+            self._refuse(flow, failure(verdict.reason, bound[0]))
+
+    def _refuse(self, flow: http.HTTPFlow, decision: Decision) -> None:
+        """A refused CONNECT goes to ``http_connect_error``, never to
+        ``response``: answer and audit it here."""
+        from addons.hooks import KeyBroker
+
+        started = time.monotonic()
+        dest = KeyBroker._dest(flow)
+        reply = reply_for(decision, host=dest.host, port=dest.port, method="CONNECT")
+        flow.response = error_response(flow, reply)
+        if self._broker.engine is not None:
+            self._broker.engine.record(
+                decision=decision, dest=dest, status=reply.status, scrubbed=0, started=started
+            )
+
+    # -- upstream connections ------------------------------------------------------
+    def server_connect(self, data: ServerConnectionHookData) -> None:
+        server = data.server
+        if server.address is None or server.via is not None:
+            server.error = NOT_CHECKED
+            return
+        name, port = server.address[0], server.address[1]
+        pins = self._pins.get(data.client)
+        ip = pins.get(host_key(name), port) if pins is not None else None
+        if ip is None:
+            server.error = NOT_CHECKED
+            return
+        target = canonical(ip)
+        if private_kind(ip) in ("loopback", "unspecified") and port == _listen_port():
+            server.error = "keybroker: refusing to connect to itself"
+            return
+        if target != name:
+            self._names[server] = server.address
+            server.address = (target, port)
+
+    def server_connected(self, data: ServerConnectionHookData) -> None:
+        self._restore(data.server)
+
+    def server_connect_error(self, data: ServerConnectionHookData) -> None:
+        self._restore(data.server)
+
+    def _restore(self, server: Server) -> None:
+        """Give the open connection its name back: mitmproxy reuses a
+        connection for the next request only when the address it asks for
+        (the name) equals the connection's. ``Server`` forbids changing the
+        address of an open connection; this puts back what it had before
+        we changed it, for the same peer."""
+        name = self._names.pop(server, None)
+        if name is not None:
+            object.__setattr__(server, "address", name)
+
+
+def _listen_port() -> int | None:
+    try:
+        return int(ctx.options.listen_port)
+    except (AttributeError, ValueError, TypeError):
+        return None
