@@ -73,7 +73,7 @@ def _fields(rec: Mapping[str, Any]) -> dict[str, str]:
         "path": f("path", ""),
         # A write-ahead record: the value is on its way, the exchange not done.
         "status": "sent" if rec.get("phase") == "sent" else f("status"),
-        "reason": f("reason", ""),
+        "reason": f("reason", "") + (" (report)" if rec.get("report") is True else ""),
         "scrubbed": f("scrubbed", "0"),
         "ms": ms,
     }

@@ -25,7 +25,7 @@ from broker.cli import exposure
 from broker.cli.backend_check import backend_advice
 from broker.cli.sandbox_env import check_tenant_token
 from broker.policy.load import PolicyError, load_policy
-from broker.policy.schema import parse_listen
+from broker.policy.schema import Egress, parse_listen
 from broker.request.auth import WHOAMI_HOST
 from broker.tls import ca, trust
 
@@ -173,6 +173,18 @@ def run_doctor(
         r.advise([exposure.upstream_trust(upstream, proxy=(host, port), tenant=tenant,
                                           token=token, bundle=ca_bundle)])  # fmt: skip
     return 1 if r.failed else 0
+
+
+def _egress_mode(egress: Egress | None) -> str:
+    """The tenant's egress mode in one line (DESIGN.md §12)."""
+    if egress is None:
+        return "no allowlist (any public destination); private addresses refused"
+    private = f", private ranges allowed: {', '.join(egress.private)}" if egress.private else ""
+    what = "refused" if egress.mode == "enforce" else "forwarded and audited (report)"
+    return (
+        f"mode {egress.mode}: {len(egress.allow)} allow entries plus the secrets' hosts; "
+        f"other destinations {what}{private}"
+    )
 
 
 def _step(r: _Report, n: int, check: Callable[[], str]) -> bool:

@@ -109,6 +109,28 @@ def cmd_env(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_audit_suggest(args: argparse.Namespace) -> int:
+    from broker.egress import suggest
+
+    policy = load_policy(args.config)
+    tenant = policy.tenants.get(args.tenant)
+    if tenant is None:
+        print(f"keybroker audit suggest: no tenant {args.tenant!r} in the policy", file=sys.stderr)
+        return 1
+    try:
+        since = suggest.parse_since(args.since) if args.since else None
+    except ValueError as exc:
+        print(f"keybroker audit suggest: {exc}", file=sys.stderr)
+        return 2
+    files = suggest.audit_files(Path(args.file) if args.file else policy.audit.path)
+    listed = tenant.egress.allow if tenant.egress else ()
+    found = suggest.suggest(
+        suggest.read_records(files), args.tenant, tenant.egress_rules, listed, since
+    )
+    print(suggest.render(found, args.tenant, tenant.egress_rules.mode), end="")
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -224,6 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--config", help="verify every chain of this policy's audit.path")
     ver.add_argument("--key-env", help="environment variable holding the HMAC key")
     ver.set_defaults(func=cmd_audit_verify)
+    sug = aud_sub.add_parser("suggest", help="the egress.allow list a tenant's traffic needs")
+    sug.add_argument("--config", required=True)
+    sug.add_argument("--tenant", required=True)
+    sug.add_argument("--since", help="only records since: 24h, 7d or an ISO date/time")
+    sug.add_argument("--file", help="read this audit file instead of the policy's")
+    sug.set_defaults(func=cmd_audit_suggest)
 
     doc = sub.add_parser("doctor", help="check the chain from an agent sandbox's side")
     doc.add_argument("--config", required=True)
