@@ -97,6 +97,7 @@ def private_kind(ip: IPAddress) -> str | None:
     return None
 
 
+@lru_cache(maxsize=1024)
 def canonical(ip: IPAddress) -> str:
     """One spelling per address (IPv4-mapped IPv6 shown as the IPv4)."""
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
