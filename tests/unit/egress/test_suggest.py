@@ -13,9 +13,7 @@ from broker.cli.main import main
 from broker.egress.rules import EgressRules, parse_entry
 from broker.egress.suggest import parse_since, suggest
 
-RULES = EgressRules.build(
-    "report", [parse_entry("api.openai.com"), ("api.stripe.com", 443)]
-)
+RULES = EgressRules.build("report", [parse_entry("api.openai.com"), ("api.stripe.com", 443)])
 
 
 def rec(host: str, port: int = 443, **kw: Any) -> dict[str, Any]:
