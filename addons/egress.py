@@ -97,6 +97,13 @@ class EgressHooks:
 
     # -- upstream connections ------------------------------------------------------
     def server_connect(self, data: ServerConnectionHookData) -> None:
+        try:
+            self._pin_connection(data)
+        except Exception as exc:  # mitmproxy would log it and connect to the name
+            log.error("keybroker: egress pinning failed (%s); failing closed", type(exc).__name__)
+            data.server.error = NOT_CHECKED
+
+    def _pin_connection(self, data: ServerConnectionHookData) -> None:
         server = data.server
         if server.address is None or server.via is not None:
             server.error = NOT_CHECKED

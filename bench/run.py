@@ -243,6 +243,17 @@ class Setup:
         return "Basic " + base64.b64encode(raw).decode()
 
 
+EGRESS_ALLOW = 0
+"""``--egress-allow N``: every tenant gets an enforced egress allowlist of N
+entries (half exact names, half wildcards, plus the upstream)."""
+
+
+def egress_block(n: int, up_port: int) -> dict[str, Any]:
+    allow = [f"api{i}.example{i}.com" for i in range(n // 2)]
+    allow += [f"*.cdn{i}.example.net" for i in range(n - n // 2 - 1)]
+    return {"mode": "enforce", "allow": [*allow, f"localhost:{up_port}"]}
+
+
 def make_setup(
     work: Path, name: str, tenants: int, per_tenant: int, up_port: int, up_ca: str
 ) -> Setup:
@@ -272,6 +283,8 @@ def make_setup(
             "token_sha256": "sha256:" + hashlib.sha256(token.encode()).hexdigest(),
             "secrets": rules,
         }
+        if EGRESS_ALLOW:
+            tdefs[f"t{t}"]["egress"] = egress_block(EGRESS_ALLOW, up_port)
     d = work / name
     d.mkdir(parents=True, exist_ok=True)
     audit = d / "audit.jsonl"
@@ -968,7 +981,12 @@ def main(argv: list[str] | None = None) -> int:
         "--update-readme", action="store_true", help="write the tables into bench/README.md"
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--egress-allow", type=int, default=0, help="give every tenant N egress allow entries"
+    )
     args = parser.parse_args(argv)
+    global EGRESS_ALLOW
+    EGRESS_ALLOW = args.egress_allow
     ensure_tools(args.profile)
     t0 = time.monotonic()
     text = run(args)

@@ -401,3 +401,31 @@ def test_node_client_refused(kb: Proxy, up: Upstream, tmp_path: Path) -> None:
         env={**os.environ},
     )
     assert out.stdout.split(None, 1) == ["403", "deny; reason=egress_denied\n"], out
+
+
+def test_doctor_reports_egress_mode_and_passes(kb: Proxy) -> None:
+    """doctor's own CONNECT (to keybroker.invalid) is answered by the broker,
+    never refused by the allowlist, and it prints the tenant's egress mode."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "broker.cli",
+            "doctor",
+            "--config",
+            str(kb.config),
+            "--tenant",
+            "enf",
+            "--token",
+            T["enf"].token,
+            "--listen",
+            f"127.0.0.1:{kb.port}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    text = out.stdout + out.stderr
+    assert "✓ 7" in text, text
+    assert "egress: mode enforce: 2 allow entries" in text, text
