@@ -170,7 +170,7 @@ def run_doctor(
     r.advise(exposure.direct_egress(exposure.direct_targets(policy, tenant, upstream)))
     r.advise(exposure.node_advice(exposure.node_version()))
     if tenant in policy.tenants:
-        r.advise([exposure.Advice("ok", f"egress: {_egress_mode(policy.tenants[tenant].egress)}")])
+        r.out.print(Text(f"  egress: {_egress_mode(policy.tenants[tenant].egress)}"))
     if upstream and ca_ok:
         r.advise([exposure.upstream_trust(upstream, proxy=(host, port), tenant=tenant,
                                           token=token, bundle=ca_bundle)])  # fmt: skip

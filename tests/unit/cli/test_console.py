@@ -403,7 +403,7 @@ def test_a_sent_record_shows_as_sent_and_is_counted_once() -> None:
 
 
 def test_egress_report_records_are_marked() -> None:
-    r = rec(decision="pass", reason="egress_denied", status=200, report=True)
+    r = {**rec(decision="pass", reason="egress_denied", status=200), "report": True}
     for line in (render_record(r).plain, render_plain(r)):
         assert "egress_denied (report)" in line
     plain = rec(decision="deny", reason="private_address", status=403)
