@@ -327,9 +327,9 @@ class Engine:
         egress = self._raw_egress(policy, tenant, dest, parts)
         if egress is not None:
             return self._reply(egress, dest)
-        allowed = policy.tenants[tenant].egress_rules
+        reach = policy.tenants[tenant].egress_rules
         where = await egress_check(
-            allowed, host_key(dest.host), dest.port, Pins() if pins is None else pins, self.lookup
+            reach, host_key(dest.host), dest.port, Pins() if pins is None else pins, self.lookup
         )
         if where.refused:
             assert where.reason is not None
