@@ -8,7 +8,9 @@ carries the value once keybroker substitutes it. The upstream
 (:mod:`tests.support.lenient`) ends lines at CR or LF, reads a folded line as
 a header of its own and honours any ``chunked``, so anything keybroker
 forwards ambiguously becomes a request it can see. One proxy serves the
-whole corpus; vectors run concurrently.
+whole corpus; vectors run concurrently. HTTP/2 streams (``h2`` in the data)
+go through a TLS tunnel (ALPN h2) to the same origin behind TLS, translated
+by keybroker to HTTP/1.1.
 
 Asserted over the whole corpus, every failure listed by vector id:
 
@@ -28,6 +30,7 @@ import hashlib
 import json
 import re
 import socket
+import ssl
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -35,11 +38,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import h2.exceptions
 import pytest
 import yaml
 
+from tests.security.conftest import H2, tunnel
 from tests.support.lenient import LenientUpstream, parse_one
 from tests.support.proxy import Proxy
+from tests.support.tlsca import TestCA
 
 pytestmark = pytest.mark.integration
 
@@ -235,6 +241,45 @@ def upstream_by_vector(up: LenientUpstream) -> dict[str, list[tuple[str, str, by
     return out
 
 
+def _judge(
+    outcomes: list[Outcome],
+    audit: dict[str, list[dict[str, Any]]],
+    parsed: dict[str, list[tuple[str, str, bytes]]],
+) -> list[str]:
+    """Every broken promise, by vector id."""
+    value = VALUE.encode()
+    problems: list[str] = []
+    for label, reqs in parsed.items():
+        for method, path, raw in reqs:
+            if value in raw and not (method == "GET" and path.startswith("/allowed/")):
+                problems.append(
+                    f"{label}: FORBIDDEN DELIVERY {method} {path[:60]!r} with the value"
+                )
+    for o in outcomes:
+        vid = o.vector.id
+        if o.error:
+            problems.append(f"{vid}: {o.error}")
+            continue
+        if not o.statuses and not o.closed:
+            problems.append(f"{vid}: no answer within {BOUND}s")
+        recs = audit.get(vid, [])
+        forwarded = collections.Counter(
+            (r["method"], r["path"]) for r in recs if r["decision"] in ("allow", "pass")
+        )
+        upstream = collections.Counter((m, p) for m, p, _ in parsed.get(vid, []))
+        if forwarded != upstream:
+            problems.append(f"{vid}: audit {dict(forwarded)} != upstream parsed {dict(upstream)}")
+        sent = [r["status"] for r in recs if r.get("status") is not None]
+        if len(sent) > len(o.statuses):
+            problems.append(f"{vid}: audit records statuses {sent}, client got {o.statuses}")
+        if o.vector.expect is not None:
+            first = o.statuses[0] if o.statuses else 0
+            if first != o.vector.expect:
+                problems.append(f"{vid}: expected {o.vector.expect} first, got {o.statuses}")
+    problems += [f"?: unattributed upstream request {r[:2]}" for r in parsed.get("?", [])]
+    return problems
+
+
 # -- fixtures ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def lenient() -> Iterator[LenientUpstream]:
@@ -244,10 +289,32 @@ def lenient() -> Iterator[LenientUpstream]:
 
 
 @pytest.fixture(scope="module")
-def dproxy(lenient: LenientUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
+def lenient_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+    return TestCA(tmp_path_factory.mktemp("lenient-ca"))
+
+
+@pytest.fixture(scope="module")
+def lenient_tls(lenient_ca: TestCA) -> Iterator[LenientUpstream]:
+    """The same origin behind TLS (HTTP/1.1 only): HTTP/2 streams reach it translated."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(*lenient_ca.issue_server_cert(["127.0.0.1"]))
+    ctx.set_alpn_protocols(["http/1.1"])
+    up = LenientUpstream(ctx)
+    yield up
+    up.close()
+
+
+@pytest.fixture(scope="module")
+def dproxy(
+    lenient: LenientUpstream,
+    lenient_tls: LenientUpstream,
+    lenient_ca: TestCA,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Proxy]:
     wd = tmp_path_factory.mktemp("desync")
     policy = {
         "version": 1,
+        "upstream_ca": str(lenient_ca.ca_path),
         "certs_dir": str(wd / "certs"),
         "audit": {"path": str(wd / "audit.jsonl")},
         "limits": {"max_request_body": 1 << 20},
@@ -260,8 +327,8 @@ def dproxy(lenient: LenientUpstream, tmp_path_factory: pytest.TempPathFactory) -
                         "backend": "local",
                         "path": "KB_DESYNC_VALUE",
                         "hosts": ["127.0.0.1"],
-                        "ports": [lenient.port],
-                        "schemes": ["http"],
+                        "ports": [lenient.port, lenient_tls.port],
+                        "schemes": ["http", "https"],
                         "methods": ["GET"],
                         "paths": ["/allowed*"],
                     }
@@ -305,35 +372,7 @@ def test_desync_corpus(dproxy: Proxy, lenient: LenientUpstream) -> None:
     parsed = upstream_by_vector(lenient)
     value = VALUE.encode()
 
-    problems: list[str] = []
-    for label, reqs in parsed.items():
-        for method, path, raw in reqs:
-            if value in raw and not (method == "GET" and path.startswith("/allowed/")):
-                problems.append(
-                    f"{label}: FORBIDDEN DELIVERY {method} {path[:60]!r} with the value"
-                )
-    for o in outcomes:
-        vid = o.vector.id
-        if o.error:
-            problems.append(f"{vid}: {o.error}")
-            continue
-        if not o.statuses and not o.closed:
-            problems.append(f"{vid}: no answer within {BOUND}s")
-        recs = audit.get(vid, [])
-        forwarded = collections.Counter(
-            (r["method"], r["path"]) for r in recs if r["decision"] in ("allow", "pass")
-        )
-        upstream = collections.Counter((m, p) for m, p, _ in parsed.get(vid, []))
-        if forwarded != upstream:
-            problems.append(f"{vid}: audit {dict(forwarded)} != upstream parsed {dict(upstream)}")
-        sent = [r["status"] for r in recs if r.get("status") is not None]
-        if len(sent) > len(o.statuses):
-            problems.append(f"{vid}: audit records statuses {sent}, client got {o.statuses}")
-        if o.vector.expect is not None:
-            first = o.statuses[0] if o.statuses else 0
-            if first != o.vector.expect:
-                problems.append(f"{vid}: expected {o.vector.expect} first, got {o.statuses}")
-    problems += [f"?: unattributed upstream request {r[:2]}" for r in parsed.get("?", [])]
+    problems = _judge(outcomes, audit, parsed)
     slowest = max(outcomes, key=lambda o: o.seconds)
     print(
         f"desync corpus: {len(vectors)} vectors in {took:.1f}s; slowest {slowest.vector.id} "
@@ -369,3 +408,88 @@ def test_response_trailers_relayed_scrubbed(dproxy: Proxy, lenient: LenientUpstr
     assert data.startswith(b"HTTP/1.1 200 "), data[:100]
     assert VALUE.encode() not in data
     assert b"\r\n0\r\nX-Echo: Bearer <<secret:desync>>\r\n\r\n" in data, data[-200:]
+
+
+# -- HTTP/2 ----------------------------------------------------------------------------------------
+def h2_corpus(host: str) -> list[tuple[Vector, dict[str, Any]]]:
+    out = []
+    for spec in yaml.safe_load(VECTORS.read_text())["h2"]:
+        vid = spec["id"]
+        pseudo = {
+            ":method": "GET",
+            ":scheme": "https",
+            ":authority": host,
+            ":path": "/allowed/" + vid,
+        }
+        for k, v in (spec.get("set") or {}).items():
+            pseudo[k] = _fill(v, vid, host)
+        fields = [(k, v) for k, v in pseudo.items()]
+        fields += [(k, _fill(v, vid, host)) for k, v in spec.get("add") or []]
+        fields.append(("authorization", "Bearer <<secret:desync>>"))
+        stream = {
+            "headers": fields,
+            "body": _fill(spec.get("body", ""), vid, host).encode("latin-1"),
+            "trailers": [(k, _fill(v, vid, host)) for k, v in spec.get("trailers") or []],
+        }
+        out.append((Vector(vid, spec["src"], b"", spec.get("expect")), stream))
+    return out
+
+
+def run_h2(proxy: Proxy, target: str, v: Vector, stream: dict[str, Any]) -> Outcome:
+    """One stream on its own HTTP/2 tunnel; a reset or a closed connection
+    counts as an answer."""
+    try:
+        w = tunnel(proxy, target, creds=("acme", TOKEN), alpn=("h2",))
+    except (OSError, ConnectionRefusedError) as exc:
+        return Outcome(v, [], False, 0.0, f"tunnel: {exc}")
+    t0 = time.monotonic()
+    c = H2(w, validate=False)
+    try:
+        sid = c.conn.get_next_available_stream_id()
+        body, trailers = stream["body"], stream["trailers"]
+        c.conn.send_headers(sid, stream["headers"], end_stream=not (body or trailers))
+        if body:
+            c.conn.send_data(sid, body, end_stream=not trailers)
+        if trailers:
+            c.conn.send_headers(sid, trailers, end_stream=True)
+        c.responses[sid] = {"status": None, "headers": [], "body": b"", "reset": False}
+        c.flush()
+        w.sock.settimeout(BOUND)
+        try:
+            c.pump([sid])
+        except (TimeoutError, ssl.SSLError, OSError):
+            pass
+        r = c.responses[sid]
+        answered = r["status"] is not None or r["reset"]
+        closed = not answered
+        if closed:
+            try:
+                closed = w.sock.recv(1) == b""
+            except (TimeoutError, ssl.SSLError, OSError) as exc:
+                closed = not isinstance(exc, TimeoutError)
+    except h2.exceptions.ProtocolError:  # the connection was torn down under the stream
+        return Outcome(v, [], True, time.monotonic() - t0)
+    finally:
+        w.close()
+    statuses = [r["status"]] if r["status"] is not None else []
+    return Outcome(v, statuses, closed or r["reset"], time.monotonic() - t0)
+
+
+def test_desync_corpus_http2(dproxy: Proxy, lenient_tls: LenientUpstream) -> None:
+    """Attack: HTTP/2 streams whose fields, pseudo-headers, lengths or
+    trailers would split or re-frame the HTTP/1.1 request keybroker writes
+    (CR/LF/NUL in values and names, spaces in :method/:path/:authority,
+    connection-specific fields, content-length lies).
+    Expected: as for HTTP/1: no forbidden delivery with a value, the audit
+    equals what the origin parsed, every stream answered or reset in bound."""
+    target = f"127.0.0.1:{lenient_tls.port}"
+    vectors = h2_corpus(target)
+    assert len(vectors) >= 35
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        outcomes = list(pool.map(lambda vs: run_h2(dproxy, target, *vs), vectors))
+    time.sleep(0.3)
+    problems = _judge(outcomes, audit_by_vector(dproxy.audit_path), upstream_by_vector(lenient_tls))
+    assert not problems, "\n".join(problems)
+    value = VALUE.encode()
+    parsed = upstream_by_vector(lenient_tls)
+    assert any(value in raw for _, _, raw in parsed.get("h2.plain", []))

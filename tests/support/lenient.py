@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import socket
+import ssl
 import threading
 from dataclasses import dataclass
 
@@ -134,7 +135,9 @@ def _answer(req: Parsed) -> bytes:
 
 
 class LenientUpstream:
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        """``tls``: a server context; connections are TLS (HTTP/1.1 inside)."""
+        self.tls = tls
         self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.lsock.bind(("127.0.0.1", 0))
@@ -160,6 +163,8 @@ class LenientUpstream:
         buf = b""
         c.settimeout(30)
         try:
+            if self.tls is not None:
+                c = self.tls.wrap_socket(c, server_side=True)
             while data := c.recv(65536):
                 buf += data
                 while (got := parse_one(buf, n)) is not None:
