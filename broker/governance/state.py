@@ -148,8 +148,9 @@ class MemoryStore:
                 self._uses[key] -= 1
 
     def _sweep(self) -> None:
+        """Forget requests well past their deadline (waiters read the verdict until then)."""
         now = time.monotonic()
-        for aid in [a for a, d in self._deadline.items() if d < now]:
+        for aid in [a for a, d in self._deadline.items() if d + 300 < now]:
             self._deadline.pop(aid, None)
             self._approvals.pop(aid, None)
 
@@ -174,7 +175,12 @@ class MemoryStore:
 
     async def pending(self) -> list[dict[str, str]]:
         self._sweep()
-        recs = [dict(r) for r in self._approvals.values() if r.get("state") == "pending"]
+        now = time.monotonic()
+        recs = [
+            dict(r)
+            for aid, r in self._approvals.items()
+            if r.get("state") == "pending" and self._deadline.get(aid, 0.0) > now
+        ]
         return sorted(recs, key=lambda r: r.get("since", ""))
 
     async def decide(
