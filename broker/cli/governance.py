@@ -16,7 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,7 +24,8 @@ from broker.cli.console import sanitize
 from broker.governance import sessions
 from broker.governance.config import parse_duration
 from broker.governance.governor import session_key
-from broker.governance.state import StateUnavailable, build_store
+from broker.governance.limits import usage_rows
+from broker.governance.state import StateStore, StateUnavailable, build_store
 from broker.policy.load import load_policy
 from broker.policy.schema import Policy, parse_listen
 
@@ -105,21 +106,57 @@ def cmd_session(args: argparse.Namespace) -> int:
     if s is None:
         raise CLIError("not a keybroker session token (they start with kbs1.)")
     if policy.state is not None:
-        asyncio.run(_revoke_in_store(policy, s))
+        asyncio.run(_in_store(policy, lambda store: store.revoke(s.id, s.expires)))
     else:
         admin_call(policy, args, "POST", "/v1/sessions/revoke", {"id": s.id, "expires": s.expires})
     print(f"revoked session {s.id} of tenant {sanitize(s.tenant)}")
     return 0
 
 
-async def _revoke_in_store(policy: Policy, s: sessions.Session) -> None:
+def cmd_usage(args: argparse.Namespace) -> int:
+    """``keybroker usage [--tenant T] [--json]`` / ``usage reset --tenant T --secret S``."""
+    policy = load_policy(args.config)
+    if args.usage_cmd == "reset":
+        t = policy.tenants.get(args.tenant)
+        if t is None or args.secret not in t.secrets:
+            raise CLIError(f"tenant {args.tenant!r} has no secret {args.secret!r} in the policy")
+        if policy.state is not None:
+            asyncio.run(_in_store(policy, lambda s: s.reset(args.tenant, args.secret)))
+        else:
+            admin_call(policy, args, "POST", "/v1/usage/reset",
+                       {"tenant": args.tenant, "secret": args.secret})  # fmt: skip
+        print(f"reset the counts of {args.tenant}/{args.secret}")
+        return 0
+    if policy.state is not None:
+        rows = asyncio.run(_in_store(policy, lambda s: usage_rows(s, policy.tenants, args.tenant)))
+    else:
+        rows = [
+            r
+            for r in admin_call(policy, args, "GET", "/v1/usage")
+            if args.tenant is None or r.get("tenant") == args.tenant
+        ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no secret with rate or max_uses")
+    for r in rows:
+        rate = f"{r['window_uses']} in the window of {r['rate']}" if r.get("rate") else "no rate"
+        uses = f"{r['uses']}/{r['max_uses']} uses" if r.get("max_uses") else f"{r['uses']} uses"
+        print(f"{sanitize(r['tenant'])}/{sanitize(r['secret'])}: {rate}; {uses}")
+    return 0
+
+
+async def _in_store[T](policy: Policy, fn: Callable[[StateStore], Awaitable[T]]) -> T:
     store = build_store(policy.state, os.environ)
+    failed = ""
     try:
-        await store.revoke(s.id, s.expires)
+        return await fn(store)
     except StateUnavailable as exc:
-        raise CLIError(str(exc)) from None
+        failed = str(exc)
     finally:
         await store.aclose()
+    raise CLIError(failed)
 
 
 def new_session(policy: Policy, tenant: str, ttl: str) -> tuple[str, int]:
@@ -202,6 +239,18 @@ def add_parsers(sub: Any) -> None:
         c.add_argument("id")
         _admin_options(c)
     ap.set_defaults(func=_guarded(cmd_approvals))
+
+    us = sub.add_parser("usage", help="rate windows and use counts of limited secrets")
+    us_sub = us.add_subparsers(dest="usage_cmd", required=True)
+    show = us_sub.add_parser("show", help="show the counts")
+    _admin_options(show)
+    show.add_argument("--tenant")
+    show.add_argument("--json", action="store_true")
+    reset = us_sub.add_parser("reset", help="forget a secret's counts (re-arm a one-shot)")
+    _admin_options(reset)
+    reset.add_argument("--tenant", required=True)
+    reset.add_argument("--secret", required=True)
+    us.set_defaults(func=_guarded(cmd_usage))
 
     se = sub.add_parser("session", help="short-lived session tokens for sandboxes")
     se_sub = se.add_subparsers(dest="session_cmd", required=True)

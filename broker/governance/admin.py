@@ -9,6 +9,7 @@ tenant's, so tenant credentials can never approve. Calls:
 - ``GET /v1/approvals``: held requests (id, tenant, secret, method, host, path, since)
 - ``POST /v1/approvals/ID/approve`` and ``.../deny``
 - ``POST /v1/sessions/revoke`` with ``{"id": ..., "expires": ...}``
+- ``GET /v1/usage``; ``POST /v1/usage/reset`` with ``{"tenant": ..., "secret": ...}``
 - ``GET /v1/health``
 
 Each verdict and revocation is logged with the operator's name; the held
@@ -26,6 +27,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from broker.governance.limits import usage_rows
 from broker.governance.state import APPROVAL_FIELDS, StateStore, StateUnavailable, Verdict
 from broker.policy.schema import Policy, parse_listen
 
@@ -125,6 +127,20 @@ class AdminServer:
             if method != "POST":
                 return 405, {"error": "use POST"}
             return await self._verdict(store, m.group(1), m.group(2), who, peer)
+        if path == "/v1/usage" and method == "GET":
+            return 200, await usage_rows(store, self._policy().tenants, None)
+        if path == "/v1/usage/reset":
+            if method != "POST":
+                return 405, {"error": "use POST"}
+            body = json.loads(raw or b"{}")
+            tenant, secret = body.get("tenant"), body.get("secret")
+            t = self._policy().tenants.get(tenant) if isinstance(tenant, str) else None
+            if t is None or not isinstance(secret, str) or secret not in t.secrets:
+                return 404, {"error": "no such tenant and secret in the policy"}
+            await store.reset(tenant, secret)
+            log.warning("keybroker: operator %s reset the counts of %s/%s (from %s)", who,
+                        tenant, secret, peer)  # fmt: skip
+            return 200, {"reset": {"tenant": tenant, "secret": secret}}
         if path == "/v1/sessions/revoke":
             if method != "POST":
                 return 405, {"error": "use POST"}

@@ -14,6 +14,7 @@ import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 from broker.governance.config import parse_rate
 from broker.governance.state import Charge, Refusal, StateStore
@@ -37,6 +38,15 @@ def charges_for(tenant: str, names: Iterable[str], rules: Mapping[str, SecretRul
     return out
 
 
+def limited(policy_tenants: Mapping[str, Any], tenant: str | None = None) -> list[Charge]:
+    """A charge for every limited secret (of one tenant, or all): what usage reports."""
+    out: list[Charge] = []
+    for tname, t in policy_tenants.items():
+        if tenant is None or tname == tenant:
+            out += charges_for(tname, t.secrets, t.secrets)
+    return out
+
+
 def retry_after(refusal: Refusal) -> str:
     """Whole seconds for the ``Retry-After`` header (at least 1)."""
     return str(max(1, math.ceil(refusal.retry_after)))
@@ -53,3 +63,22 @@ class Ticket:
         if self.charges:
             await store.refund(self.charges, self.token)
             self.charges = []
+
+
+async def usage_rows(
+    store: StateStore, tenants: Mapping[str, Any], tenant: str | None
+) -> list[dict[str, Any]]:
+    """What ``keybroker usage`` shows: each limited secret's counts."""
+    charges = limited(tenants, tenant)
+    counts = await store.usage(charges)
+    return [
+        {
+            "tenant": c.tenant,
+            "secret": c.secret,
+            "rate": tenants[c.tenant].secrets[c.secret].rate,
+            "window_uses": recent,
+            "max_uses": c.max_uses,
+            "uses": uses,
+        }
+        for c, (recent, uses) in zip(charges, counts, strict=True)
+    ]

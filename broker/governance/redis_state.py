@@ -25,86 +25,13 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from broker.governance.config import StateConfig
+from broker.governance.lua import CHARGE, DECIDE, EXPIRE, OPEN, PENDING, USAGE
 from broker.governance.state import Charge, Refusal, StateUnavailable, Verdict, new_id
 
 log = logging.getLogger("keybroker")
 T = TypeVar("T")
 POLL = 0.25
 """Seconds between looks at the revocation list (a revocation reaches every broker within ~0.3 s)."""
-
-_NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-
-_CHARGE = (
-    _NOW
-    + """
-local n = #KEYS / 2
-for i = 1, n do
-  local b = 1 + (i - 1) * 3
-  local rn, win, mu = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
-  if rn > 0 then
-    redis.call('ZREMRANGEBYSCORE', KEYS[2 * i - 1], '-inf', now - win)
-    local card = redis.call('ZCARD', KEYS[2 * i - 1])
-    if card >= rn then
-      local e = redis.call('ZRANGE', KEYS[2 * i - 1], card - rn, card - rn, 'WITHSCORES')
-      return {1, i, tonumber(e[2]) + win - now}
-    end
-  end
-  if mu > 0 and tonumber(redis.call('GET', KEYS[2 * i]) or '0') >= mu then
-    return {2, i, 0}
-  end
-end
-for i = 1, n do
-  local b = 1 + (i - 1) * 3
-  if tonumber(ARGV[b + 1]) > 0 then
-    redis.call('ZADD', KEYS[2 * i - 1], now, ARGV[1])
-    redis.call('PEXPIRE', KEYS[2 * i - 1], ARGV[b + 2])
-  end
-  if tonumber(ARGV[b + 3]) > 0 then redis.call('INCR', KEYS[2 * i]) end
-end
-return {0, 0, 0}
-"""
-)
-
-_OPEN = (
-    _NOW
-    + """
-if KEYS[2] ~= '' then
-  local known = redis.call('GET', KEYS[2])
-  if known and redis.call('HGET', ARGV[1] .. known, 'state') == 'pending' then return known end
-end
-local key = ARGV[1] .. ARGV[2]
-redis.call('HSET', key, 'id', ARGV[2], 'state', 'pending', unpack(ARGV, 5))
-redis.call('PEXPIRE', key, ARGV[3])
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), ARGV[2])
-if KEYS[2] ~= '' then redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4]) end
-return ARGV[2]
-"""
-)
-
-_PENDING = (
-    _NOW
-    + """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-return redis.call('ZRANGE', KEYS[1], 0, 999)
-"""
-)
-
-_DECIDE = """
-if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then return false end
-redis.call('HSET', KEYS[1], 'state', ARGV[1], 'by', ARGV[2])
-redis.call('ZREM', KEYS[2], ARGV[4])
-if ARGV[1] == 'approved' and tonumber(ARGV[3]) > 0 then
-  for i = 5, #ARGV do redis.call('SET', ARGV[i], '1', 'PX', ARGV[3]) end
-end
-return redis.call('HGETALL', KEYS[1])
-"""
-
-_EXPIRE = """
-if KEYS[3] ~= '' and redis.call('GET', KEYS[3]) == ARGV[1] then redis.call('DEL', KEYS[3]) end
-redis.call('ZREM', KEYS[2], ARGV[1])
-if redis.call('HGET', KEYS[1], 'state') == 'pending' then redis.call('HSET', KEYS[1], 'state', 'expired') end
-return redis.call('HGETALL', KEYS[1])
-"""
 
 
 def _pairs(flat: Sequence[Any] | None) -> dict[str, str] | None:
@@ -129,8 +56,8 @@ class RedisStore:
             **({"password": password} if password else {}),
         )
         s = self.client.register_script
-        self._charge, self._open, self._pending = s(_CHARGE), s(_OPEN), s(_PENDING)
-        self._decide, self._expire = s(_DECIDE), s(_EXPIRE)
+        self._charge, self._open, self._pending = s(CHARGE), s(OPEN), s(PENDING)
+        self._decide, self._expire, self._usage = s(DECIDE), s(EXPIRE), s(USAGE)
         self._revoked: frozenset[str] = frozenset()
         self._seen = float("-inf")
         self._version: str | None = None
@@ -232,6 +159,20 @@ class RedisStore:
         names = [self._k("remember", k) for k in keys]
         got = await self._call("remembered", lambda: self.client.mget(names))
         return all(v is not None for v in got)
+
+    async def usage(self, charges: Sequence[Charge]) -> list[tuple[int, int]]:
+        if not charges:
+            return []
+        keys: list[str] = []
+        for c in charges:
+            keys += [self._k("rate", c.tenant, c.secret), self._k("uses", c.tenant, c.secret)]
+        args = [c.rate[1] * 1000 if c.rate else 0 for c in charges]
+        flat = await self._call("usage", lambda: self._usage(keys=keys, args=args))
+        return [(int(flat[i]), int(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+    async def reset(self, tenant: str, secret: str) -> None:
+        keys = [self._k("rate", tenant, secret), self._k("uses", tenant, secret)]
+        await self._call("reset", lambda: self.client.delete(*keys))
 
     async def revoke(self, session_id: str, expires: int) -> None:
         async def run() -> None:

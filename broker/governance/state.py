@@ -93,6 +93,14 @@ class StateStore(Protocol):
 
     async def revoke(self, session_id: str, expires: int) -> None: ...
 
+    async def usage(self, charges: Sequence[Charge]) -> list[tuple[int, int]]:
+        """(uses in the current rate window, uses in all) for each charge."""
+        ...
+
+    async def reset(self, tenant: str, secret: str) -> None:
+        """Forget a secret's rate window and use count (an operator re-arms it)."""
+        ...
+
     def revoked(self) -> tuple[frozenset[str], float]:
         """Revoked session ids as last seen, and how many seconds ago they were seen."""
         ...
@@ -208,6 +216,20 @@ class MemoryStore:
     async def remembered(self, keys: Sequence[str]) -> bool:
         now = time.monotonic()
         return all(self._remember.get(k, 0.0) > now for k in keys)
+
+    async def usage(self, charges: Sequence[Charge]) -> list[tuple[int, int]]:
+        now = time.monotonic()
+        out = []
+        for c in charges:
+            key = (c.tenant, c.secret)
+            window = c.rate[1] if c.rate else 0
+            recent = sum(1 for t, _ in self._windows.get(key, ()) if t > now - window)
+            out.append((recent, self._uses.get(key, 0)))
+        return out
+
+    async def reset(self, tenant: str, secret: str) -> None:
+        self._windows.pop((tenant, secret), None)
+        self._uses.pop((tenant, secret), None)
 
     async def revoke(self, session_id: str, expires: int) -> None:
         now = time.time()

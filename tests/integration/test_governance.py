@@ -161,6 +161,13 @@ def test_use_count_spread_across_brokers(env: Any, upstream: Upstream) -> None:
     assert {reason(r) for r in got[3:]} == {"uses_exhausted"}
     sent = [x for x in upstream.received[before:] if x.header("authorization") == f"Bearer {VALUE}"]
     assert len(sent) == 3
+    # The operator sees the count and re-arms the secret (straight in the store).
+    shown = cli(a, "usage", "show", "--tenant", "acme", "--json")
+    assert shown.returncode == 0, shown.stderr
+    row = next(r for r in json.loads(shown.stdout) if r["secret"] == "oneshot")
+    assert (row["uses"], row["max_uses"]) == (3, 3)
+    assert cli(b, "usage", "reset", "--tenant", "acme", "--secret", "oneshot").returncode == 0
+    assert call(a, upstream, "oneshot").status_code == 200
 
 
 def _held(broker: Proxy, secret: str) -> dict[str, Any] | None:

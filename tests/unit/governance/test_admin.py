@@ -141,6 +141,54 @@ def test_revoke(served: Any) -> None:
     served(go)
 
 
+def test_usage_and_reset(tmp_path: Path) -> None:
+    policy = parse_policy(
+        {
+            "version": 1,
+            "audit": {"path": "a.jsonl"},
+            "backends": {"l": {"type": "env"}},
+            "admin": {"token_sha256": sha(OPERATOR)},
+            "tenants": {
+                "acme": {
+                    "token_sha256": sha(TENANT),
+                    "secrets": {
+                        "s": {"backend": "l", "path": "X", "hosts": ["a.com"], "max_uses": 1},
+                        "free": {"backend": "l", "path": "X", "hosts": ["a.com"]},
+                    },
+                }
+            },
+        },
+        "p.yaml",
+        tmp_path,
+    )
+    store = MemoryStore()
+
+    async def go() -> None:
+        from broker.governance.state import Charge
+
+        server = AdminServer(lambda: policy, lambda: store)
+        port = free_port()
+        await server.start(f"127.0.0.1:{port}")
+        try:
+            assert await store.charge([Charge("acme", "s", None, 1)], "t") is None
+            status, rows = await call(port, "GET", "/v1/usage", OPERATOR)
+            assert status == 200 and rows == [
+                {"tenant": "acme", "secret": "s", "rate": None, "window_uses": 0,
+                 "max_uses": 1, "uses": 1}
+            ]  # fmt: skip
+            assert (await call(port, "GET", "/v1/usage", TENANT))[0] == 401
+            body = json.dumps({"tenant": "acme", "secret": "nope"}).encode()
+            assert (await call(port, "POST", "/v1/usage/reset", OPERATOR, body))[0] == 404
+            body = json.dumps({"tenant": "acme", "secret": "s"}).encode()
+            assert (await call(port, "POST", "/v1/usage/reset", TENANT, body))[0] == 401
+            assert (await call(port, "POST", "/v1/usage/reset", OPERATOR, body))[0] == 200
+            assert (await call(port, "GET", "/v1/usage", OPERATOR))[1][0]["uses"] == 0
+        finally:
+            await server.aclose()
+
+    asyncio.run(go())
+
+
 def test_garbage_gets_400_and_the_server_stays_up(served: Any) -> None:
     async def go(port: int, store: MemoryStore) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)

@@ -96,12 +96,24 @@ async def contract_revoke(store: StateStore) -> None:
     assert "ab" * 12 in ids and age < 1
 
 
+async def contract_usage_and_reset(store: StateStore) -> None:
+    both = Charge("acme", "u", (10, 60), 5)
+    rate_only = Charge("acme", "r", (10, 60), None)
+    for i in range(3):
+        assert await store.charge([both, rate_only], f"u{i}") is None
+    assert await store.usage([both, rate_only]) == [(3, 3), (3, 0)]
+    await store.reset("acme", "u")
+    assert await store.usage([both, rate_only]) == [(0, 0), (3, 0)]
+    assert await store.charge([Charge("acme", "u", None, 1)], "again") is None
+
+
 CONTRACT = {
     "rate": contract_rate,
     "uses": contract_uses,
     "all_or_none": contract_all_or_none,
     "approvals": contract_approvals,
     "revoke": contract_revoke,
+    "usage_and_reset": contract_usage_and_reset,
 }
 
 
