@@ -284,8 +284,10 @@ def tail(
         if out:
             if console.is_terminal:
                 console.print(Text("\n").join(out), no_wrap=True, overflow="ellipsis")
-            else:  # piped: whole lines, never cut at the width rich guesses
+            else:  # piped: whole lines, never cut at the width rich guesses; and
+                # flushed, so `tail -f | grep` sees each batch as it comes
                 console.print(Text("\n").join(out), soft_wrap=True)
+                console.file.flush()
 
     def partial(rest: bytes) -> None:
         if rest:

@@ -4,8 +4,11 @@ piped (issue 14.8)."""
 
 from __future__ import annotations
 
+import json
+import select
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -110,3 +113,40 @@ def test_banner_names_the_worker_chains_and_tail_shows_them_whole(
     [line] = [ln for ln in shown.stdout.splitlines() if "location_not_allowed" in ln]
     assert long_path in line, "piped output is never cut"
     assert "…" not in line
+
+
+def test_tail_config_follows_every_worker_chain(tmp_path: Path) -> None:
+    """`keybroker tail --config -f`, a real process, shows lines appended to
+    each worker's file as they come (piped: whole lines)."""
+    audit = tmp_path / "decisions.jsonl"
+    config = tmp_path / "policy.yaml"
+    config.write_text("version: 1\naudit: {path: decisions.jsonl}\nbackends: {}\ntenants: {}\n")
+    files = [tmp_path / f"decisions.w{i}.jsonl" for i in range(2)]
+    for f in files:
+        f.write_text("")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "broker.cli", "tail", "--config", str(config), "-f"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        seen: list[str] = []
+        for i, f in enumerate(files):
+            rec = {"decision": "pass", "tenant": "t", "method": "GET", "path": f"/from-w{i}"}
+            with f.open("a") as out:
+                out.write(json.dumps(rec) + "\n")
+        deadline = time.monotonic() + 20
+        assert proc.stdout is not None
+        while time.monotonic() < deadline and not all(
+            any(f"/from-w{i}" in line for line in seen) for i in range(2)
+        ):
+            ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+            if ready:
+                seen.append(proc.stdout.readline())
+        assert any("/from-w0" in line for line in seen), seen
+        assert any("/from-w1" in line for line in seen), seen
+        assert not audit.exists()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
