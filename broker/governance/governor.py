@@ -63,6 +63,7 @@ class Governor:
         self._policy = policy
         self.admin: AdminServer | None = None
         self._started = False
+        self._said_down = float("-inf")
 
     # -- lifecycle -----------------------------------------------------------------
     def reload(self, policy: Policy) -> Callable[[], None]:
@@ -201,7 +202,7 @@ class Governor:
             ticket = Ticket(charges)
             refusal = await store.charge(charges, ticket.token) if charges else None
         except StateUnavailable as exc:
-            log.error("keybroker: %s; refusing a request that needs it", exc)
+            self._store_down(exc)
             out.refusal = failure(Reason.STATE_UNAVAILABLE, tenant, None, decision.secrets)
             return out
         if refusal is None:
@@ -219,7 +220,14 @@ class Governor:
             try:
                 await admission.ticket.refund(self.store)
             except StateUnavailable as exc:
-                log.error("keybroker: %s; a use was counted for a request not sent", exc)
+                self._store_down(exc)
+
+    def _store_down(self, exc: StateUnavailable) -> None:
+        """Say so at most every 10 s: a store outage under load is not a log flood."""
+        now = time.monotonic()
+        if now - self._said_down >= 10:
+            self._said_down = now
+            log.error("keybroker: %s; refusing the requests that need it (503)", exc)
 
     def _held(self, rec: dict[str, str]) -> None:
         log.warning(
