@@ -182,6 +182,12 @@ def sandbox_token(policy: Policy, args: argparse.Namespace, tenant_token: str) -
     """What ``keybroker env`` hands a sandbox: a session token when the
     policy has ``sessions:`` (unless ``--long-lived``), else the tenant token."""
     if policy.sessions is None or getattr(args, "long_lived", False):
+        if policy.sessions is None:
+            print(
+                "keybroker env: note: the sandbox gets the long-lived tenant token; with a "
+                "sessions: section it would get a short-lived session token instead",
+                file=sys.stderr,
+            )
         return tenant_token
     try:
         return new_session(policy, args.tenant, getattr(args, "ttl", "8h"))[0]

@@ -92,7 +92,8 @@ def test_env_without_sessions_keeps_the_tenant_token(
     path = write_policy(tmp_path, sessions=None)
     argv = ["env", "--config", str(path), "--tenant", "acme", "--token", TENANT_TOKEN]
     assert main(argv) == 0
-    assert TENANT_TOKEN in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert TENANT_TOKEN in out and "long-lived tenant token" in err and TENANT_TOKEN not in err
 
 
 def test_approvals_without_a_broker(
