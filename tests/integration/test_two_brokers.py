@@ -5,6 +5,7 @@ piped (issue 14.8)."""
 from __future__ import annotations
 
 import json
+import os
 import select
 import subprocess
 import sys
@@ -67,8 +68,9 @@ def get(proxy: Proxy, sc: Scenario, path: str, auth: str) -> requests.Response:
     )
 
 
-@pytest.fixture
-def workers2(sc: Scenario, openbao: OpenBao, tmp_path: Path) -> Any:
+@pytest.fixture(scope="module")
+def workers2(sc: Scenario, openbao: OpenBao, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    tmp_path = tmp_path_factory.mktemp("workers2")
     policy = sc.policy(audit={"path": str(tmp_path / "a" / "decisions.jsonl")})
     with Proxy(policy, tmp_path / "one", env=sc.env(openbao.root_token),
                extra_args=("--workers", "2")) as p:  # fmt: skip
@@ -81,7 +83,8 @@ def test_a_second_broker_on_a_served_port_refuses_to_start(
     other = tmp_path / "other"
     other.mkdir()
     config = other / "policy.yaml"
-    config.write_text(workers2.config.read_text().replace(str(tmp_path / "a"), str(other)))
+    first_audit = str(workers2.audit_path.parent)
+    config.write_text(workers2.config.read_text().replace(first_audit, str(other)))
     for extra in ((), ("--workers", "2")):
         out = run_second(config, f"127.0.0.1:{workers2.port}", *extra)
         assert out.returncode == 1, out.stderr
@@ -126,24 +129,23 @@ def test_tail_config_follows_every_worker_chain(tmp_path: Path) -> None:
         f.write_text("")
     proc = subprocess.Popen(
         [sys.executable, "-m", "broker.cli", "tail", "--config", str(config), "-f"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
-        seen: list[str] = []
         for i, f in enumerate(files):
             rec = {"decision": "pass", "tenant": "t", "method": "GET", "path": f"/from-w{i}"}
             with f.open("a") as out:
                 out.write(json.dumps(rec) + "\n")
-        deadline = time.monotonic() + 20
         assert proc.stdout is not None
-        while time.monotonic() < deadline and not all(
-            any(f"/from-w{i}" in line for line in seen) for i in range(2)
-        ):
-            ready, _, _ = select.select([proc.stdout], [], [], 0.5)
-            if ready:
-                seen.append(proc.stdout.readline())
-        assert any("/from-w0" in line for line in seen), seen
-        assert any("/from-w1" in line for line in seen), seen
+        fd, seen = proc.stdout.fileno(), ""
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not ("/from-w0" in seen and "/from-w1" in seen):
+            if select.select([fd], [], [], 0.5)[0]:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                seen += chunk.decode("utf-8", "replace")
+        assert "/from-w0" in seen and "/from-w1" in seen, seen
         assert not audit.exists()
     finally:
         proc.terminate()
