@@ -71,7 +71,9 @@ class ResponseHooks:
         assert self.engine is not None
         resp = flow.response
         if "set-cookie" in resp.headers:  # captured tokens (DESIGN.md §11), before any scrub
-            self.engine.capture(st.tenant, st.dest, set_cookies=resp.headers.get_all("set-cookie"))
+            self.engine.kinds.capture(
+                st.tenant, st.dest, set_cookies=resp.headers.get_all("set-cookie")
+            )
         length = resp.headers.get("content-length")
         no_body = (
             flow.request.method == "HEAD"
@@ -128,7 +130,7 @@ class ResponseHooks:
             resp.set_content(raw)
         content_type = resp.headers.get("content-type", "")
         if "json" in content_type.lower():  # a token answer to capture (DESIGN.md §11)
-            self.engine.capture(st.tenant, st.dest, content_type=content_type, body=raw)
+            self.engine.kinds.capture(st.tenant, st.dest, content_type=content_type, body=raw)
         if st.headers_scrubbed:
             scrubbed, n = self.engine.scrub(raw)
             st.scrubbed += n

@@ -67,7 +67,8 @@ def main() -> None:
             query="",
             body=b'{"amount": 100}',
         )
-        capture = getattr(engine, "capture", None)
+        kinds = getattr(engine, "kinds", None)
+        capture = getattr(kinds, "capture", None)
 
         async def one() -> None:
             got = await engine.process("acme", dest, parts)

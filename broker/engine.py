@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import logging
 import os
-import ssl
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import urlsplit
 
 from broker.audit.chain import worker_file
 from broker.audit.lock import AuditInUse
@@ -22,11 +20,8 @@ from broker.audit.record import AuditRecord, RecordSink, build_record, fingerpri
 from broker.backends.base import Backend, BackendError
 from broker.backends.registry import build_backends, cache_ttls
 from broker.backends.resolver import Resolver
-from broker.credentials.apply import sign_aws
-from broker.credentials.capture import CaptureStore
 from broker.credentials.errors import CredentialError
-from broker.credentials.http import trust_context
-from broker.credentials.minter import MINTED, Minter
+from broker.credentials.kinds import CredentialKinds, without
 from broker.egress.check import check as egress_check
 from broker.egress.resolve import Lookup, Pins, system_lookup
 from broker.egress.rules import host_key
@@ -43,11 +38,6 @@ from broker.scrub.scrubber import Scrubber, StreamScrubber
 from broker.secret import SecretValue
 
 log = logging.getLogger("keybroker")
-
-
-def _without(decision: Decision, captured: Mapping[str, SecretValue]) -> Decision:
-    """The decision as governance sees it: captured tokens are not policy secrets."""
-    return replace(decision, secrets=tuple(n for n in decision.secrets if n not in captured))
 
 
 @dataclass
@@ -107,9 +97,9 @@ class Engine:
         self.governor = Governor(
             policy, self._env, announce=self._announce, clean=lambda s: self._clean(s)[0]
         )
-        self._trust_cache: tuple[Path | None, ssl.SSLContext] | None = None
-        self.captures = CaptureStore(self._remember)
-        self.minter = Minter(remember=self._remember, trust=self._trust, audit=self._token_record)
+        self.kinds = CredentialKinds(
+            remember=self._remember, record=self.record, policy=lambda: self.policy
+        )
 
     # -- construction and reload -------------------------------------------------
     @classmethod
@@ -177,57 +167,6 @@ class Engine:
         self._close_backends(self._retired)
         self._retired = old_backends
         return []
-
-    def _trust(self) -> ssl.SSLContext:
-        """Token requests trust what upstream connections trust."""
-        ca = self.policy.upstream_ca
-        if self._trust_cache is None or self._trust_cache[0] != ca:
-            self._trust_cache = (ca, trust_context(ca))
-        return self._trust_cache[1]
-
-    def _token_record(
-        self, tenant: str, name: str, url: str, status: int | None, ok: bool, started: float
-    ) -> None:
-        """The broker's own token request, audited like a request (no value)."""
-        u = urlsplit(url)
-        dest = Destination.of("https", u.hostname or "", u.port or 443, "POST", u.path)
-        decision = (
-            Decision(verdict="allow", tenant=tenant, secrets=(name,))
-            if ok
-            else failure(Reason.TOKEN_UNAVAILABLE, tenant, name, (name,))
-        )
-        self.record(decision=decision, dest=dest, status=status, scrubbed=0, started=started)
-
-    def _rejected(self, decision: Decision) -> None:
-        """An upstream 401: drop the minted tokens this request carried."""
-        rules = self.policy.tenants.get(decision.tenant or "")
-        for name in decision.secrets:
-            rule = rules.secrets.get(name) if rules else None
-            if rule is not None and rule.kind in MINTED:
-                self.minter.rejected(str(decision.tenant), name, rule)
-
-    def capture(
-        self,
-        tenant: str | None,
-        dest: Destination | None,
-        *,
-        set_cookies: list[str] | None = None,
-        content_type: str = "",
-        body: bytes | None = None,
-    ) -> None:
-        """Tokens this response issues, per ``tenants.<t>.capture`` (DESIGN.md §11):
-        registered for scrubbing under fresh placeholders before it is scrubbed."""
-        t = self.policy.tenants.get(tenant) if tenant is not None else None
-        if t is None or not t.capture or dest is None or tenant is None:
-            return
-        self.captures.capture(
-            tenant,
-            t.capture,
-            dest,
-            set_cookies=set_cookies or (),
-            content_type=content_type,
-            body=body,
-        )
 
     def _remember(self, tenant: str, name: str, value: SecretValue) -> None:
         self.scrubber.add(value.reveal_bytes(), placeholder(name).encode(), (tenant, name))
@@ -310,17 +249,17 @@ class Engine:
         dropped: list[str] = []
         if t is not None and t.on_mismatch == "deny":  # a scrubbed cookie echoed back
             allowed = cookies.allowed_in_cookie(t, dest)
-            if self.captures.active and tenant is not None:  # a captured session cookie
-                allowed = self.captures.or_captured(allowed, tenant, dest)
+            if self.kinds.captures.active and tenant is not None:  # a captured session cookie
+                allowed = self.kinds.captures.or_captured(allowed, tenant, dest)
             parts, dropped = cookies.drop_refused(parts, allowed)
         found = locations.scan(parts)
         held: tuple[Occurrence, ...] = ()
-        if self.captures.active and tenant is not None:
-            found, held = self.captures.split(tenant, found)
+        if self.kinds.captures.active and tenant is not None:
+            found, held = self.kinds.captures.split(tenant, found)
         decision = decide(policy, tenant, dest, found)
         captured: dict[str, SecretValue] = {}
         if held and tenant is not None and decision.verdict in ("allow", "pass"):
-            decision, captured = self.captures.merge(decision, tenant, held, dest)
+            decision, captured = self.kinds.captures.merge(decision, tenant, held, dest)
         if decision.verdict in ("deny", "error"):
             return self._reply(decision, dest)
         assert tenant is not None
@@ -345,7 +284,7 @@ class Engine:
                 failure(Reason.AUDIT_UNAVAILABLE, tenant, None, decision.secrets), dest
             )
         admission = await self.governor.admit(
-            policy, tenant, dest, _without(decision, captured) if captured else decision
+            policy, tenant, dest, without(decision, captured) if captured else decision
         )
         extra = {**admission.audit, "cookies_dropped": dropped} if dropped else admission.audit
         if admission.refusal is not None:
@@ -367,7 +306,7 @@ class Engine:
                 elif rule.kind == "aws_sigv4":
                     signed.append(name)
                 else:
-                    values[name] = await self.minter.token(resolver, tenant, name, rule)
+                    values[name] = await self.kinds.token(resolver, tenant, name, rule)
             except (BackendError, CredentialError) as exc:
                 log.warning("keybroker: secret %r of tenant %r: %s", name, tenant, exc)
                 await self.governor.refund(admission)
@@ -387,9 +326,7 @@ class Engine:
             return self._reply(failure(Reason.INTERNAL_ERROR, tenant, None, decision.secrets), dest)
         if signed:
             try:
-                new_parts = await sign_aws(
-                    self.minter, resolver, tenant, dest, new_parts, signed, rules
-                )
+                new_parts = await self.kinds.sign(resolver, tenant, dest, new_parts, signed, rules)
             except (BackendError, CredentialError) as exc:
                 await self.governor.refund(admission)
                 return self._reply(
@@ -523,7 +460,7 @@ class Engine:
         of its ``sent`` record, if it had one), and show it in the feed.
         ``extra``: fields beyond DESIGN.md §6 (the approval)."""
         if status == 401 and decision.verdict == "allow":
-            self._rejected(decision)
+            self.kinds.rejected(decision)
         if record_id is not None:
             with self._lock:
                 self._open.pop(record_id, None)

@@ -1,0 +1,111 @@
+"""The engine's one handle on the credential kinds (DESIGN.md §11): the
+minter (OAuth2, GitHub App, AWS keys), the captured-token store, the trust
+for token requests and their audit records. :class:`broker.engine.Engine`
+calls it at a few hook points and the static path pays a ``kind`` compare."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from broker.credentials.apply import sign_aws
+from broker.credentials.capture import CaptureStore, Remember
+from broker.credentials.http import trust_context
+from broker.credentials.minter import MINTED, Minter, Resolve
+from broker.policy.schema import Policy, SecretRule
+from broker.request.decision import Decision, Destination, Reason, failure
+from broker.request.locations import RequestParts
+from broker.secret import SecretValue
+
+Record = Callable[..., None]
+"""``Engine.record`` (keyword arguments ``decision, dest, status, scrubbed, started``)."""
+
+
+class CredentialKinds:
+    def __init__(self, *, remember: Remember, record: Record, policy: Callable[[], Policy]) -> None:
+        self._record = record
+        self._policy = policy
+        self._trust_cache: tuple[Path | None, ssl.SSLContext] | None = None
+        self.captures = CaptureStore(remember)
+        self.minter = Minter(remember=remember, trust=self._trust, audit=self._token_record)
+
+    # -- hooks on the request path -----------------------------------------------------
+    async def token(
+        self, resolver: Resolve, tenant: str, name: str, rule: SecretRule
+    ) -> SecretValue:
+        """The value of a minted kind (oauth2_*, github_app)."""
+        return await self.minter.token(resolver, tenant, name, rule)
+
+    async def sign(
+        self,
+        resolver: Resolve,
+        tenant: str,
+        dest: Destination,
+        parts: RequestParts,
+        names: list[str],
+        rules: dict[str, SecretRule],
+    ) -> RequestParts:
+        """``parts`` re-signed for its aws_sigv4 secret."""
+        return await sign_aws(self.minter, resolver, tenant, dest, parts, names, rules)
+
+    # -- hooks on the response path ------------------------------------------------------
+    def rejected(self, decision: Decision) -> None:
+        """An upstream 401: drop the minted tokens this request carried."""
+        t = self._policy().tenants.get(decision.tenant or "")
+        for name in decision.secrets:
+            rule = t.secrets.get(name) if t else None
+            if rule is not None and rule.kind in MINTED:
+                self.minter.rejected(str(decision.tenant), name, rule)
+
+    def capture(
+        self,
+        tenant: str | None,
+        dest: Destination | None,
+        *,
+        set_cookies: list[str] | None = None,
+        content_type: str = "",
+        body: bytes | None = None,
+    ) -> None:
+        """Tokens this response issues, per ``tenants.<t>.capture``: registered
+        for scrubbing under fresh placeholders before the response is scrubbed."""
+        t = self._policy().tenants.get(tenant) if tenant is not None else None
+        if t is None or not t.capture or dest is None or tenant is None:
+            return
+        self.captures.capture(
+            tenant,
+            t.capture,
+            dest,
+            set_cookies=set_cookies or (),
+            content_type=content_type,
+            body=body,
+        )
+
+    # -- the broker's own token requests ----------------------------------------------------
+    def _trust(self) -> ssl.SSLContext:
+        """Token requests trust what upstream connections trust."""
+        ca = self._policy().upstream_ca
+        if self._trust_cache is None or self._trust_cache[0] != ca:
+            self._trust_cache = (ca, trust_context(ca))
+        return self._trust_cache[1]
+
+    def _token_record(
+        self, tenant: str, name: str, url: str, status: int | None, ok: bool, started: float
+    ) -> None:
+        """One audit record per token request (no value)."""
+        u = urlsplit(url)
+        dest = Destination.of("https", u.hostname or "", u.port or 443, "POST", u.path)
+        decision = (
+            Decision(verdict="allow", tenant=tenant, secrets=(name,))
+            if ok
+            else failure(Reason.TOKEN_UNAVAILABLE, tenant, name, (name,))
+        )
+        self._record(decision=decision, dest=dest, status=status, scrubbed=0, started=started)
+
+
+def without(decision: Decision, captured: Mapping[str, Any]) -> Decision:
+    """The decision as governance sees it: captured tokens are not policy secrets."""
+    return replace(decision, secrets=tuple(n for n in decision.secrets if n not in captured))
