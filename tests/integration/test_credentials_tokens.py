@@ -147,7 +147,11 @@ def world(
                         },
                     ],
                 },
-                "globex": {"token_sha256": GLOBEX.digest},
+                # may reach the token server (loopback), holds no secret
+                "globex": {
+                    "token_sha256": GLOBEX.digest,
+                    "egress": {"allow": [f"localhost:{ts.port}"]},
+                },
             },
         }
         with Proxy(policy, work, env={"KB_TEST_VAULT_TOKEN": openbao.root_token}) as proxy:
