@@ -40,6 +40,8 @@ class FlowState:
     done: bool = False
     """The audit record has been written."""
     originals: tuple[http.Headers, str, bytes | None] | None = None
+    original_trailers: http.Headers | None = None
+    """Request trailers as the agent sent them (placeholders), when substituted."""
     scrubbed: int = 0
     headers_scrubbed: bool = False
     """The response headers were scrubbed (a buffered response's wait for its body)."""

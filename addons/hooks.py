@@ -40,6 +40,10 @@ from broker.request.responses import reply_for
 log = logging.getLogger("keybroker")
 
 
+def _wire(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
 class KeyBroker(ResponseHooks):
     def __init__(
         self, engine: Engine | None = None, *, feed_factory: Callable[[], Any] | None = None
@@ -185,6 +189,13 @@ class KeyBroker(ResponseHooks):
             st.decision = who_tried(self.engine, header, st.decision)
             self._finish(flow, st)  # a refused CONNECT never reaches `response`
             return
+        refused = self.engine.check_connect(ident[0], self._dest(flow))
+        if refused is not None and refused.reply is not None:  # a value in the target
+            st = FlowState(dest=self._dest(flow), tenant=ident[0], ours=True)
+            st.decision, flow.response = refused.decision, error_response(flow, refused.reply)
+            self._state[flow] = st
+            self._finish(flow, st)
+            return
         self._conn_tenant[flow.client_conn] = ident
 
     def _tenant_for(self, flow: http.HTTPFlow) -> tuple[str | None, Reason]:
@@ -272,6 +283,7 @@ class KeyBroker(ResponseHooks):
             query=query,
             body=body,
             content_type=req.headers.get("content-type", ""),
+            trailers=tuple(req.trailers.items(multi=True)) if req.trailers else (),
         )
         pins = self.egress.pins(flow.client_conn)
         outcome: Outcome = await self.engine.process(st.tenant, st.dest, parts, pins=pins)
@@ -286,6 +298,9 @@ class KeyBroker(ResponseHooks):
             return
         new = outcome.parts
         st.originals = (http.Headers(req.headers.fields), req.path, req.raw_content)
+        if new.trailers != parts.trailers:
+            st.original_trailers = http.Headers(req.trailers.fields) if req.trailers else None
+            req.trailers = http.Headers([(_wire(k), _wire(v)) for k, v in new.trailers])
         if new.headers != parts.headers:
             req.headers = http.Headers(
                 [
@@ -325,6 +340,9 @@ class KeyBroker(ResponseHooks):
         if st.originals is None:
             return
         headers, path, raw = st.originals
+        if st.original_trailers is not None:
+            flow.request.trailers = st.original_trailers
+            st.original_trailers = None
         flow.request.headers = headers
         flow.request.path = path
         flow.request.raw_content = raw

@@ -49,7 +49,7 @@ class ResponseHooks:
         assert self.engine is not None
         headers = msg if isinstance(msg, http.Headers) else msg.headers
         pieces = [part for field in headers.fields for part in field]
-        done = self.engine.scrub_many(pieces if body is None else [*pieces, body])
+        done = self.engine.scrub_many(pieces if body is None else [*pieces, body], st.tenant or "")
         n = sum(count for _, count in done)
         if not n:  # the common case, nothing found, costs one scan of everything
             return None
@@ -132,7 +132,7 @@ class ResponseHooks:
         if "json" in content_type.lower():  # a token answer to capture (DESIGN.md §11)
             self.engine.kinds.capture(st.tenant, st.dest, content_type=content_type, body=raw)
         if st.headers_scrubbed:
-            scrubbed, n = self.engine.scrub(raw)
+            scrubbed, n = self.engine.scrub(raw, st.tenant or "")
             st.scrubbed += n
             out = scrubbed if n else None
         else:
@@ -146,16 +146,17 @@ class ResponseHooks:
         assert self.engine is not None and flow.websocket is not None
         messages = flow.websocket.messages
         msg = messages[-1]
-        if msg.from_client and self.engine.scrubber.owners_in(msg.content):
+        st = self._state.get(flow)
+        tenant = st.tenant if st is not None else None
+        if msg.from_client and self.engine.raw_in_message(tenant, msg.content):
             # A raw value in a WebSocket message: no policy location allows it.
             log.error("keybroker: raw secret value in a WebSocket message; closing it")
             msg.drop()
             flow.kill()
         elif not msg.from_client:
-            out, n = self.engine.scrub(msg.content)
+            out, n = self.engine.scrub(msg.content, tenant or "")
             if n:
                 msg.content = out
-                st = self._state.get(flow)
                 if st is not None:
                     st.scrubbed += n
         for old in messages[:-1]:  # do not keep a connection's history (values included)

@@ -31,7 +31,7 @@ def start_stream(engine: Engine, flow: http.HTTPFlow, st: FlowState) -> None:
         if encoding and encoding != "identity"
         else None
     )
-    scrubber = engine.stream_scrubber()
+    scrubber = engine.stream_scrubber(st.tenant or "")
     resp.headers.pop("content-encoding", None)
     resp.headers.pop("content-length", None)
     if resp.http_version.startswith("HTTP/1"):

@@ -18,6 +18,7 @@ from broker.audit.lock import AuditInUse
 from broker.audit.log import AuditLog, AuditUnavailable
 from broker.audit.record import AuditRecord, RecordSink, build_record, fingerprint
 from broker.backends.base import Backend, BackendError
+from broker.backends.preload import Preloader, UnprotectableSecret
 from broker.backends.registry import build_backends, cache_ttls
 from broker.backends.resolver import Resolver
 from broker.credentials.errors import CredentialError
@@ -30,11 +31,13 @@ from broker.policy.load import PolicyError, load_policy
 from broker.policy.schema import Policy
 from broker.request import cookies, locations
 from broker.request.auth import authenticate, still_valid
-from broker.request.decision import Decision, Destination, Reason, check_rule, decide, failure
+from broker.request.decision import Decision, Destination, Reason, decide, failure
 from broker.request.locations import Occurrence, RequestParts, SubstitutionError
 from broker.request.placeholders import placeholder
 from broker.request.responses import Reply, reply_for
+from broker.scrub import rawegress
 from broker.scrub.scrubber import Scrubber, StreamScrubber
+from broker.scrub.strength import weakness
 from broker.secret import SecretValue
 
 log = logging.getLogger("keybroker")
@@ -92,10 +95,11 @@ class Engine:
         self._retired: Mapping[str, Backend] = {}
         self.policy = policy
         self.resolver = self._make_resolver(policy)
+        self.preloader = self._make_preloader(policy, self.resolver)
         self._hmac_key = self._audit_key(policy)
         self.audit = self._make_audit(policy, self._hmac_key)
         self.governor = Governor(
-            policy, self._env, announce=self._announce, clean=lambda s: self._clean(s)[0]
+            policy, self._env, announce=self._announce, clean=lambda s: self._clean(None, s)[0]
         )
         self.kinds = CredentialKinds(
             remember=self._remember, record=self.record, policy=lambda: self.policy
@@ -109,7 +113,14 @@ class Engine:
 
     def _make_resolver(self, policy: Policy) -> Resolver:
         self._backends = build_backends(policy.backends, self._env)
-        return Resolver(self._backends, cache_ttls(policy.backends), on_value=self._remember)
+        return Resolver(
+            self._backends, cache_ttls(policy.backends), on_value=self._remember_resolved
+        )
+
+    def _make_preloader(self, policy: Policy, resolver: Resolver) -> Preloader:
+        preloader = Preloader(policy, resolver, cache_ttls(policy.backends))
+        preloader.start()
+        return preloader
 
     def _close_backends(self, backends: Mapping[str, Backend]) -> None:
         for b in backends.values():
@@ -152,6 +163,7 @@ class Engine:
             return exc.errors
         except AuditInUse as exc:
             return [str(exc)]
+        preloader = self._make_preloader(policy, resolver)
         with self._lock:
             old_audit = self.audit
             if policy.audit != self.policy.audit:
@@ -162,14 +174,26 @@ class Engine:
                 old_audit.close()
             self.policy, self.resolver, self._hmac_key = policy, resolver, key
             commit_governance()
+            self.preloader, old_preloader = preloader, self.preloader
+        old_preloader.stop()
         # Requests in flight may still read through the old backends: close
         # them one reload later.
         self._close_backends(self._retired)
         self._retired = old_backends
         return []
 
+    def _remember_resolved(self, tenant: str, name: str, value: SecretValue) -> None:
+        """A value read from a store: refused when too weak to protect."""
+        why = weakness(value.reveal_bytes())
+        if why is not None:  # never used, so never needs scrubbing
+            raise UnprotectableSecret(f"secret {name!r} of tenant {tenant!r}: {why}")
+        self._remember(tenant, name, value)
+
     def _remember(self, tenant: str, name: str, value: SecretValue) -> None:
-        self.scrubber.add(value.reveal_bytes(), placeholder(name).encode(), (tenant, name))
+        raw = value.reveal_bytes()
+        t = self.policy.tenants.get(tenant)
+        rank = list(t.secrets).index(name) if t is not None and name in t.secrets else 0
+        self.scrubber.add(raw, placeholder(name).encode(), (tenant, name), rank)
 
     # -- identity ------------------------------------------------------------------
     def authenticate(self, header: str | None) -> tuple[str, str] | None:
@@ -196,43 +220,41 @@ class Engine:
         self, policy: Policy, tenant: str, dest: Destination, parts: RequestParts
     ) -> Decision | None:
         """A raw secret value (not a placeholder) going where it is not allowed."""
-        if not len(self.scrubber):
-            return None
-        pieces: list[tuple[str, bytes]] = [
-            (f"header:{n.lower()}", v.encode("utf-8", "surrogateescape")) for n, v in parts.headers
-        ]
-        pieces += [
-            ("host", dest.host.encode("utf-8", "surrogateescape")),
-            *(("host", n.encode("utf-8", "surrogateescape")) for n in dest.names),
-            ("path", parts.path.encode("utf-8", "surrogateescape")),
-            ("query", parts.query.encode("utf-8", "surrogateescape")),
-            ("body", parts.body),
-        ]
-        if not self.scrubber.owners_in(b"\n".join(data for _, data in pieces)):
-            return None  # the common case: one scan, no value anywhere
-        for location, data in pieces:
-            if not data:
-                continue
-            owners = self.scrubber.owners_in(data)
-            if not owners:
-                continue
-            # Several secrets may share a value: it may go here when one of
-            # this tenant's secrets holding it allows this place.
-            rules = policy.tenants[tenant].secrets
-            if not any(
-                t == tenant and name in rules and check_rule(rules[name], dest, location) is None
-                for t, name in owners
-            ):
-                return failure(Reason.RAW_SECRET_EGRESS, tenant, None)
-        return None
+        return rawegress.check(self.scrubber, policy, tenant, dest, parts)
+
+    def check_connect(self, tenant: str, dest: Destination) -> Outcome | None:
+        """A CONNECT whose target or SNI holds one of ``tenant``'s values is
+        refused before any lookup or connection."""
+        refusal = rawegress.check_destination(self.scrubber, self.policy, tenant, dest)
+        return None if refusal is None else self._reply(refusal, dest)
+
+    def raw_in_message(self, tenant: str | None, data: bytes) -> bool:
+        """A WebSocket message from the client holds one of its tenant's values."""
+        return rawegress.in_message(self.scrubber, tenant, data)
 
     def _reply(self, decision: Decision, dest: Destination) -> Outcome:
+        # The agent is told a secret's name only when its tenant defines it:
+        # a name it made up (perhaps a value, `<<secret:VALUE>>`) is not
+        # echoed, whatever it holds, so the reply depends on no value.
+        t = self.policy.tenants.get(decision.tenant or "")
+        shown = decision
+        if decision.secret is not None and (t is None or decision.secret not in t.secrets):
+            shown = replace(decision, secret=None)
         return Outcome(
             decision,
             reply=reply_for(
-                decision, host=dest.host, port=dest.port, scheme=dest.scheme, method=dest.method
+                shown, host=dest.host, port=dest.port, scheme=dest.scheme, method=dest.method
             ),
         )
+
+    async def _values_unknown(self, dest: Destination) -> bool:
+        """A response from ``dest`` could echo a value the scrubber does not
+        know yet (preload unfinished or its backend unreachable)."""
+        preloader = self.preloader
+        if not preloader.blocks(dest.host, dest.port):
+            return False
+        await preloader.wait_first_pass()
+        return preloader.blocks(dest.host, dest.port)
 
     async def process(
         self,
@@ -263,6 +285,13 @@ class Engine:
         if decision.verdict in ("deny", "error"):
             return self._reply(decision, dest)
         assert tenant is not None
+        if await self._values_unknown(dest):
+            pending = self.preloader.pending  # name the caller's own unknown secret, if any
+            own = next((n for n in decision.secrets if (tenant, n) in pending), None)
+            own = own or (decision.secrets[0] if decision.secrets else None)
+            return self._reply(
+                failure(Reason.BACKEND_UNAVAILABLE, tenant, own, decision.secrets), dest
+            )
         egress = self._raw_egress(policy, tenant, dest, parts)
         if egress is not None:
             return self._reply(egress, dest)
@@ -357,28 +386,40 @@ class Engine:
         }
 
     # -- the response path -------------------------------------------------------
-    def scrub(self, data: bytes) -> tuple[bytes, int]:
+    # ``tenant`` is the reader: its own values become their placeholders,
+    # every other tenant's a name-free marker (never named, never delivered).
+    def scrub(self, data: bytes, tenant: str | None = None) -> tuple[bytes, int]:
         if not len(self.scrubber) or not data:
             return data, 0
-        return self.scrubber.scrub(data)
+        return self.scrubber.scrub(data, tenant)
 
-    def scrub_many(self, pieces: list[bytes]) -> list[tuple[bytes, int]]:
+    def scrub_many(self, pieces: list[bytes], tenant: str | None = None) -> list[tuple[bytes, int]]:
         if not len(self.scrubber):
             return [(piece, 0) for piece in pieces]
-        return self.scrubber.scrub_many(pieces)
+        return self.scrubber.scrub_many(pieces, tenant)
 
-    def stream_scrubber(self) -> StreamScrubber:
-        return self.scrubber.stream()
+    def stream_scrubber(self, tenant: str | None = None) -> StreamScrubber:
+        return self.scrubber.stream(tenant)
 
     # -- audit -------------------------------------------------------------------
-    def _clean(self, *texts: str) -> list[str]:
+    def _clean(self, tenant: str | None, *texts: str, caseless: tuple[int, ...] = ()) -> list[str]:
         """Agent-chosen text for the audit, with any known value replaced by
-        its placeholder (a raw value in an allowed path must not land here)."""
-        done = self.scrub_many([t.encode("utf-8", "surrogateescape") for t in texts])
-        return [
-            out.decode("utf-8", "replace") if n else t
-            for (out, n), t in zip(done, texts, strict=True)
+        its placeholder (a raw value in an allowed path must not land here),
+        or by the marker for another tenant's value. Host names and methods
+        reach here case-folded: the scrubber knows those spellings too."""
+        done = self.scrub_many([t.encode("utf-8", "surrogateescape") for t in texts], tenant or "")
+        out = [
+            data.decode("utf-8", "replace") if n else t
+            for (data, n), t in zip(done, texts, strict=True)
         ]
+        if len(self.scrubber):  # host names and methods: in any case
+            for i in caseless:
+                data, n = self.scrubber.scrub_caseless(
+                    out[i].encode("utf-8", "surrogateescape"), tenant or ""
+                )
+                if n:
+                    out[i] = data.decode("utf-8", "replace")
+        return out
 
     def _record_sent(
         self,
@@ -422,13 +463,15 @@ class Engine:
         phase: str,
         record_id: str | None,
     ) -> AuditRecord:
-        host, path = self._clean(dest.host, dest.path) if dest else ("", "")
+        t = decision.tenant
+        fields = (dest.host, dest.path, dest.method) if dest else ("", "", "")
+        host, path, method, *secrets = self._clean(t, *fields, *decision.secrets, caseless=(0, 2))
         rec = build_record(
             tenant=decision.tenant,
             decision=decision.verdict,
             reason=decision.reason.value if decision.reason else None,
-            secrets=list(decision.secrets),
-            method=dest.method if dest else "",
+            secrets=secrets,
+            method=method,
             scheme=dest.scheme if dest else "",
             host=host,
             port=dest.port if dest else 0,
@@ -483,6 +526,7 @@ class Engine:
         return len(pending)
 
     def close(self) -> None:
+        self.preloader.stop()
         self.interrupt_open()
         _close_governor(self.governor)
         self._close_backends(self._backends)

@@ -48,6 +48,7 @@ class Reason(StrEnum):
     TOKEN_UNAVAILABLE = "token_unavailable"
     SERVICE_NOT_ALLOWED = "service_not_allowed"
     REGION_NOT_ALLOWED = "region_not_allowed"
+    UNPROTECTABLE_SECRET = "unprotectable_secret"
 
 
 STATUS: dict[Reason, int] = {
@@ -63,6 +64,7 @@ STATUS: dict[Reason, int] = {
     Reason.RATE_LIMITED: 429,
     Reason.STATE_UNAVAILABLE: 503,
     Reason.TOKEN_UNAVAILABLE: 502,
+    Reason.UNPROTECTABLE_SECRET: 502,
 }
 _ERRORS = {
     Reason.BACKEND_UNAVAILABLE,
@@ -71,6 +73,7 @@ _ERRORS = {
     Reason.AUDIT_UNAVAILABLE,
     Reason.STATE_UNAVAILABLE,
     Reason.TOKEN_UNAVAILABLE,
+    Reason.UNPROTECTABLE_SECRET,
 }
 
 Verdict = Literal["allow", "pass", "deny", "error"]

@@ -31,6 +31,9 @@ class RequestParts:
     body: bytes
     """The decoded body (Content-Encoding removed)."""
     content_type: str = ""
+    trailers: tuple[Header, ...] = ()
+    """Request trailer fields (HTTP/1 chunked or HTTP/2). A trailer is a
+    header field sent after the body: its location is ``header:<name>``."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,7 @@ def scan(parts: RequestParts) -> ScanResult:
         if bad and malformed is None:
             malformed = location
 
-    for name, value in parts.headers:
+    for name, value in (*parts.headers, *parts.trailers):
         lname = name.lower()
         for text in _header_texts(lname, value):
             take(f"header:{lname}", text)
@@ -131,6 +134,9 @@ def substitute(parts: RequestParts, approve: Approve) -> RequestParts:
     headers = tuple(
         (name, _header_value(name.lower(), value, approve)) for name, value in parts.headers
     )
+    trailers = tuple(
+        (name, _header_value(name.lower(), value, approve)) for name, value in parts.trailers
+    )
 
     def encoded(location: str, safe: str) -> Callable[[str], str | None]:
         def write(name: str) -> str | None:
@@ -150,7 +156,7 @@ def substitute(parts: RequestParts, approve: Approve) -> RequestParts:
             return None if v is None else _escape_body(v, kind)
 
         body = placeholders.replace_bytes(body, write_body)
-    return replace(parts, headers=headers, path=path, query=query, body=body)
+    return replace(parts, headers=headers, trailers=trailers, path=path, query=query, body=body)
 
 
 def locations_of(scan_result: ScanResult, name: str) -> Collection[str]:

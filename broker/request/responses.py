@@ -67,6 +67,10 @@ _DETAIL: dict[Reason, str] = {
     ),
     Reason.SERVICE_NOT_ALLOWED: "Secret {secret!r} may not sign requests for this AWS service.",
     Reason.REGION_NOT_ALLOWED: "Secret {secret!r} may not sign requests for this AWS region.",
+    Reason.UNPROTECTABLE_SECRET: (
+        "Secret {secret!r} is too short or too guessable for keybroker to keep out of "
+        "responses; an operator must store a stronger value."
+    ),
 }
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from broker.scrub import matcher
 from broker.scrub import spellings as encodings
 
-__all__ = ["DELTA_VALUES", "MAX_VALUES", "Scrubber", "ScrubberFull", "StreamScrubber"]
+__all__ = ["DELTA_VALUES", "MARKER", "MAX_VALUES", "Scrubber", "ScrubberFull", "StreamScrubber"]
 
 log = logging.getLogger("keybroker")
 Owner = tuple[str, str]
@@ -53,6 +53,11 @@ MERGE_AFTER = 2.0
 
 _clock = time.monotonic
 
+MARKER = b"<<redacted>>"
+"""What replaces a value the reader's tenant does not own: it names no secret
+and no tenant (issue 12 item 4), and it is not a placeholder, so an agent
+that sends it back does not trip ``malformed_placeholder``."""
+
 
 class ScrubberFull(RuntimeError):
     """The registry holds :data:`MAX_VALUES` values; no new value can be added."""
@@ -74,6 +79,7 @@ class _Snapshot:
     max_len: int
     has_newline: bool
     generation: int
+    ranks: dict[Owner, int]
 
     def occurrences(self, data: bytes) -> list[Occurrence]:
         """Every occurrence in every layer, by start, longest first."""
@@ -115,6 +121,8 @@ class Scrubber:
         self._background = background
         self._lock = threading.Lock()
         self._values: dict[bytes, dict[Owner, bytes]] = {}  # value -> owner -> placeholder
+        self._rank: dict[Owner, int] = {}
+        self._caseless: tuple[int, matcher.Matcher, tuple[frozenset[Owner], ...]] | None = None
         self._variants: dict[bytes, list[bytes]] = {}
         self._max_len = 0
         self._has_newline = False
@@ -125,11 +133,14 @@ class Scrubber:
         self._rebuild: threading.Thread | None = None
         self._snapshot: _Snapshot | None = None
 
-    def add(self, value: bytes, placeholder: bytes, owner: tuple[str, str]) -> None:
+    def add(self, value: bytes, placeholder: bytes, owner: tuple[str, str], rank: int = 0) -> None:
         """Register ``value`` (owned by ``(tenant, secret_name)``) to be written
-        as ``placeholder``. Idempotent."""
+        as ``placeholder``. Idempotent. When several of one tenant's secrets
+        hold the same value, the reader sees the name of lowest ``rank`` (the
+        engine passes the secret's position in the policy), then of lowest name."""
         if not value:
             raise ValueError("an empty secret value cannot be scrubbed")
+        self._rank.setdefault(owner, rank)
         with self._lock:  # the common case (a value seen before) costs no encoding
             known = self._values.get(value)
             if known is not None and known.get(owner) == placeholder:
@@ -151,19 +162,72 @@ class Scrubber:
             self._changed[value] = self._generation
             self._changed_at = _clock()
 
-    def scrub(self, data: bytes) -> tuple[bytes, int]:
+    def scrub(self, data: bytes, tenant: str | None = None) -> tuple[bytes, int]:
         """``data`` with every byte of every occurrence of every variant replaced,
-        and the number of placeholders written."""
-        out, count, _rest = _cover(self._current(), data, 0, len(data))
+        and the number of placeholders written. With ``tenant``, a value that
+        tenant owns becomes its placeholder and any other value :data:`MARKER`
+        (another tenant's secret is never named); without, the placeholder of
+        the first owner (tools and tests)."""
+        out, count, _rest = _cover(self._current(), data, 0, len(data), tenant)
         return out, count
 
-    def scrub_many(self, pieces: list[bytes]) -> list[tuple[bytes, int]]:
+    def scrub_many(self, pieces: list[bytes], tenant: str | None = None) -> list[tuple[bytes, int]]:
         """Each piece scrubbed on its own, as :meth:`scrub` would. The common
         case, no value in any of them, costs one scan of them joined (a hit
         there only means each piece is then scanned alone)."""
-        if not self.scrub(b"\n".join(pieces))[1]:
+        if not self.scrub(b"\n".join(pieces), tenant)[1]:
             return [(piece, 0) for piece in pieces]
-        return [self.scrub(piece) for piece in pieces]
+        return [self.scrub(piece, tenant) for piece in pieces]
+
+    def owners_in_caseless(self, data: bytes) -> set[tuple[str, str]]:
+        """Owners whose raw value appears in ``data`` ignoring ASCII case: for
+        the short fields that are case-insensitive (host names, methods,
+        header names), which reach the broker and the audit case-folded."""
+        found: set[Owner] = set()
+        caseless, owners = self._caseless_matcher()
+        for _start, _end, i in caseless.find_all(data.lower()):
+            found |= owners[i]
+        return found
+
+    def scrub_caseless(self, data: bytes, tenant: str | None = None) -> tuple[bytes, int]:
+        """Every raw value in ``data``, in any ASCII case, replaced as
+        :meth:`scrub` would (other spellings are :meth:`scrub`'s job)."""
+        out, count = data, 0
+        caseless, owners = self._caseless_matcher()
+        found = caseless.find(out.lower())
+        if not found:
+            return out, count
+        snap = self._current()
+        pieces, cursor = [], 0
+        for start, end, i in found:
+            placeholder = b"<<secret:" + min(owners[i])[1].encode() + b">>"
+            pieces += [out[cursor:start], _replacement(snap, placeholder, owners[i], tenant)]
+            cursor = end
+        pieces.append(out[cursor:])
+        return b"".join(pieces), count + len(found)
+
+    def _caseless_matcher(self) -> tuple[matcher.Matcher, tuple[frozenset[Owner], ...]]:
+        """Lower-cased raw values (single-line, at most 1 KiB), rebuilt lazily
+        when the values change; a small automaton: the fields it scans are short."""
+        with self._lock:
+            cached = self._caseless
+            if cached is not None and cached[0] == self._generation:
+                return cached[1], cached[2]
+            generation = self._generation
+            entries = [
+                (v.lower(), frozenset(o))
+                for v, o in self._values.items()
+                if len(v) <= 1024 and b"\n" not in v and b"\r" not in v
+            ]
+        merged: dict[bytes, frozenset[Owner]] = {}
+        for lowered, owners in entries:
+            merged[lowered] = merged.get(lowered, frozenset()) | owners
+        engine = "ahocorasick" if "ahocorasick" in matcher.available_engines() else "python"
+        built = matcher.build(list(merged), engine)
+        owner_sets = tuple(merged.values())
+        with self._lock:
+            self._caseless = (generation, built, owner_sets)
+        return built, owner_sets
 
     def owners_in(self, data: bytes) -> set[tuple[str, str]]:
         """Owners whose values appear in ``data``, in any encoding (overlapping
@@ -205,8 +269,8 @@ class Scrubber:
             return not rebuild.is_alive()
         return True
 
-    def stream(self) -> StreamScrubber:
-        return StreamScrubber(self)
+    def stream(self, tenant: str | None = None) -> StreamScrubber:
+        return StreamScrubber(self, tenant)
 
     def __len__(self) -> int:
         with self._lock:
@@ -234,7 +298,9 @@ class Scrubber:
             layers = tuple(layer for layer in (self._base, delta) if layer is not None)
             if not layers:
                 layers = (_Layer(matcher.build([], self._engine), (), ()),)
-            self._snapshot = _Snapshot(layers, self._max_len, self._has_newline, self._generation)
+            self._snapshot = _Snapshot(
+                layers, self._max_len, self._has_newline, self._generation, self._rank
+            )
             return self._snapshot
 
     def _start_rebuild(self, *, idle: bool = False) -> None:
@@ -273,7 +339,21 @@ class Scrubber:
         self._snapshot = None
 
 
-def _cover(snap: _Snapshot, data: bytes, begin: int, cut: int) -> tuple[bytes, int, int]:
+def _replacement(
+    snap: _Snapshot, placeholder: bytes, owners: frozenset[Owner], tenant: str | None
+) -> bytes:
+    if tenant is None:
+        return placeholder
+    own = [o for o in owners if o[0] == tenant]
+    if not own:
+        return MARKER
+    name = min(own, key=lambda o: (snap.ranks.get(o, 0), o[1]))[1]
+    return b"<<secret:" + name.encode() + b">>"
+
+
+def _cover(
+    snap: _Snapshot, data: bytes, begin: int, cut: int, tenant: str | None = None
+) -> tuple[bytes, int, int]:
     """Scrub ``data[begin:]`` up to ``cut``; return the scrubbed bytes, the
     count of placeholders written, and where the unreleased rest begins.
 
@@ -288,13 +368,13 @@ def _cover(snap: _Snapshot, data: bytes, begin: int, cut: int) -> tuple[bytes, i
     pieces: list[bytes] = []
     cursor = begin
     count = 0
-    for start, end, replacement, _owners in snap.occurrences(data):
+    for start, end, replacement, owners in snap.occurrences(data):
         if end <= cursor:
             continue
         first = max(start, cursor)
         if first >= cut:
             break
-        pieces += [data[cursor:first], replacement]
+        pieces += [data[cursor:first], _replacement(snap, replacement, owners, tenant)]
         cursor = end
         count += 1
     rest = max(cut, cursor)
@@ -316,8 +396,9 @@ class StreamScrubber:
     scrubbed from every byte not yet released. One per stream; not shared
     between threads."""
 
-    def __init__(self, scrubber: Scrubber) -> None:
+    def __init__(self, scrubber: Scrubber, tenant: str | None = None) -> None:
         self._scrubber = scrubber
+        self._tenant = tenant
         self._context = b""  # up to W released bytes before the carry, as received
         self._carry = b""  # received, not yet released
         self.count = 0
@@ -354,7 +435,7 @@ class StreamScrubber:
         #   there; later bytes cannot form one that starts earlier.
         # So an occurrence beginning before `cut` is replaced whole even when it
         # runs past `cut`, and nothing later can change what was released.
-        out, count, rest = _cover(snap, buf, begin, cut)
+        out, count, rest = _cover(snap, buf, begin, cut, self._tenant)
         self._carry = buf[rest:]
         self._context = buf[max(rest - window, 0) : rest]
         self.count += count

@@ -21,6 +21,31 @@ the broker itself injected):
   character ``\\uXXXX``-escaped, upper and lower hex. Encoders that escape
   all they can, or a hostile upstream, leave no literal run of the value at all.
 
+- percent-encoding with any *safe set*: each subset of the reserved
+  characters the value holds (``/``, ``:``, ``@``, ``+`` first) kept literal,
+  as ``quote(value, safe=...)`` writes it for each choice;
+
+**Bounded and line-free.** No pattern is longer than 6 x :data:`TILE` bytes
+and none holds a line break, so the stream hold-back stays small and the
+newline rule (DESIGN.md §7.6) applies whatever values other tenants store:
+
+- a value longer than :data:`TILE` bytes is covered by overlapping tiles of
+  :data:`TILE` bytes (each spelled in every encoding, base64 alignments
+  included); every byte of the value lies in a tile, and every base64
+  character of its encoding in a tile's fragment, so an echo of the whole
+  value is replaced tile by tile;
+- a multi-line value (a PEM key) is scrubbed line by line: its strong lines
+  raw (:func:`broker.scrub.strength.lines_to_scrub`; the ``-----BEGIN``
+  framing is not secret) and its encodings, which hold no raw line break.
+
+Case-folded spellings (a host name, a method) are not patterns: they would
+make every literal caseless and slow the matcher; the scrubber checks the
+few short fields that are case-insensitive with a separate caseless matcher
+(:meth:`broker.scrub.scrubber.Scrubber.owners_in_caseless`). JSON ``\\u``
+escapes of an arbitrary subset of characters, base64 wrapped at 64 or 76
+columns and UTF-16 cannot be listed as patterns either: the scrubber finds
+them in decoded views (:mod:`broker.scrub.views`).
+
 Variants shorter than :data:`MIN_VARIANT` are dropped, except the raw value: a
 short fragment (two or three base64 characters of a short secret) occurs in
 ordinary text all the time, and replacing it would corrupt responses while
@@ -37,9 +62,19 @@ import re
 from collections.abc import Callable
 from urllib.parse import quote, quote_plus
 
-__all__ = ["MIN_VARIANT", "variants"]
+from broker.scrub.strength import lines_to_scrub
+
+__all__ = ["MIN_VARIANT", "TILE", "variants"]
 
 MIN_VARIANT = 6
+TILE = 256
+"""Longest raw piece spelled as one pattern."""
+_OVERLAP = 8
+"""Bytes shared by neighbouring tiles: a base64 character mixing the last
+bits of one tile with the first of the next lies inside the overlap."""
+_RESERVED = "/:@+=,;&!$'()*?#[] "
+_SAFE_SUBSET_CHARS = 4
+_LINE_BREAK = re.compile(rb"[\r\n]")
 
 _Encoder = Callable[[bytes], bytes]
 _B64: tuple[_Encoder, ...] = (base64.b64encode, base64.urlsafe_b64encode)
@@ -77,8 +112,22 @@ def _hex_forms(value: bytes) -> list[bytes]:
     return [lower, lower.upper()]
 
 
+def _safe_sets(value: bytes) -> list[str]:
+    """Subsets of the reserved characters in ``value`` (at most
+    :data:`_SAFE_SUBSET_CHARS` of them, the usual ``/:@+`` first; the rest
+    are either all kept or all escaped)."""
+    present = [c for c in _RESERVED if c.encode() in value]
+    head, rest = present[:_SAFE_SUBSET_CHARS], "".join(present[_SAFE_SUBSET_CHARS:])
+    sets = []
+    for mask in range(1 << len(head)):
+        chosen = "".join(c for i, c in enumerate(head) if mask >> i & 1)
+        sets += [chosen, chosen + rest] if rest else [chosen]
+    return sets
+
+
 def _percent_forms(value: bytes) -> list[bytes]:
-    forms = [quote(value, safe="").encode("ascii"), quote_plus(value, safe="").encode("ascii")]
+    forms = [quote(value, safe=safe).encode("ascii") for safe in _safe_sets(value)]
+    forms += [quote_plus(value, safe=safe).encode("ascii") for safe in _safe_sets(value)]
     lowered = [_PERCENT_HEX.sub(lambda m: m.group(0).lower(), f) for f in forms]
     return forms + lowered
 
@@ -115,11 +164,33 @@ def _escape_all_forms(value: bytes) -> list[bytes]:
     return [*forms, escaped, _UNICODE_HEX.sub(lambda m: b"\\u" + m.group(0)[2:].upper(), escaped)]
 
 
+def _tiles(value: bytes) -> list[bytes]:
+    if len(value) <= TILE:
+        return [value]
+    stride = TILE - _OVERLAP
+    starts = [*range(0, len(value) - TILE, stride), len(value) - TILE]
+    return [value[i : i + TILE] for i in starts]
+
+
 def variants(value: bytes) -> list[bytes]:
-    """Every byte string to scrub for ``value``: the raw value first, then its
-    encodings, deduplicated, in a deterministic order."""
+    """Every byte string to scrub for ``value``: the raw value first (unless
+    it is too long or holds a line break), then its encodings, deduplicated,
+    in a deterministic order. No string is longer than 6 x :data:`TILE` or
+    holds a line break."""
     if not value:
         raise ValueError("an empty value has no variants")
+    out: list[bytes] = []
+    seen: set[bytes] = set()
+    pieces = [piece for line in lines_to_scrub(value) for piece in _tiles(line)]
+    for piece in [*pieces, *_tiles(value)]:
+        for form in _piece_variants(piece):
+            if form not in seen and not _LINE_BREAK.search(form):
+                seen.add(form)
+                out.append(form)
+    return out
+
+
+def _piece_variants(value: bytes) -> list[bytes]:
     candidates = [
         *_base64_forms(value),
         *_hex_forms(value),

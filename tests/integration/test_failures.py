@@ -41,6 +41,9 @@ def test_vault_stopped_gives_502_and_nothing_upstream(
         bao.put_v2("acme/stripe", {"api_key": sc.values["acme/stripe"]})
         policy = sc.policy(audit={"path": str(tmp_path / "a.jsonl")})
         policy["backends"]["vault"]["url"] = bao.url
+        # Uncached: the broker preloads every value at start (issue 12), and
+        # a cached value would keep serving while the vault is down.
+        policy["backends"]["vault"]["cache_ttl"] = 0
         with Proxy(policy, tmp_path, env=sc.env(bao.root_token)) as proxy:
             bao.stop()
             upstream.clear()

@@ -38,8 +38,11 @@ def test_raw_value_encoded_to_unlisted_host(
     sbroker: Proxy, sec: Sec, upstream: Upstream, warm: str, form: str
 ) -> None:
     """Attack: the raw value, encoded (base64, hex, percent), sent to a host
-    no rule for it lists (`localhost`), as tenant acme and as tenant globex.
-    Expected: 403 raw_secret_egress for both; nothing upstream."""
+    no rule for it lists (`localhost`), as tenant acme (its owner) and as
+    tenant globex. Expected: 403 raw_secret_egress for acme, nothing
+    upstream. globex gets what any string gets (refusing acme's value there
+    would let globex test guesses of it, issue 12 item 4), and nothing it
+    receives holds the value."""
     v = warm.encode()
     spelled = {
         "raw": v,
@@ -48,6 +51,7 @@ def test_raw_value_encoded_to_unlisted_host(
         "percent-in-query": quote(v, safe="").encode(),
     }[form]
     upstream.clear()
+    statuses = []
     for tenant in (sec.sc.acme, sec.sc.globex):
         with tunnel(sbroker, f"localhost:{sec.port}", creds=(tenant.name, tenant.token)) as w:
             if form == "percent-in-query":
@@ -55,8 +59,11 @@ def test_raw_value_encoded_to_unlisted_host(
             else:
                 w.send(request("GET", "/echo/egress", "x", [("X-Data", spelled.decode())]))
             resp = w.response()
-        assert (resp.status, resp.reason) == (403, "raw_secret_egress"), resp.raw[:300]
-    assert upstream.received == []
+        statuses.append((resp.status, resp.reason))
+        assert_no_leak(resp.raw, sec)
+    assert statuses[0] == (403, "raw_secret_egress")
+    assert statuses[1][0] == 200
+    assert len(upstream.received) == 1  # globex's only
 
 
 def _ws_frame(payload: bytes) -> bytes:
@@ -99,17 +106,22 @@ def test_raw_value_in_websocket_message(
     assert not sent, "the raw value reached the upstream in a WebSocket message"
 
 
-def test_raw_value_as_connect_host_label(sbroker: Proxy, sec: Sec, warm: str) -> None:
-    """Attack: CONNECT `<value>.invalid:443` (the Host header says `x`) and
-    send a plain request: the broker resolves the name (the value goes to
-    DNS, and to the server as SNI) and records the host.
-    Expected: 403 raw_secret_egress before any lookup; the audit never holds
-    the value."""
-    with tunnel(sbroker, f"{warm}.invalid:443", creds=(sec.sc.acme.name, sec.sc.acme.token)) as w:
-        w.send(request("GET", "/", "x"))
-        resp = w.response()
-    in_audit = warm in sbroker.audit_path.read_text()
-    assert (resp.status, resp.reason) == (403, "raw_secret_egress"), resp.status
+@pytest.mark.parametrize("case", ["as-is", "swapped"])
+def test_raw_value_as_connect_host_label(sbroker: Proxy, sec: Sec, warm: str, case: str) -> None:
+    """Attack: CONNECT `<value>.invalid:443` (the value as written, or with
+    its case swapped: DNS and the audit see it lower-cased) and send a plain
+    request: the broker would resolve the name (the value goes to DNS, and
+    to the server as SNI) and record the host.
+    Expected: the CONNECT itself is refused, 403 raw_secret_egress, before
+    any lookup; the audit never holds the value, in any case."""
+    label = warm if case == "as-is" else warm.swapcase()
+    with pytest.raises(ConnectionRefusedError) as refused:
+        with tunnel(sbroker, f"{label}.invalid:443", creds=(sec.sc.acme.name, sec.sc.acme.token)):
+            pass
+    assert "403" in str(refused.value) and "reason=raw_secret_egress" in str(refused.value)
+    # Wait for the refusal's own record (the audit host holds `.invalid`).
+    assert wait_for(lambda: ".invalid" in sbroker.audit_path.read_text(), 5), "not audited"
+    in_audit = warm.lower() in sbroker.audit_path.read_text().lower()
     assert not in_audit, "the audit holds the value"
 
 

@@ -180,7 +180,9 @@ def test_buffered_response_headers_and_body_scrubbed_in_one_scan(
     assert addon.engine is not None
     scans: list[int] = []
     real = addon.engine.scrubber.scrub
-    monkeypatch.setattr(addon.engine.scrubber, "scrub", lambda d: scans.append(len(d)) or real(d))
+    monkeypatch.setattr(
+        addon.engine.scrubber, "scrub", lambda d, t=None: scans.append(len(d)) or real(d, t)
+    )
     addon.responseheaders(f)
     assert f.response is not None and f.response.headers["x-reflect"] == VALUE  # nothing sent yet
     assert scans == []

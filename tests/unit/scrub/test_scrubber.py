@@ -110,7 +110,7 @@ def test_properties_track_the_pattern_set() -> None:
     s = Scrubber()
     assert (s.max_len, s.has_newline_pattern, len(s)) == (0, False, 0)
     s.add(NEWLINE_CANARY, b"<<secret:nl>>", ("t", "nl"))
-    assert (s.max_len, s.has_newline_pattern) == (max(map(len, variants(NEWLINE_CANARY))), True)
+    assert (s.max_len, s.has_newline_pattern) == (max(map(len, variants(NEWLINE_CANARY))), False)
 
 
 def test_rebuilds_once_per_change_not_per_scan(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -480,3 +480,41 @@ def test_scrub_many_scrubs_each_piece_alone() -> None:
     assert s.scrub_many([b"x kb-canary-many", b"clean"]) == [(b"x <<secret:m>>", 1), (b"clean", 0)]
     # Joined with "\n" the two pieces spell a value; alone neither holds one.
     assert s.scrub_many([b"kb-canary", b"split"]) == [(b"kb-canary", 0), (b"split", 0)]
+
+
+# -- tenants (issue 12 item 4) -----------------------------------------------------------
+def test_a_reader_sees_its_own_placeholder_and_a_name_free_marker_for_others() -> None:
+    s = Scrubber("python", background=False)
+    mine, theirs = b"kbcanary-tenant-mine-6d1f", b"kbcanary-tenant-theirs-9e2a"
+    s.add(mine, b"<<secret:mine>>", ("acme", "mine"))
+    s.add(theirs, b"<<secret:stripe_live>>", ("globex", "stripe_live"))
+    data = b"a " + mine + b" b " + theirs + b" c"
+    assert s.scrub(data, "acme") == (b"a <<secret:mine>> b " + scrub.MARKER + b" c", 2)
+    out, n = s.scrub(data, "globex")
+    assert n == 2 and b"mine" not in out and out.count(scrub.MARKER) == 1
+    stream = s.stream("initech")
+    got = stream.feed(data[:10]) + stream.feed(data[10:]) + stream.flush()
+    assert got == b"a " + scrub.MARKER + b" b " + scrub.MARKER + b" c"
+    assert b"stripe_live" not in s.scrub_many([data], "acme")[0][0]
+
+
+def test_a_shared_value_is_named_by_the_readers_own_secret() -> None:
+    s = Scrubber("python", background=False)
+    value = b"kbcanary-shared-by-two-0c3b"
+    s.add(value, b"<<secret:zeta>>", ("acme", "zeta"))
+    s.add(value, b"<<secret:alpha>>", ("globex", "alpha"))
+    assert s.scrub(value, "acme")[0] == b"<<secret:zeta>>"
+    assert s.scrub(value, "globex")[0] == b"<<secret:alpha>>"
+
+
+def test_case_insensitive_fields_are_matched_in_any_case() -> None:
+    s = Scrubber("python", background=False)
+    value = b"kbCanaryMixedCase7Q2w"
+    s.add(value, b"<<secret:k>>", ("acme", "k"))
+    host = b"x." + value.lower() + b".evil.test"
+    assert s.owners_in(host) == set()  # not a scrub pattern: that would slow every scan
+    assert s.owners_in_caseless(host) == {("acme", "k")}
+    assert s.scrub_caseless(host, "acme") == (b"x.<<secret:k>>.evil.test", 1)
+    assert s.scrub_caseless(value.upper(), "globex") == (scrub.MARKER, 1)
+    s.add(b"kbcanary-added-later-55e1", b"<<secret:l>>", ("acme", "l"))  # rebuilt on change
+    assert s.owners_in_caseless(b"KBCANARY-ADDED-LATER-55E1") == {("acme", "l")}

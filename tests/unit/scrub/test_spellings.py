@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import os
+from urllib.parse import quote
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from broker.scrub.spellings import MIN_VARIANT, variants
+from broker.scrub.spellings import MIN_VARIANT, TILE, variants
 from tests.support.leaks import leak_forms
 
 CANARY = b'kb-canary/7Q+x=y&z<w> "q" caf\xc3\xa9'
@@ -68,6 +70,7 @@ def test_empty_value_is_rejected() -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.binary(min_size=1, max_size=48))
 def test_every_independently_derived_form_is_a_variant(value: bytes) -> None:
+    assume(b"\n" not in value and b"\r" not in value)  # multi-line: see below
     forms = set(variants(value))
     missing = [name for name, form in leak_forms(value).items() if form not in forms]
     assert missing == []
@@ -101,3 +104,42 @@ def test_fragment_does_not_depend_on_surrounding_bytes(k: int) -> None:
     ]
     common = set.intersection(*fragment_sets)
     assert any(len(f) >= 8 * len(value) // 6 - 2 for f in common)
+
+
+# -- bounded, line-free patterns (issue 12 items 4 and 6) ---------------------------------
+PEM = (
+    b"-----BEGIN PRIVATE KEY-----\n"
+    + b"\n".join(base64.b64encode(os.urandom(48)) for _ in range(20))
+    + b"\n-----END PRIVATE KEY-----\n"
+)
+
+
+def test_a_multi_line_value_is_scrubbed_by_its_strong_lines_and_no_pattern_breaks_lines() -> None:
+    forms = variants(PEM)
+    assert not any(b"\n" in f or b"\r" in f for f in forms)
+    for line in PEM.splitlines()[1:-1]:
+        assert line in forms
+    assert b"-----BEGIN PRIVATE KEY-----" not in forms  # framing, not secret
+    assert max(map(len, forms)) <= 6 * TILE
+
+
+def test_a_huge_value_is_tiled_and_every_byte_is_covered() -> None:
+    value = os.urandom(3000).hex().encode()  # 6,000 bytes
+    forms = variants(value)
+    assert max(map(len, forms)) <= 6 * TILE
+    tiles = [f for f in forms if f in value and len(f) == TILE]
+    covered = bytearray(len(value))
+    for t in tiles:
+        i = value.find(t)
+        covered[i : i + TILE] = b"\1" * TILE
+    assert all(covered)
+    encoded = base64.b64encode(b"xy" + value)
+    fragments = [f for f in forms if f in encoded]
+    assert fragments  # and the scrubber test checks the whole encoding is replaced
+
+
+@pytest.mark.parametrize("safe", ["/", ":", "@", "+", "/:", "/:@+", ":@"])
+def test_percent_encoding_with_any_safe_set(safe: str) -> None:
+    value = b"kb/canary:with@plus+sign=3f9a"
+    assert quote(value, safe=safe).encode() in variants(value)
+    assert quote(value, safe=safe).lower().encode() in [f.lower() for f in variants(value)]
