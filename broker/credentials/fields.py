@@ -18,6 +18,7 @@ _FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
     "oauth2_client_credentials": (("client_id", "client_secret"), ("client_secret",)),
     "github_app": (("app_id", "private_key", "installation_id"), ("private_key",)),
+    "google_service_account": (("client_email", "private_key"), ("private_key",)),
 }
 
 

@@ -4,14 +4,11 @@ installation token. Caching and single flight: :mod:`broker.credentials.minter`.
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from datetime import datetime
 
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-
+from broker.credentials import jwt_rs256
 from broker.credentials.errors import CredentialError
 from broker.credentials.http import MAX_ANSWER, Answer
 from broker.policy.schema import SecretRule
@@ -20,24 +17,10 @@ from broker.secret import SecretValue
 DEFAULT_API = "https://api.github.com"
 
 
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
 def app_jwt(app_id: str, private_key_pem: SecretValue, now: float | None = None) -> SecretValue:
     """GitHub's app JWT: issued a minute in the past (clock drift), valid 9 minutes."""
-    try:
-        key = serialization.load_pem_private_key(private_key_pem.reveal_bytes(), password=None)
-    except (ValueError, TypeError):
-        key = None
-    if not isinstance(key, rsa.RSAPrivateKey):
-        raise CredentialError("token_unavailable", "the app's private_key is not an RSA PEM key")
     t = int(now if now is not None else time.time())
-    head = _b64url(json.dumps({"alg": "RS256", "typ": "JWT"}, separators=(",", ":")).encode())
-    claims = {"iat": t - 60, "exp": t + 540, "iss": app_id}
-    body = _b64url(json.dumps(claims, separators=(",", ":")).encode())
-    signature = key.sign(f"{head}.{body}".encode(), padding.PKCS1v15(), hashes.SHA256())
-    return SecretValue(f"{head}.{body}.{_b64url(signature)}")
+    return jwt_rs256.sign({"iat": t - 60, "exp": t + 540, "iss": app_id}, private_key_pem)
 
 
 def token_url(rule: SecretRule, installation_id: str) -> str:

@@ -14,7 +14,7 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from broker.backends.base import BackendError
-from broker.credentials import github_app, oauth2
+from broker.credentials import github_app, google_sa, oauth2
 from broker.credentials.aws_sigv4 import AwsKeys
 from broker.credentials.errors import CredentialError
 from broker.credentials.fields import fields_of, secret_fields
@@ -24,7 +24,7 @@ from broker.policy.schema import SecretRule
 from broker.secret import SecretValue
 
 Remember = Callable[[str, str, SecretValue], None]
-MINTED = ("oauth2_refresh", "oauth2_client_credentials", "github_app")
+MINTED = ("oauth2_refresh", "oauth2_client_credentials", "github_app", "google_service_account")
 
 
 class TokenAudit(Protocol):
@@ -98,6 +98,8 @@ class Minter:
         async def fetch() -> Token:
             if rule.kind == "github_app":
                 return await self._github(resolver, tenant, name, rule)
+            if rule.kind == "google_service_account":
+                return await self._google(resolver, tenant, name, rule)
             return await self._oauth2(resolver, tenant, name, rule)
 
         return await self.tokens.get(_key(tenant, name, rule), fetch)
@@ -121,6 +123,16 @@ class Minter:
         if issued.refresh_token is not None and stored is not None:
             self._remember(tenant, name, issued.refresh_token)
             self._rotated[key] = (stored, issued.refresh_token)
+        return Token(issued.access_token, issued.lifetime)
+
+    async def _google(self, resolver: Resolve, tenant: str, name: str, rule: SecretRule) -> Token:
+        got = {f: await self._field(resolver, tenant, name, rule, f) for f in fields_of(rule)}
+        signed = google_sa.assertion(rule, got["client_email"].reveal().strip(), got["private_key"])
+        self._remember(tenant, name, signed)
+        body, headers = google_sa.token_request(signed)
+        answer = await self._post(tenant, name, google_sa.token_url(rule), body, headers)
+        issued = oauth2.parse_answer(answer)
+        self._remember(tenant, name, issued.access_token)
         return Token(issued.access_token, issued.lifetime)
 
     async def _github(self, resolver: Resolve, tenant: str, name: str, rule: SecretRule) -> Token:

@@ -61,7 +61,12 @@ class _Model(BaseModel):
 
 
 CredentialKind = Literal[
-    "static", "aws_sigv4", "oauth2_refresh", "oauth2_client_credentials", "github_app"
+    "static",
+    "aws_sigv4",
+    "oauth2_refresh",
+    "oauth2_client_credentials",
+    "github_app",
+    "google_service_account",
 ]
 # Keys only one kind may set (DESIGN.md §11); anything else is an error naming the kind.
 _KIND_KEYS: dict[str, tuple[str, ...]] = {
@@ -69,6 +74,7 @@ _KIND_KEYS: dict[str, tuple[str, ...]] = {
     "oauth2_refresh": ("token_url", "scopes", "token_auth"),
     "oauth2_client_credentials": ("token_url", "scopes", "token_auth"),
     "github_app": ("api_url",),
+    "google_service_account": ("token_url", "scopes", "subject"),  # extension
 }
 _AWS_LOCATIONS = ("header:authorization", "query")
 
@@ -110,6 +116,8 @@ class SecretRule(_Model):
     scopes: tuple[str, ...] | None = None
     token_auth: Literal["client_secret_basic", "client_secret_post"] | None = None
     api_url: str | None = None
+    subject: str | None = None
+    """google_service_account: the user to act as (domain-wide delegation)."""
 
     @model_validator(mode="before")
     @classmethod

@@ -38,6 +38,7 @@ CLIENTS = {
             ("svc", ("client_credentials",)),
             ("down", ("client_credentials",)),
             ("agentapp", ("client_credentials",)),
+            ("sa", ("urn:ietf:params:oauth:grant-type:jwt-bearer",)),
         ]
     )
 }
@@ -90,6 +91,9 @@ def world(
                 data["refresh_token"] = seeds[name]
             openbao.put_v2(f"tok/{name}", data)
         openbao.put_v2(
+            "tok/sa", {"client_email": CLIENTS["sa"].client_id, "private_key": ts.sa_private_pem}
+        )
+        openbao.put_v2(
             "tok/gh",
             {"app_id": ts.app_id, "private_key": ts.app_private_pem, "installation_id": "99"},
         )
@@ -120,6 +124,13 @@ def world(
                 "oauth2_client_credentials", "tok/svc", token_url=untrusted.url("/token")
             ),
             "gh": rule("github_app", "tok/gh", api_url=ts.url("")),
+            "sa": rule(
+                "google_service_account",
+                "tok/sa",
+                token_url=token_url,
+                scopes=["https://www.googleapis.com/auth/devstorage.read_only"],
+                subject="user@example.com",
+            ),
         }
         policy = {
             "version": 1,
@@ -334,3 +345,21 @@ def test_captured_session_cookie_and_its_ttl(world: World) -> None:
         world.ts.url("/api/me"), headers={"Authorization": f"Bearer {m.group(1)}"}, timeout=30
     )
     assert r.status_code == 403 and r.json()["reason"] == "unknown_secret"
+
+
+def test_google_service_account_assertion(world: World) -> None:
+    """RFC 7523 as Google uses it: Authlib's JWT-bearer grant verifies the
+    assertion with the account's public key and the token URL as audience."""
+    st = world.ts.state
+    before = st.token_requests
+    r = world.api("sa")
+    assert r.status_code == 200, r.text
+    assert r.json()["token"] == "<<secret:sa>>"
+    assert world.api("sa").status_code == 200
+    assert st.token_requests == before + 1
+    claims = st.assertions[-1]
+    assert claims["iss"] == CLIENTS["sa"].client_id
+    assert claims["aud"] == world.ts.url("/token")
+    assert claims["scope"] == "https://www.googleapis.com/auth/devstorage.read_only"
+    assert claims["sub"] == "user@example.com"
+    assert claims["exp"] - claims["iat"] == 3600

@@ -26,9 +26,11 @@ import jwt
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.oauth2.rfc6749 import ClientMixin, TokenMixin, grants
 from authlib.oauth2.rfc6750 import BearerTokenGenerator
+from authlib.oauth2.rfc7523 import JWTBearerGrant
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import Flask, jsonify, request
+from joserfc.jwk import RSAKey
 from werkzeug.serving import make_server
 
 from tests.support.tlsca import TestCA
@@ -105,6 +107,7 @@ class State:
         self.refresh: dict[str, Token] = {}
         self.github_tokens: list[str] = []
         self.sessions: list[str] = []
+        self.assertions: list[dict[str, Any]] = []
         self.seen_auth: list[str] = []
         """How each token request authenticated its client: basic or post."""
 
@@ -127,6 +130,15 @@ class TokenServer:
             serialization.NoEncryption(),
         ).decode()
         self._public = key.public_key()
+        sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.sa_private_pem = sa_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode()
+        self._sa_public = sa_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
         self.app = self._make_app()
         cert, keyfile = ca.issue_server_cert()
         self._server = make_server(
@@ -193,8 +205,37 @@ class TokenServer:
         class ClientCreds(grants.ClientCredentialsGrant):  # type: ignore[misc]
             TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
 
+        sa_public, owner = self._sa_public, self
+
+        class ServiceAccount(JWTBearerGrant):  # type: ignore[misc]
+            """Google's server-to-server flow: the assertion's iss is the
+            account, verified with its public key; scope is a claim."""
+
+            def resolve_issuer_client(self, issuer: str) -> Client | None:
+                c = clients.get(issuer)
+                return c if c is not None and self.GRANT_TYPE in c.grant_types else None
+
+            def resolve_client_public_key(self, client: Client) -> Any:
+                return RSAKey.import_key(sa_public)
+
+            def get_audiences(self) -> list[str]:
+                return [owner.url("/token")]  # the port is known once serving
+
+            def authenticate_user(self, subject: str) -> object:
+                return object()
+
+            def has_granted_permission(self, client: Client, user: object) -> bool:
+                return True
+
+            def process_assertion_claims(self, assertion: str) -> Any:
+                claims = super().process_assertion_claims(assertion)
+                with st.lock:
+                    st.assertions.append(dict(claims))
+                return claims
+
         server.register_grant(Refresh)
         server.register_grant(ClientCreds)
+        server.register_grant(ServiceAccount)
 
         @app.post("/token")
         def token() -> Any:

@@ -150,3 +150,43 @@ def test_a_token_endpoint_redirect_is_not_followed() -> None:
     assert answer.status == 307 and hits == ["/token"]
     with pytest.raises(CredentialError):
         oauth2.parse_answer(answer)
+
+
+def test_google_service_account_assertion_claims() -> None:
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from broker.credentials import google_sa
+    from broker.policy.schema import SecretRule
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    rule = SecretRule(
+        kind="google_service_account",
+        backend="v",
+        path="p",
+        hosts=["storage.googleapis.com"],
+        scopes=["a", "b"],
+    )
+    signed = google_sa.assertion(rule, "sa@p.iam.gserviceaccount.com", SecretValue(pem), now=1_000)
+    claims = jwt.decode(
+        signed.reveal(),
+        key.public_key(),
+        algorithms=["RS256"],
+        audience=google_sa.DEFAULT_TOKEN_URL,
+        options={"verify_exp": False, "verify_iat": False},
+    )
+    assert claims == {
+        "iss": "sa@p.iam.gserviceaccount.com",
+        "aud": "https://oauth2.googleapis.com/token",
+        "iat": 1_000,
+        "exp": 4_600,
+        "scope": "a b",
+    }
+    body, _ = google_sa.token_request(signed)
+    assert body.startswith(
+        b"grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion="
+    )
