@@ -357,6 +357,7 @@ class KeyBroker(ResponseHooks):
             big = TOO_LARGE in flow.error.msg  # a chunk past the limit, or a bad body
             reason = Reason.BODY_TOO_LARGE if big else Reason.MALFORMED_REQUEST
             st.decision = failure(reason, st.tenant)
+            flow.response = error_response(flow, reply_for(st.decision))  # as wire.py sent it
         self._restore(flow, st)
         self._finish(flow, st)
 
