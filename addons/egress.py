@@ -1,7 +1,8 @@
 """Egress control in the mitmproxy shell (DESIGN.md §12): a CONNECT to a
-destination the tenant may not reach is refused at once (no TLS
-interception, no upstream connection), and every upstream connection goes
-to exactly the address the core checked for that client connection.
+destination outside the tenant's allowlist is refused at once (no TLS
+interception, no upstream connection, no DNS query), and every upstream
+connection goes to exactly the address the core checked for that client
+connection.
 
 mitmproxy resolves a host name itself when it opens a connection. That
 second lookup is what a rebinding DNS server answers differently, so
@@ -25,13 +26,12 @@ from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
 from addons.flows import error_response
 from broker.egress.addresses import canonical, private_kind
-from broker.egress.check import check, check_listed
+from broker.egress.check import check_listed
 from broker.egress.resolve import Pins
 from broker.egress.rules import host_key
 from broker.request.auth import WHOAMI_HOST
 from broker.request.decision import Decision, Reason, failure
 from broker.request.responses import reply_for
-from broker.scrub.scrubber import Scrubber
 
 if TYPE_CHECKING:
     from addons.hooks import KeyBroker
@@ -58,37 +58,29 @@ class EgressHooks:
         return pins
 
     # -- CONNECT -------------------------------------------------------------------
-    async def http_connect(self, flow: http.HTTPFlow) -> None:
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        """An unlisted destination is refused at once. Nothing is resolved
+        here: the private-address check runs on each request inside the
+        tunnel, after the placeholder decisions (a refused placeholder keeps
+        its reason), and a raw value in the host is refused before any DNS
+        query can carry it."""
         if flow.response is not None:
             return  # already refused (407)
         try:
-            await self._check_connect(flow)
+            engine = self._broker.engine
+            bound = self._broker._conn_tenant.get(flow.client_conn)
+            if engine is None or bound is None or flow.request.host == WHOAMI_HOST:
+                return
+            tenant = engine.policy.tenants.get(bound[0])
+            if tenant is None:
+                return  # the request inside the tunnel is refused as unauthenticated
+            host, port = host_key(flow.request.host), flow.request.port
+            unlisted = check_listed(tenant.egress_rules, host, port)
+            if unlisted is not None and unlisted.refused:
+                self._refuse(flow, failure(Reason.EGRESS_DENIED, bound[0]))
         except Exception as exc:
             log.error("keybroker: egress check failed (%s); failing closed", type(exc).__name__)
             self._refuse(flow, failure(Reason.INTERNAL_ERROR, None))
-
-    async def _check_connect(self, flow: http.HTTPFlow) -> None:
-        engine = self._broker.engine
-        bound = self._broker._conn_tenant.get(flow.client_conn)
-        if engine is None or bound is None or flow.request.host == WHOAMI_HOST:
-            return
-        tenant = engine.policy.tenants.get(bound[0])
-        if tenant is None:
-            return  # the request inside the tunnel is refused as unauthenticated
-        host, port = host_key(flow.request.host), flow.request.port
-        unlisted = check_listed(tenant.egress_rules, host, port)
-        if unlisted is not None and unlisted.refused:
-            self._refuse(flow, failure(Reason.EGRESS_DENIED, bound[0]))
-            return
-        if _carries_value(engine.scrubber, flow.request.host):
-            # Never put a known value into a DNS query: the request inside the
-            # tunnel is refused (raw_secret_egress) before anything resolves.
-            return
-        pins = self.pins(flow.client_conn)
-        verdict = await check(tenant.egress_rules, host, port, pins, engine.lookup)
-        if verdict.refused:
-            assert verdict.reason is not None
-            self._refuse(flow, failure(verdict.reason, bound[0]))
 
     def _refuse(self, flow: http.HTTPFlow, decision: Decision) -> None:
         """A refused CONNECT goes to ``http_connect_error``, never to
@@ -146,13 +138,6 @@ class EgressHooks:
         name = self._names.pop(server, None)
         if name is not None:
             object.__setattr__(server, "address", name)
-
-
-def _carries_value(scrubber: Scrubber, host: str) -> bool:
-    if not len(scrubber):
-        return False
-    raw = host.encode("utf-8", "surrogateescape")
-    return bool(scrubber.owners_in(raw) or scrubber.owners_in(raw.lower()))
 
 
 def _listen_port() -> int | None:

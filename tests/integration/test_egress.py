@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -183,6 +184,52 @@ def connect(kb: Proxy, tenant: str, target: str) -> tuple[int, dict[str, str], b
         return int(lines[0].split()[1]), headers, body
 
 
+def _read_response(s: Any) -> tuple[int, dict[str, str], bytes]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+    while len(body) < int(headers.get("content-length", "0")):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return int(lines[0].split()[1]), headers, body
+
+
+def absolute(kb: Proxy, tenant: str, host: str, port: int) -> tuple[int, dict[str, str], bytes]:
+    """A plain-http absolute-form request through the proxy (no CONNECT)."""
+    auth = Proxy.auth_header(tenant, T[tenant].token)
+    with socket.create_connection(("127.0.0.1", kb.port), timeout=20) as s:
+        s.sendall(
+            f"GET http://{host}:{port}/x HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Proxy-Authorization: {auth}\r\nConnection: close\r\n\r\n".encode()
+        )
+        return _read_response(s)
+
+
+def inside(kb: Proxy, tenant: str, host: str, port: int) -> tuple[int, dict[str, str], bytes]:
+    """CONNECT, TLS with the broker, then one request inside the tunnel."""
+    auth = Proxy.auth_header(tenant, T[tenant].token)
+    raw = socket.create_connection(("127.0.0.1", kb.port), timeout=20)
+    raw.sendall(
+        f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"Proxy-Authorization: {auth}\r\n\r\n".encode()
+    )
+    status, _, _ = _read_response(raw)
+    assert status == 200, status
+    ctx = ssl.create_default_context(cafile=str(kb.ca_path))
+    ctx.check_hostname = False  # the broker's own answer is what is checked here
+    with ctx.wrap_socket(raw, server_hostname=host.strip("[]")) as s:
+        s.sendall(f"GET /x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        return _read_response(s)
+
+
 def curl(kb: Proxy, tenant: str, url: str) -> subprocess.CompletedProcess[str]:
     proxy = f"http://{tenant}:{T[tenant].token}@127.0.0.1:{kb.port}"
     return subprocess.run(
@@ -315,13 +362,25 @@ def test_audit_suggest(kb: Proxy, up: Upstream) -> None:
         pytest.param("inside.test", id="name-to-loopback"),
     ],
 )
-def test_private_refused_at_connect(kb: Proxy, internal: Listener, host: str) -> None:
-    """Any tenant, with or without an allowlist: 403 private_address at once."""
+def test_private_refused(kb: Proxy, internal: Listener, up: Upstream, host: str) -> None:
+    """Any tenant, with or without an allowlist: 403 private_address, on
+    the request path (after the placeholder decisions), nothing connected."""
     before = internal.accepted
-    status, headers, body = connect(kb, "open", f"{host}:443")
+    status, headers, body = absolute(kb, "open", host, up.port)
     assert status == 403, body
     assert headers["x-keybroker-decision"] == "deny; reason=private_address"
     assert json.loads(body)["reason"] == "private_address"
+    assert internal.accepted == before
+
+
+@pytest.mark.parametrize("host", ["127.0.0.2", "[::1]", "metadata.test", "inside.test"])
+def test_private_refused_inside_a_tunnel(
+    kb: Proxy, internal: Listener, up: Upstream, host: str
+) -> None:
+    before = internal.accepted
+    status, headers, body = inside(kb, "open", host, up.port)
+    assert status == 403, body
+    assert headers["x-keybroker-decision"] == "deny; reason=private_address"
     assert internal.accepted == before
 
 
@@ -376,9 +435,10 @@ def test_rebinding_connects_to_the_checked_address(
             assert r.json()["path"] == f"/echo/rebind{i}"
     assert internal.accepted == before
     assert lookups(kb, "rebind.test") == 1
-    # A new client connection looks up again: now private, refused at once.
-    status, _, body = connect(kb, "rebind", f"rebind.test:{up.port}")
+    # A new client connection looks up again: now private, refused.
+    status, _, body = inside(kb, "rebind", "rebind.test", up.port)
     assert status == 403 and json.loads(body)["reason"] == "private_address"
+    assert lookups(kb, "rebind.test") == 2
     assert internal.accepted == before
 
 

@@ -20,6 +20,8 @@ from addons.egress import NOT_CHECKED
 from addons.keybroker import KeyBroker
 from broker.engine import Engine
 from broker.policy.load import parse_policy
+from broker.request.decision import Destination, Reason
+from broker.request.locations import RequestParts
 
 TOKEN = "kb_test_token_for_egress"
 DNS = {"api.example.com": ["93.184.216.34"], "meta.example": ["169.254.169.254"]}
@@ -62,8 +64,17 @@ def connect_flow(addon: KeyBroker, host: str, port: int = 443, cred: str = f"acm
         "ascii"
     )
     addon.http_connect(f)
-    asyncio.run(addon.egress.http_connect(f))
+    addon.egress.http_connect(f)
     return f
+
+
+def request(addon: KeyBroker, client, tenant: str, host: str, port: int = 443, auth: str = ""):  # type: ignore[no-untyped-def]
+    """The request path inside a tunnel, as KeyBroker.request runs it."""
+    assert addon.engine is not None
+    headers = (("authorization", auth),) if auth else ()
+    dest = Destination.of("https", host, port, "GET", "/")
+    parts = RequestParts(headers=headers, path="/", query="", body=b"")
+    return asyncio.run(addon.engine.process(tenant, dest, parts, pins=addon.egress.pins(client)))
 
 
 def audit(tmp: KeyBroker) -> list[dict[str, object]]:
@@ -87,22 +98,39 @@ def test_unlisted_connect_refused_at_once(addon: KeyBroker) -> None:
     )
 
 
-def test_listed_connect_pins_the_address(addon: KeyBroker) -> None:
-    f = connect_flow(addon, "api.example.com")
-    assert f.response is None
-    pinned = addon.egress.pins(f.client_conn).get("api.example.com", 443)
-    assert pinned == ipaddress.ip_address("93.184.216.34")
+def test_connect_resolves_nothing(addon: KeyBroker) -> None:
+    """Listed or not, private or not: no DNS query at CONNECT time (the
+    private check runs per request, after the placeholder decisions)."""
+    for host, cred in [
+        ("api.example.com", f"acme:{TOKEN}"),
+        ("meta.example", "free:free-token"),
+        ("kbcanary_dns_0123456789abcdef.evil.example", "free:free-token"),
+    ]:
+        f = connect_flow(addon, host, cred=cred)
+        assert f.response is None
+    assert CALLS == []
 
 
-def test_private_ip_connect_refused(addon: KeyBroker) -> None:
-    assert addon.engine is not None
-    f = connect_flow(addon, "169.254.169.254", 443)
-    assert f.response is not None and f.response.status_code == 403
-    # the allowlist comes first for this tenant; a listed private name:
+def test_private_refused_on_the_request_path(addon: KeyBroker) -> None:
+    client = tflow.tclient_conn()
+    out = request(addon, client, "free", "meta.example")
+    assert out.reply is not None and out.reply.status == 403
+    assert out.decision.reason is Reason.PRIVATE_ADDRESS
+    out = request(addon, client, "free", "169.254.169.254")
+    assert out.decision.reason is Reason.PRIVATE_ADDRESS
+    # a refused placeholder keeps its own reason
+    out = request(addon, client, "free", "meta.example", auth="Bearer <<secret:nope>>")
+    assert out.decision.reason is Reason.UNKNOWN_SECRET
+
+
+def test_named_private_host_is_reached_and_pinned(addon: KeyBroker) -> None:
     DNS["api.example.com"] = ["169.254.169.254"]
     try:
-        g = connect_flow(addon, "api.example.com")
-        assert g.response is None  # named exactly in egress.allow: exempt
+        client = tflow.tclient_conn()
+        out = request(addon, client, "acme", "api.example.com")
+        assert out.reply is None  # named exactly in egress.allow: exempt
+        pinned = addon.egress.pins(client).get("api.example.com", 443)
+        assert pinned == ipaddress.ip_address("169.254.169.254")
     finally:
         DNS["api.example.com"] = ["93.184.216.34"]
 
@@ -112,8 +140,9 @@ def hook_data(client, host: str, port: int = 443) -> ServerConnectionHookData:  
 
 
 def test_server_connect_uses_the_pinned_address_then_restores_the_name(addon: KeyBroker) -> None:
-    f = connect_flow(addon, "api.example.com")
-    data = hook_data(f.client_conn, "API.example.com")
+    client = tflow.tclient_conn()
+    assert request(addon, client, "acme", "api.example.com").reply is None
+    data = hook_data(client, "API.example.com")
     addon.egress.server_connect(data)
     assert data.server.error is None
     assert data.server.address == ("93.184.216.34", 443)
@@ -132,8 +161,9 @@ def test_server_connect_uses_the_pinned_address_then_restores_the_name(addon: Ke
 def test_server_connect_refuses_what_was_not_checked(
     addon: KeyBroker, host: str, port: int
 ) -> None:
-    f = connect_flow(addon, "api.example.com")
-    data = hook_data(f.client_conn, host, port)
+    client = tflow.tclient_conn()
+    assert request(addon, client, "acme", "api.example.com").reply is None
+    data = hook_data(client, host, port)
     addon.egress.server_connect(data)
     assert data.server.error == NOT_CHECKED
 
@@ -147,26 +177,13 @@ def test_server_connect_without_any_pins(addon: KeyBroker) -> None:
 def test_server_connect_fails_closed_on_error(
     addon: KeyBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    f = connect_flow(addon, "api.example.com")
+    client = tflow.tclient_conn()
+    assert request(addon, client, "acme", "api.example.com").reply is None
 
     def boom(*a: object) -> None:
         raise RuntimeError("kbcanary")
 
     monkeypatch.setattr(addon.egress, "_pin_connection", boom)
-    data = hook_data(f.client_conn, "api.example.com")
+    data = hook_data(client, "api.example.com")
     addon.egress.server_connect(data)
     assert data.server.error == NOT_CHECKED
-
-
-def test_a_known_value_in_the_connect_host_is_never_resolved(addon: KeyBroker) -> None:
-    """DNS exfiltration: a raw value as a label of the CONNECT host must not
-    reach the resolver (the request inside is refused as raw_secret_egress)."""
-    assert addon.engine is not None
-    value = "kbcanary_dns_0123456789abcdef"
-    addon.engine.scrubber.add(value.encode(), b"<<secret:x>>", ("acme", "x"))
-    for host in (f"{value}.evil.example", f"{value.upper()}.evil.example"):
-        f = connect_flow(addon, host, cred="free:free-token")
-        assert f.response is None
-    assert CALLS == []
-    connect_flow(addon, "meta.example", cred="free:free-token")
-    assert CALLS == ["meta.example"]  # the guard is only for hosts carrying a value
