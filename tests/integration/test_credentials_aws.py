@@ -32,6 +32,11 @@ from tests.support.upstream import Upstream
 pytestmark = pytest.mark.integration
 AGENT_KEY = "<<secret:aws>>"
 DUMMY = "keybroker-signs-this-request"
+SESSION_KEYS = {
+    "access_key_id": "ASIAKBTESTSESSION0001",
+    "secret_access_key": "kb-session-secret-" + "9" * 22,
+    "session_token": "IQoJb3JpZ2luX2VjEKB" + "x" * 60,
+}
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +60,7 @@ def kb(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Proxy]:
     openbao.put_v2("creds/aws", dict(moto.keys))
+    openbao.put_v2("creds/aws-session", SESSION_KEYS)
     work = tmp_path_factory.mktemp("kb-aws")
     policy = {
         "version": 1,
@@ -76,7 +82,14 @@ def kb(
                         "ports": [moto.port, upstream.port],
                         "services": ["s3", "sts"],
                         "regions": ["us-east-1"],
-                    }
+                    },
+                    "session": {
+                        "kind": "aws_sigv4",
+                        "backend": "vault",
+                        "path": "creds/aws-session",
+                        "hosts": ["localhost"],
+                        "ports": [upstream.port],
+                    },
                 },
             }
         },
@@ -304,3 +317,25 @@ def test_a_host_header_naming_another_server_is_refused(
     r = _session(kb, acme, test_ca).get(url, headers=headers)
     assert r.status_code == 403
     assert r.json()["reason"] == "host_not_allowed"
+
+
+def test_echoed_signed_headers_come_back_as_the_placeholder(
+    kb: Proxy, acme: Tenant, upstream: Upstream, test_ca: TestCA
+) -> None:
+    """An upstream that echoes the signed request (real key id, session
+    token) shows the agent placeholders only; the upstream got the token."""
+    url = f"https://localhost:{upstream.port}/echo/aws"
+    req = AWSRequest("GET", url, headers={})
+    SigV4Auth(Credentials("<<secret:session>>", DUMMY), "sts", "us-east-1").add_auth(req)
+    r = _session(kb, acme, test_ca).get(url, headers=dict(req.headers.items()))
+    assert r.status_code == 200, r.text
+    got = [x for x in upstream.received if x.path == "/echo/aws"][-1]
+    assert got.header("x-amz-security-token") == SESSION_KEYS["session_token"]
+    assert (got.header("authorization") or "").startswith(
+        f"AWS4-HMAC-SHA256 Credential={SESSION_KEYS['access_key_id']}/"
+    )
+    echoed = r.json()["headers"]
+    assert echoed["x-amz-security-token"] == "<<secret:session>>"
+    assert echoed["authorization"].startswith("AWS4-HMAC-SHA256 Credential=<<secret:session>>/")
+    for v in SESSION_KEYS.values():
+        assert_no_leak(r.content, v.encode(), "the echo")
