@@ -38,6 +38,7 @@ _AUTHORITY = re.compile(rb"[A-Za-z0-9\-._~%!$&'()*+,;=:\[\]]+\Z")
 
 _VERSIONS_H1 = (b"HTTP/1.1", b"HTTP/1.0")
 _FOLD = re.compile(rb"[^a-z0-9-]")
+_PLAIN_NAME = re.compile(rb"[A-Za-z0-9-]+\Z")
 """What a sloppy parser drops from a name (CGI maps ``_`` to ``-`` first)."""
 
 _FRAMING = frozenset(
@@ -64,6 +65,8 @@ _H2_CONNECTION = (
     b"transfer-encoding",
     b"upgrade",
 )
+
+_SEMANTIC = _FRAMING | frozenset(_H2_CONNECTION)
 
 TRAILER_FORBIDDEN = frozenset(
     {
@@ -146,47 +149,60 @@ def check_trailers(fields: Iterable[Field]) -> Malformed | None:
 
 def _check_fields(fields: Iterable[Field]) -> Malformed | None:
     for name, value in fields:
-        if not _TOKEN.match(name):
-            return Malformed("field-name", "A field name is not a token (space before ':'?).")
-        if b"\r\n" in value or b"\n" in value:
-            if re.search(rb"\r?\n[ \t]", value):
-                return Malformed("obs-fold", "A field value is folded across lines (obs-fold).")
-            return Malformed("bare-lf", "A field value holds a line feed.")
-        if b"\r" in value:
-            return Malformed("bare-cr", "A field value holds a bare carriage return.")
-        if b"\x00" in value:
-            return Malformed("nul", "A field value holds a NUL byte.")
+        if not _PLAIN_NAME.match(name):  # the common case: no lookalike possible
+            if not _TOKEN.match(name):
+                return Malformed("field-name", "A field name is not a token (space before ':'?).")
+            lower = name.lower()
+            if _FOLD.sub(b"", lower.replace(b"_", b"-")) in _FRAMING:
+                return Malformed(
+                    "framing-lookalike",
+                    "A field name that reads as a framing field once '_' or punctuation "
+                    "is dropped.",
+                )
         if _BAD_VALUE.search(value):
-            return Malformed("ctl", "A field value holds a control byte.")
-        folded = _FOLD.sub(b"", name.lower().replace(b"_", b"-"))
-        if folded in _FRAMING and folded != name.lower():
-            return Malformed(
-                "framing-lookalike",
-                "A field name that reads as a framing field once '_' or punctuation is dropped.",
-            )
-        if name.lower() in _FRAMING and not value.isascii():
+            return _bad_value(value)
+        if not value.isascii() and name.lower() in _FRAMING:
             return Malformed("framing-octet", "A framing or routing field holds non-ASCII bytes.")
     return None
 
 
-def _values(fields: Sequence[Field], name: bytes) -> list[bytes]:
-    return [v for k, v in fields if k.lower() == name]
+def _bad_value(value: bytes) -> Malformed:
+    if b"\n" in value:
+        if re.search(rb"\r?\n[ \t]", value):
+            return Malformed("obs-fold", "A field value is folded across lines (obs-fold).")
+        return Malformed("bare-lf", "A field value holds a line feed.")
+    if b"\r" in value:
+        return Malformed("bare-cr", "A field value holds a bare carriage return.")
+    if b"\x00" in value:
+        return Malformed("nul", "A field value holds a NUL byte.")
+    return Malformed("ctl", "A field value holds a control byte.")
+
+
+def _index(fields: Sequence[Field]) -> dict[bytes, list[bytes]]:
+    """Values by lower-cased name, for the names the semantic rules read."""
+    out: dict[bytes, list[bytes]] = {}
+    for k, v in fields:
+        lower = k.lower()
+        if lower in _SEMANTIC:
+            out.setdefault(lower, []).append(v)
+    return out
 
 
 def _check_semantics(
     fields: Sequence[Field], *, version: bytes, authority: bytes, http2: bool
 ) -> Malformed | None:
-    cl = _values(fields, b"content-length")
-    te = _values(fields, b"transfer-encoding")
+    idx = _index(fields)
+    cl = idx.get(b"content-length", [])
+    te = idx.get(b"transfer-encoding", [])
     if len(cl) > 1:
         return Malformed("cl-twice", "More than one Content-Length field.")
     if cl and not _DIGITS.match(cl[0].strip()):
         return Malformed("cl-value", "Content-Length is not a decimal length.")
     if http2:
         for name in _H2_CONNECTION:
-            if _values(fields, name):
+            if name in idx:
                 return Malformed("h2-connection-field", "A connection-specific field in HTTP/2.")
-        te_hdr = _values(fields, b"te")
+        te_hdr = idx.get(b"te", [])
         if te_hdr and any(v.strip().lower() != b"trailers" for v in te_hdr):
             return Malformed("h2-te", "HTTP/2 allows TE: trailers only.")
     elif te:
@@ -196,7 +212,7 @@ def _check_semantics(
             return Malformed("te-value", "Transfer-Encoding other than a single 'chunked'.")
         if version != b"HTTP/1.1":
             return Malformed("te-version", "Transfer-Encoding in an HTTP/1.0 request.")
-    hosts = _values(fields, b"host")
+    hosts = idx.get(b"host", [])
     if len(hosts) > 1:
         return Malformed("host-twice", "More than one Host field.")
     if hosts and (not hosts[0] or not _AUTHORITY.match(hosts[0])):
@@ -205,7 +221,7 @@ def _check_semantics(
         return Malformed("host-missing", "An HTTP/1.1 request without a Host field.")
     if http2 and hosts and authority and hosts[0].lower() != authority.lower():
         return Malformed("host-authority", "Host and :authority name different servers.")
-    expect = _values(fields, b"expect")
+    expect = idx.get(b"expect", [])
     if len(expect) > 1 or (expect and expect[0].strip().lower() != b"100-continue"):
         return Malformed("expect", "Expect other than a single '100-continue'.")
     return None
