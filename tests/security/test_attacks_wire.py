@@ -6,10 +6,11 @@ from HTTP/2 to the HTTP/1.1 upstream. The HTTP/1 corpus is in
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
-from tests.security.conftest import Sec, assert_no_leak, h2_get, h2_tunnel
+from tests.security.conftest import Sec, assert_no_leak, connect, h2_get, h2_tunnel
 from tests.support.proxy import Proxy
 from tests.support.upstream import Upstream
 
@@ -144,3 +145,23 @@ def test_http2_forbidden_trailer_refused(sbroker: Proxy, sec: Sec, upstream: Ups
         c.w.close()
     assert r["reset"] or r["status"] == 400, r
     assert upstream.received == []
+
+
+def test_absolute_form_host_is_the_target(sbroker: Proxy, sec: Sec, plain_upstream: Any) -> None:
+    """Attack: a plain-http absolute-form request whose Host names another
+    server than its target (an origin routes by Host; RFC 9112 §3.2.2 says
+    the target wins).
+    Expected: forwarded origin-form with Host set to the target's authority."""
+    target = f"127.0.0.1:{sec.plain_port}"
+    auth = Proxy.auth_header(sec.sc.acme.name, sec.sc.acme.token)
+    n = len(plain_upstream.received)
+    with connect(sbroker) as w:
+        w.send(
+            f"GET http://{target}/echo/absform HTTP/1.1\r\nHost: evil.example\r\n"
+            f"Proxy-Authorization: {auth}\r\n\r\n".encode()
+        )
+        resp = w.response()
+    assert resp.status == 200, resp.raw[:300]
+    got = plain_upstream.received[n:]
+    assert [r.path for r in got] == ["/echo/absform"]
+    assert [v for k, v in got[0].headers if k.lower() == "host"] == [target]
