@@ -14,7 +14,6 @@ import os
 import socket
 import ssl
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -23,13 +22,13 @@ from rich.text import Text
 
 from broker.cli import exposure
 from broker.cli.backend_check import backend_advice
+from broker.cli.probe import exchange, why
 from broker.cli.sandbox_env import check_tenant_token
 from broker.policy.load import PolicyError, load_policy
 from broker.policy.schema import Egress, parse_listen
 from broker.request.auth import WHOAMI_HOST
 from broker.tls import ca, trust
 
-MAX_BODY = 1024 * 1024
 _WILDCARD = {"0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104
 _STEPS = ("policy", "tenant and token", "CA and bundle", "proxy reachable", "CONNECT",
           "TLS inside the tunnel", "whoami")  # fmt: skip
@@ -41,26 +40,6 @@ class _Fail(Exception):
     def __init__(self, what: str, fix: str = "") -> None:
         super().__init__(what)
         self.what, self.fix = what, fix
-
-
-@dataclass
-class _Response:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def explain(self) -> str:
-        """Status, the broker's decision header and its ``detail`` sentence."""
-        parts = [f"status {self.status}"]
-        if decision := self.headers.get("x-keybroker-decision"):
-            parts.append(f"X-Keybroker-Decision: {decision}")
-        try:
-            data = json.loads(self.body)
-        except ValueError:
-            data = None
-        if isinstance(data, dict) and data.get("detail"):
-            parts.append(str(data["detail"]))
-        return "; ".join(parts)
 
 
 class _Report:
@@ -226,10 +205,10 @@ def _check_connect(sock: socket.socket, tenant: str, token: str) -> str:
         f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: Basic {cred}\r\n\r\n"
     )
     try:
-        resp = _exchange(sock, req, "CONNECT")
+        resp = exchange(sock, req, "CONNECT")
     except (OSError, http.client.HTTPException) as exc:
         raise _Fail(
-            f"CONNECT {target} failed: {_why(exc)}", "is that port keybroker's proxy?"
+            f"CONNECT {target} failed: {why(exc)}", "is that port keybroker's proxy?"
         ) from None
     if resp.status == 407:
         raise _Fail(
@@ -268,10 +247,10 @@ def _check_whoami(tls: ssl.SSLSocket, tenant: str) -> str:
         "Accept: application/json\r\nConnection: close\r\n\r\n"
     )
     try:
-        resp = _exchange(tls, req, "GET")
+        resp = exchange(tls, req, "GET")
     except (OSError, http.client.HTTPException) as exc:
         raise _Fail(
-            f"GET https://{WHOAMI_HOST}/whoami failed: {_why(exc)}", "see `keybroker run`'s log"
+            f"GET https://{WHOAMI_HOST}/whoami failed: {why(exc)}", "see `keybroker run`'s log"
         ) from None
     if resp.status != 200:
         raise _Fail(
@@ -291,26 +270,3 @@ def _check_whoami(tls: ssl.SSLSocket, tenant: str) -> str:
             "two tenants share a token? `keybroker check` the policy the proxy runs",
         )
     return f"/whoami: tenant {who!r}, secrets: {', '.join(names) or '(none)'}"
-
-
-def _exchange(sock: socket.socket, request: str, method: str) -> _Response:
-    """Send one request and parse the response with ``http.client`` (status
-    line, headers, Content-Length or chunked body; at most MAX_BODY bytes)."""
-    sock.sendall(request.encode("ascii"))
-    resp = http.client.HTTPResponse(sock, method=method)
-    try:
-        resp.begin()
-        sized = resp.getheader("content-length") or resp.chunked
-        body = resp.read(MAX_BODY) if sized or method != "CONNECT" else b""
-        headers = {k.lower(): v for k, v in resp.getheaders()}
-        return _Response(resp.status, headers, body)
-    finally:
-        resp.close()
-
-
-def _why(exc: Exception) -> str:
-    if isinstance(exc, http.client.RemoteDisconnected):
-        return "the proxy closed the connection without a response"
-    if isinstance(exc, http.client.BadStatusLine):
-        return f"not an HTTP response: {str(exc).strip()[:80]!r}"
-    return str(exc) or type(exc).__name__

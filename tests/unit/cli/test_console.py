@@ -26,8 +26,8 @@ from broker.cli.console import (
     render_plain,
     render_record,
     sanitize,
-    tail,
 )
+from broker.cli.follow import tail
 
 BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 
