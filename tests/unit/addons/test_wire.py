@@ -1,0 +1,107 @@
+"""The flow side of the canonical-request rules and the bounded chunk reader
+(addons/wire.py); the layer patches run end to end in tests/security/test_desync.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import h11
+import pytest
+from h11._receivebuffer import ReceiveBuffer
+from mitmproxy import http
+from mitmproxy.test import tflow
+
+from addons import wire
+
+
+def flow(fields: list[tuple[bytes, bytes]], method: bytes = b"GET") -> http.HTTPFlow:
+    f = tflow.tflow()
+    f.request.data.method = method
+    f.request.headers = http.Headers([(b"Host", b"api.example.com"), *fields])
+    return f
+
+
+@pytest.mark.parametrize(
+    ("method", "fields", "rule"),
+    [
+        (b"GET", [], None),
+        (b"GET", [(b"Foo", b"bar\r\n Transfer-Encoding: chunked")], "obs-fold"),
+        (b"GET", [(b"Foo", b"bar\rTransfer-Encoding: chunked")], "bare-cr"),
+        (b"get", [], "method-case"),
+        (b"POST", [(b"Transfer_Encoding", b"chunked")], "framing-lookalike"),
+    ],
+)
+def test_head_problem(method: bytes, fields: list[tuple[bytes, bytes]], rule: str | None) -> None:
+    bad = wire.head_problem(flow(fields, method))
+    assert (None if bad is None else bad.rule) == rule
+
+
+def test_head_problem_http2_reads_authority() -> None:
+    f = flow([])
+    f.request.headers = http.Headers([(b"host", b"other.example")])
+    f.request.http_version = "HTTP/2.0"
+    f.request.authority = "api.example.com"
+    bad = wire.head_problem(f)
+    assert bad is not None and bad.rule == "host-authority"
+
+
+def test_trailer_problem() -> None:
+    f = flow([])
+    assert wire.trailer_problem(f) is None
+    f.request.trailers = http.Headers([(b"X-Checksum", b"1")])
+    assert wire.trailer_problem(f) is None
+    f.request.trailers = http.Headers([(b"Content-Length", b"5")])
+    bad = wire.trailer_problem(f)
+    assert bad is not None and bad.rule == "trailer-field"
+
+
+@pytest.fixture
+def limit() -> Iterator[int]:
+    before = wire._limit[0]
+    wire.set_request_limit(100)
+    yield 100
+    wire.set_request_limit(before)
+
+
+def reader() -> wire._BoundedChunks:
+    r = h11._readers.ChunkedReader()
+    r.__class__ = wire._BoundedChunks
+    assert isinstance(r, wire._BoundedChunks)
+    return r
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"10000000000000005\r\nhello", "chunk size overflows"),
+        (b"65\r\n", wire.TOO_LARGE),  # 101 > 100
+        (b"40\r\n" + b"a" * 64 + b"\r\n25\r\n", wire.TOO_LARGE),  # 64 + 37 > 100
+    ],
+)
+def test_bounded_chunks_refuse_at_the_size_line(limit: int, body: bytes, message: str) -> None:
+    r, buf = reader(), ReceiveBuffer()
+    buf += body
+    with pytest.raises(h11.RemoteProtocolError, match=message):
+        while r(buf) is not None:
+            pass
+
+
+def test_bounded_chunks_read_a_body_within_the_limit(limit: int) -> None:
+    r, buf = reader(), ReceiveBuffer()
+    buf += b"40\r\n" + b"a" * 64 + b"\r\n24\r\n" + b"b" * 36 + b"\r\n0\r\n\r\n"
+    events = []
+    while (ev := r(buf)) is not None:
+        events.append(ev)
+        if isinstance(ev, h11.EndOfMessage):
+            break
+    data = b"".join(bytes(e.data) for e in events if isinstance(e, h11.Data))
+    assert data == b"a" * 64 + b"b" * 36 and r.seen == 100
+
+
+def test_install_is_idempotent() -> None:
+    from mitmproxy.proxy.layers.http import _http1
+
+    wire.install()
+    patched = _http1.Http1Server.read_headers
+    wire.install()
+    assert _http1.Http1Server.read_headers is patched
