@@ -39,6 +39,7 @@ CLIENTS = {
             ("down", ("client_credentials",)),
             ("agentapp", ("client_credentials",)),
             ("sa", ("urn:ietf:params:oauth:grant-type:jwt-bearer",)),
+            ("login", ("refresh_token",)),
         ]
     )
 }
@@ -84,7 +85,7 @@ def world(
         TokenServer(other_ca, []) as untrusted,
         GitServer(test_ca, work / "repos", password="not-yet") as git,
     ):
-        seeds = {n: _seed_refresh(ts, CLIENTS[n]) for n in ("google", "rotating")}
+        seeds = {n: _seed_refresh(ts, CLIENTS[n]) for n in ("google", "rotating", "login")}
         for name, c in CLIENTS.items():
             data = {"client_id": c.client_id, "client_secret": c.client_secret}
             if name in seeds:
@@ -148,7 +149,7 @@ def world(
                         {
                             "hosts": ["localhost"],
                             "paths": ["/token"],
-                            "json_fields": ["access_token"],
+                            "json_fields": ["access_token", "refresh_token"],
                         },
                         {
                             "hosts": ["localhost"],
@@ -363,3 +364,28 @@ def test_google_service_account_assertion(world: World) -> None:
     assert claims["scope"] == "https://www.googleapis.com/auth/devstorage.read_only"
     assert claims["sub"] == "user@example.com"
     assert claims["exp"] - claims["iat"] == 3600
+
+
+def test_a_login_completed_without_holding_the_tokens(world: World) -> None:
+    """The agent refreshes with a captured refresh token (form body): the
+    issuer rotates it, and every new token reaches the agent as a placeholder."""
+    app, s = CLIENTS["login"], world.session()
+    auth = (app.client_id, app.client_secret)
+    first = s.post(
+        world.ts.url("/token"),
+        data={"grant_type": "refresh_token", "refresh_token": world.seeds["login"]},
+        auth=auth,
+        timeout=30,
+    ).json()
+    assert first["refresh_token"].startswith("<<secret:cap.")
+    second = s.post(
+        world.ts.url("/token"),
+        data={"grant_type": "refresh_token", "refresh_token": first["refresh_token"]},
+        auth=auth,
+        timeout=30,
+    )
+    assert second.status_code == 200, second.text  # the real refresh token went out, in the body
+    token = second.json()["access_token"]
+    assert token.startswith("<<secret:cap.") and token != first["access_token"]
+    r = s.get(world.ts.url("/api/me"), headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert r.status_code == 200, r.text
