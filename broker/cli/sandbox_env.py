@@ -225,5 +225,7 @@ def command(args: argparse.Namespace, token: Callable[[], str]) -> tuple[str, bo
         why = [str(exc.code)]
     except (CAError, OSError, ValueError) as exc:
         why = [f"keybroker env: {exc}"]
+    except Exception as exc:  # anything else still fails closed; its text may hold the token
+        why = [f"keybroker env: internal error ({type(exc).__name__})"]
     print(*why, sep="\n", file=sys.stderr)
     return refusal(why[0].removeprefix("keybroker env: "), args.format), False

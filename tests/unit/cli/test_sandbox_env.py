@@ -225,3 +225,29 @@ def test_check_token_explains(policy: Policy, tenant: str, token: str, needles: 
         assert needle in msg
     if token:
         assert token not in msg
+
+
+def test_an_unexpected_error_still_fails_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Whatever breaks inside `keybroker env`, stdout stops the loading shell;
+    the exception text (which may hold the token) is not shown."""
+    from broker.cli import main as cli
+    from broker.cli import sandbox_env
+
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "version: 1\naudit: {path: a.jsonl}\nbackends: {}\n"
+        f"tenants: {{acme: {{token_sha256: '{token_digest(TOKEN)}'}}}}\n"
+    )
+
+    def boom(*_: object, **__: object) -> None:
+        raise RuntimeError(f"broke holding {TOKEN}")
+
+    monkeypatch.setattr(sandbox_env, "init_ca", boom)
+    monkeypatch.setenv("KB_T", TOKEN)
+    rc = cli.main(["env", "--config", str(path), "--tenant", "acme", "--token-env", "KB_T"])
+    out, err = capsys.readouterr()
+    assert rc == 1
+    assert out.endswith("exit 1\n") and "RuntimeError" in err
+    assert TOKEN not in out + err
