@@ -34,6 +34,7 @@ from typing import Any
 
 import h11
 from h11._readers import ChunkedReader
+from h11._receivebuffer import ReceiveBuffer
 from mitmproxy import http
 from mitmproxy.net.http.http1 import assemble_response
 from mitmproxy.proxy import commands, events, layer
@@ -55,7 +56,14 @@ from broker.request.canonical import Malformed, check_request, check_trailers
 from broker.request.decision import Reason, failure
 from broker.request.responses import reply_for
 
-__all__ = ["TOO_LARGE", "head_problem", "install", "set_request_limit", "trailer_problem"]
+__all__ = [
+    "TOO_LARGE",
+    "check_internals",
+    "head_problem",
+    "install",
+    "set_request_limit",
+    "trailer_problem",
+]
 
 _limit = [32 * 1024 * 1024]
 """``limits.max_request_body`` of the live policy (set by the addon)."""
@@ -91,10 +99,40 @@ def trailer_problem(flow: http.HTTPFlow) -> Malformed | None:
 Gen = Generator[commands.Command, Any, None]
 
 
+def check_internals(version: str | None = None) -> None:
+    """The patches below wrap mitmproxy 12 internals: refuse (at start-up)
+    any other major version, or a 12.x whose internals moved, rather than
+    run with guarantees no test has checked."""
+    from mitmproxy.version import VERSION
+
+    version = version or VERSION
+    probe = ChunkedReader()
+    missing = [
+        name
+        for name, ok in (
+            ("Http1Server.read_headers", hasattr(_http1.Http1Server, "read_headers")),
+            ("Http1Connection.read_body", hasattr(_http1.Http1Connection, "read_body")),
+            (
+                "HttpStream.state_wait_for_request_headers",
+                hasattr(http_layer.HttpStream, "state_wait_for_request_headers"),
+            ),
+            ("ChunkedReader._bytes_in_chunk", hasattr(probe, "_bytes_in_chunk")),
+            ("ReceiveBuffer._data", hasattr(ReceiveBuffer(), "_data")),
+        )
+        if not ok
+    ]
+    if not version.startswith("12.") or missing:
+        raise RuntimeError(
+            f"keybroker's wire patches (addons/wire.py) are written for mitmproxy 12; "
+            f"this is mitmproxy {version}{' without ' + ', '.join(missing) if missing else ''}"
+        )
+
+
 def install() -> None:
     """Apply the patches once per process (idempotent)."""
     if _installed:
         return
+    check_internals()
     _installed.append(True)
     server, conn, stream = _http1.Http1Server, _http1.Http1Connection, http_layer.HttpStream
     server.read_headers = _skip_empty_lines(server.read_headers)  # type: ignore[method-assign]

@@ -105,3 +105,9 @@ def test_install_is_idempotent() -> None:
     patched = _http1.Http1Server.read_headers
     wire.install()
     assert _http1.Http1Server.read_headers is patched
+
+
+def test_other_mitmproxy_versions_are_refused() -> None:
+    wire.check_internals()  # the installed one is fine
+    with pytest.raises(RuntimeError, match=r"mitmproxy 13\.0\.0"):
+        wire.check_internals("13.0.0")
