@@ -4,6 +4,9 @@ credential whose service and region the secret allows, and re-signs."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
+
 from broker.credentials import aws_sigv4
 from broker.credentials.errors import CredentialError
 from broker.credentials.minter import Minter, Resolve
@@ -12,6 +15,7 @@ from broker.request.decision import Destination
 from broker.request.locations import RequestParts
 
 _DEFAULT_PORT = {"https": 443, "http": 80}
+_INLINE_BODY = 256 * 1024
 
 
 def authority(dest: Destination) -> str:
@@ -58,6 +62,14 @@ async def sign_aws(
             cred.name,
         )
     keys = await minter.aws_keys(resolver, tenant, cred.name, rule)
-    return aws_sigv4.resign(
-        parts, cred, keys, scheme=dest.scheme, authority=authority(dest), method=dest.method
+    sign = functools.partial(
+        aws_sigv4.resign,
+        parts,
+        cred,
+        keys,
+        scheme=dest.scheme,
+        authority=authority(dest),
+        method=dest.method,
     )
+    # Hashing a large body (up to limits.max_request_body) must not stall the loop.
+    return sign() if len(parts.body) <= _INLINE_BODY else await asyncio.to_thread(sign)

@@ -15,6 +15,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from http.cookies import CookieError, SimpleCookie
 
 from broker.policy.hosts import host_matches
@@ -41,10 +42,13 @@ class Held:
     expires: float
 
 
+_glob = lru_cache(maxsize=1024)(glob_to_regex)
+
+
 def _matches(rule: CaptureRule, dest: Destination) -> bool:
     if not any(host_matches(dest.host, p) for p in rule.hosts):
         return False
-    return rule.paths is None or any(glob_to_regex(g).match(dest.path) for g in rule.paths)
+    return rule.paths is None or any(_glob(g).match(dest.path) for g in rule.paths)
 
 
 def _json_values(body: bytes, fields: Sequence[str]) -> list[str]:
