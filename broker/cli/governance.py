@@ -32,6 +32,10 @@ from broker.policy.schema import Policy, parse_listen
 ADMIN_TOKEN_ENV = "KEYBROKER_ADMIN_TOKEN"
 
 
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+"""Never through HTTP_PROXY & co.: the operator token goes only to admin.listen."""
+
+
 class CLIError(Exception):
     """A message for the operator (never holds a token)."""
 
@@ -57,7 +61,7 @@ def admin_call(
     )
     problem = ""
     try:
-        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
+        with _OPENER.open(req, timeout=10) as resp:
             return json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         try:

@@ -4,6 +4,7 @@ expects of a secret rule's ``path``/``field``."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -21,12 +22,38 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1)."""
+    host = host.strip("[]").lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _plain_http_problem(url: str) -> str | None:
+    """A backend's token and the secret values it returns never cross a
+    network in clear: ``http://`` only to a loopback host."""
+    parts = urlsplit(url)
+    if parts.scheme == "http" and not is_loopback(parts.hostname or ""):
+        return (
+            f"url {url!r}: http:// only to a loopback host (localhost, 127.0.0.1, ::1); "
+            "use https:// for a remote host"
+        )
+    return None
+
+
 def _check_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("url must be http(s)://HOST[:PORT][/PATH]")
     if parts.username or parts.password or parts.query or parts.fragment:
         raise ValueError("url must not hold credentials, a query or a fragment")
+    problem = _plain_http_problem(url)
+    if problem is not None:
+        raise ValueError(problem)
     return url.rstrip("/")
 
 
@@ -63,6 +90,8 @@ class VaultBackend(_Model):
             problems.append("set exactly one of token_env or approle")
         if not re.match(r"^https?://", self.url):
             problems.append("url must start with http:// or https://")
+        elif (plain := _plain_http_problem(self.url)) is not None:
+            problems.append(plain)
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -134,3 +134,47 @@ def test_doctor_step_2_with_a_session_token(tmp_path: Path) -> None:
     old = sessions.mint(KEY.encode(), "acme", digest, 60, now=1000)
     assert "expired" in (check_session(policy, "acme", old, {}) or (True, ""))[1]
     assert "not 'globex'" in (check_session(policy, "globex", good, {}) or (True, ""))[1]
+
+
+def test_admin_calls_ignore_proxy_variables(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding 10: the operator token never travels to an HTTP_PROXY."""
+    import http.server
+    import threading
+
+    seen: dict[str, list[str]] = {"admin": [], "trap": []}
+
+    def handler(name: str) -> type[http.server.BaseHTTPRequestHandler]:
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                seen[name].append(self.headers.get("authorization", ""))
+                body = b"[]"
+                self.send_response(200)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a: object) -> None:
+                return None
+
+        return H
+
+    servers = [http.server.HTTPServer(("127.0.0.1", 0), handler(n)) for n in ("admin", "trap")]
+    for s in servers:
+        threading.Thread(target=s.serve_forever, daemon=True).start()
+    try:
+        admin, trap = (f"127.0.0.1:{s.server_address[1]}" for s in servers)
+        for var in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.setenv(var, f"http://{trap}")
+        for var in ("NO_PROXY", "no_proxy"):
+            monkeypatch.setenv(var, "")
+        monkeypatch.setenv("KEYBROKER_ADMIN_TOKEN", "operator-secret-token")
+        path = write_policy(tmp_path, admin={"listen": admin, "token_sha256": "c" * 64})
+        assert main(["approvals", "list", "--json", "--config", str(path)]) == 0
+        assert capsys.readouterr().out.strip() == "[]"
+        assert seen == {"admin": ["Bearer operator-secret-token"], "trap": []}
+    finally:
+        for s in servers:
+            s.shutdown()
+            s.server_close()

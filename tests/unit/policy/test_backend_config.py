@@ -144,3 +144,43 @@ def test_rule_path_shape_per_backend(backend: str, path: str, ok: bool) -> None:
         problem = rule_problem(GOOD[backend]["type"], path)
         assert problem is not None and path in problem
         assert errors(data) == [f"p.yaml: tenants.acme.secrets.s.path: {problem}"]
+
+
+# --- plain http only to loopback (review finding 12) ----------------------------------------------
+
+VAULT = {"type": "vault", "url": "https://vault:8200", "token_env": "VAULT_TOKEN"}
+
+
+@pytest.mark.parametrize(
+    ("name", "cfg", "field"),
+    [
+        pytest.param("op", {**GOOD["op"], "url": "http://op-connect.internal:8080"}, "op.url"),
+        pytest.param("doppler", {**GOOD["doppler"], "url": "http://api.doppler.com"}, "doppler"),
+        pytest.param("infisical", {**GOOD["infisical"], "url": "http://10.0.0.5"}, "infisical"),
+        pytest.param("vault", {**VAULT, "url": "http://vault.internal:8200"}, "vault"),
+        pytest.param("aws", {**GOOD["aws"], "endpoint_url": "http://sm.example"}, "aws"),
+        pytest.param("op", {**GOOD["op"], "url": "http://127.0.0.1.evil.com"}, "op", id="lookalike"),
+    ],
+)
+def test_plain_http_to_a_remote_host_is_refused(
+    name: str, cfg: dict[str, Any], field: str
+) -> None:
+    errs = errors(policy({**GOOD, name: cfg}))
+    assert any(
+        e.startswith(f"p.yaml: backends.{field}") and "http:// only to a loopback host" in e
+        for e in errs
+    ), errs
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:8080", "http://localhost:8080", "http://[::1]:8080", "http://127.9.9.9"]
+)
+def test_plain_http_to_loopback_and_https_anywhere_load(url: str) -> None:
+    b = {
+        **GOOD,
+        "op": {**GOOD["op"], "url": url},
+        "doppler": {**GOOD["doppler"], "url": "https://doppler.internal"},
+        "vault": {**VAULT, "url": url},
+    }
+    p = parse_policy(policy(b), "p.yaml", Path("/base"))
+    assert p.backends["op"].url == url  # type: ignore[union-attr]
