@@ -159,12 +159,12 @@ VAULT = {"type": "vault", "url": "https://vault:8200", "token_env": "VAULT_TOKEN
         pytest.param("infisical", {**GOOD["infisical"], "url": "http://10.0.0.5"}, "infisical"),
         pytest.param("vault", {**VAULT, "url": "http://vault.internal:8200"}, "vault"),
         pytest.param("aws", {**GOOD["aws"], "endpoint_url": "http://sm.example"}, "aws"),
-        pytest.param("op", {**GOOD["op"], "url": "http://127.0.0.1.evil.com"}, "op", id="lookalike"),
+        pytest.param(
+            "op", {**GOOD["op"], "url": "http://127.0.0.1.evil.com"}, "op", id="lookalike"
+        ),
     ],
 )
-def test_plain_http_to_a_remote_host_is_refused(
-    name: str, cfg: dict[str, Any], field: str
-) -> None:
+def test_plain_http_to_a_remote_host_is_refused(name: str, cfg: dict[str, Any], field: str) -> None:
     errs = errors(policy({**GOOD, name: cfg}))
     assert any(
         e.startswith(f"p.yaml: backends.{field}") and "http:// only to a loopback host" in e
@@ -173,7 +173,8 @@ def test_plain_http_to_a_remote_host_is_refused(
 
 
 @pytest.mark.parametrize(
-    "url", ["http://127.0.0.1:8080", "http://localhost:8080", "http://[::1]:8080", "http://127.9.9.9"]
+    "url",
+    ["http://127.0.0.1:8080", "http://localhost:8080", "http://[::1]:8080", "http://127.9.9.9"],
 )
 def test_plain_http_to_loopback_and_https_anywhere_load(url: str) -> None:
     b = {
