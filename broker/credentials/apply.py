@@ -35,6 +35,12 @@ async def sign_aws(
     """``parts`` signed with the keys of the one aws_sigv4 secret it names.
     Raises CredentialError (a reason code) or BackendError."""
     cred = aws_sigv4.parse(parts)
+    if cred is None and aws_sigv4.is_sigv2(parts):
+        raise CredentialError(
+            "malformed_request",
+            "SigV2 is not re-signed: use SigV4 (botocore: signature_version='s3v4')",
+            names[0],
+        )
     if cred is None or len(names) != 1 or cred.name != names[0]:
         raise CredentialError(
             "location_not_allowed",

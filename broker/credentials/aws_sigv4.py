@@ -129,6 +129,13 @@ def parse(parts: RequestParts) -> Credential | None:
     return Credential(name, date, region, service, timestamp, signed, True, int(expires))
 
 
+def is_sigv2(parts: RequestParts) -> bool:
+    """A SigV2 request: ``Authorization: AWS KEY:SIG`` or a presigned ``AWSAccessKeyId=``."""
+    auth = (_header(parts, "authorization") or "").strip()
+    query = {k.lower() for k, _ in parse_qsl(parts.query, keep_blank_values=True)}
+    return auth.startswith("AWS ") or "awsaccesskeyid" in query
+
+
 def only_in_credential(parts: RequestParts, cred: Credential) -> bool:
     """The placeholder appears once, in the credential, and nowhere else."""
     texts: list[str | bytes] = [v for _, v in parts.headers]

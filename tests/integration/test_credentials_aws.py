@@ -339,3 +339,25 @@ def test_echoed_signed_headers_come_back_as_the_placeholder(
     assert echoed["authorization"].startswith("AWS4-HMAC-SHA256 Credential=<<secret:session>>/")
     for v in SESSION_KEYS.values():
         assert_no_leak(r.content, v.encode(), "the echo")
+
+
+def test_a_sigv2_presigned_url_is_refused_with_a_hint(
+    kb: Proxy, acme: Tenant, upstream: Upstream, test_ca: TestCA
+) -> None:
+    import boto3
+    from botocore.config import Config
+
+    agent = boto3.client(
+        "s3",
+        endpoint_url=f"https://localhost:{upstream.port}",
+        region_name="us-east-1",
+        aws_access_key_id=AGENT_KEY,
+        aws_secret_access_key=DUMMY,
+        config=Config(signature_version="s3"),
+    )
+    url = agent.generate_presigned_url("get_object", Params={"Bucket": "b-v2", "Key": "k"})
+    assert "AWSAccessKeyId=" in url
+    r = _session(kb, acme, test_ca).get(url)
+    assert r.status_code == 400
+    assert r.json()["reason"] == "malformed_request"
+    assert not [x for x in upstream.received if x.path.startswith("/b-v2/")]

@@ -211,3 +211,29 @@ def test_the_agents_own_session_token_is_dropped() -> None:
     out = resign(parts)
     assert "agent-chosen" not in str(out.headers)
     assert verifies(out, "real-secret")
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        pytest.param(
+            RequestParts(
+                headers=(("Authorization", f"AWS {KEY}:c2ln"),), path="/k", query="", body=b""
+            ),
+            id="header",
+        ),
+        pytest.param(
+            RequestParts(
+                headers=(),
+                path="/k",
+                query="AWSAccessKeyId=%3C%3Csecret%3Aaws%3E%3E&Signature=x&Expires=1",
+                body=b"",
+            ),
+            id="presigned",
+        ),
+    ],
+)
+def test_sigv2_is_recognised(parts: RequestParts) -> None:
+    assert aws_sigv4.parse(parts) is None
+    assert aws_sigv4.is_sigv2(parts)
+    assert not aws_sigv4.is_sigv2(agent_parts())
