@@ -9,6 +9,7 @@ Held in memory only: a restart forgets every captured token."""
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import threading
 import time
@@ -22,11 +23,11 @@ from broker.policy.hosts import host_matches
 from broker.policy.schema import CaptureRule, glob_to_regex
 from broker.request.decision import Decision, Destination, Reason, failure
 from broker.request.locations import Occurrence, ScanResult
+from broker.scrub.strength import weakness
 from broker.secret import SecretValue
 
+log = logging.getLogger("keybroker")
 PREFIX = "cap."
-MIN_LENGTH = 8
-"""Shorter values are not captured: scrubbing them would rewrite ordinary text."""
 MAX_HELD = 10_000
 MAX_JSON = 1 << 20
 
@@ -105,9 +106,16 @@ class CaptureStore:
             if body is not None and "json" in content_type.lower():
                 values += _json_values(body, rule.json_fields)
             for v in values:
-                if len(v) >= MIN_LENGTH and not any(c in v for c in "\r\n\0"):
-                    self._hold(tenant, rule, dest, v)
-                    taken += 1
+                if any(c in v for c in "\r\n\0"):
+                    continue
+                if weakness(v.encode("utf-8", "surrogateescape")) is not None:
+                    # Too weak to scrub without rewriting ordinary bytes: left as it is.
+                    log.warning(
+                        "keybroker: a captured value from %s is too weak to hold", dest.host
+                    )
+                    continue
+                self._hold(tenant, rule, dest, v)
+                taken += 1
         return taken
 
     def _hold(self, tenant: str, rule: CaptureRule, dest: Destination, value: str) -> None:

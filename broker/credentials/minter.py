@@ -21,6 +21,7 @@ from broker.credentials.fields import fields_of, secret_fields
 from broker.credentials.http import Answer, post
 from broker.credentials.tokens import Token, TokenCache
 from broker.policy.schema import SecretRule
+from broker.scrub.strength import weakness
 from broker.secret import SecretValue
 
 Remember = Callable[[str, str, SecretValue], None]
@@ -43,6 +44,14 @@ class Resolve(Protocol):
 def field_rule(rule: SecretRule, field: str) -> SecretRule:
     """The same secret read at another KV field (one rule holds several)."""
     return rule.model_copy(update={"field": field})
+
+
+def _protectable(value: SecretValue, name: str) -> None:
+    """A minted token too weak to scrub is never used (fail closed)."""
+    if weakness(value.reveal_bytes()) is not None:
+        raise CredentialError(
+            "token_unavailable", "the issuer's token is too weak to keep out of responses", name
+        )
 
 
 def _key(tenant: str, name: str, rule: SecretRule) -> Hashable:
@@ -119,6 +128,7 @@ class Minter:
         body, headers = oauth2.token_request(rule, got["client_id"], got["client_secret"], refresh)
         answer = await self._post(tenant, name, str(rule.token_url), body, headers)
         issued = oauth2.parse_answer(answer)
+        _protectable(issued.access_token, name)
         self._remember(tenant, name, issued.access_token)
         if issued.refresh_token is not None and stored is not None:
             self._remember(tenant, name, issued.refresh_token)
@@ -132,6 +142,7 @@ class Minter:
         body, headers = google_sa.token_request(signed)
         answer = await self._post(tenant, name, google_sa.token_url(rule), body, headers)
         issued = oauth2.parse_answer(answer)
+        _protectable(issued.access_token, name)
         self._remember(tenant, name, issued.access_token)
         return Token(issued.access_token, issued.lifetime)
 
@@ -143,6 +154,7 @@ class Minter:
         body, headers = github_app.token_request(jwt)
         answer = await self._post(tenant, name, url, body, headers)
         value, lifetime = github_app.parse_answer(answer)
+        _protectable(value, name)
         self._remember(tenant, name, value)
         return Token(value, lifetime)
 

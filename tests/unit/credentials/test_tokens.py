@@ -190,3 +190,18 @@ def test_google_service_account_assertion_claims() -> None:
     assert body.startswith(
         b"grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion="
     )
+
+
+def test_weak_values_are_not_captured() -> None:
+    from broker.credentials.capture import CaptureStore
+    from broker.policy.schema import CaptureRule
+    from broker.request.decision import Destination
+
+    held: list[str] = []
+    store = CaptureStore(lambda t, n, v: held.append(v.reveal()))
+    rule = CaptureRule(hosts=["login.example.com"], json_fields=["access_token", "refresh_token"])
+    dest = Destination.of("https", "login.example.com", 443, "POST", "/token")
+    body = json.dumps({"access_token": "aaaaaaaaaaaa", "refresh_token": "rt_9fQx2LmZ8kPw3VnB"})
+    n = store.capture("acme", [rule], dest, content_type="application/json", body=body.encode())
+    assert n == 1 and held == ["rt_9fQx2LmZ8kPw3VnB"]
+    assert store.active
