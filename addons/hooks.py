@@ -28,7 +28,8 @@ from addons.flows import (
 )
 from addons.scrubbing import ResponseHooks
 from addons.upstream_trust import after_reload
-from addons.wire import TOO_LARGE, head_problem, install, set_request_limit, trailer_problem
+from addons.wire import head_problem, install, trailer_problem
+from addons.wire_http1 import TOO_LARGE, set_request_limit
 from broker.engine import Engine, Outcome
 from broker.policy.load import PolicyError
 from broker.request.auth import WHOAMI_HOST

@@ -1,5 +1,5 @@
-"""The flow side of the canonical-request rules and the bounded chunk reader
-(addons/wire.py); the layer patches run end to end in tests/security/test_desync.py."""
+"""The flow side of the canonical-request rules (addons/wire.py) and the
+bounded chunk reader (addons/wire_http1.py); the layer patches run end to end in tests/security/test_desync.py."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from h11._receivebuffer import ReceiveBuffer
 from mitmproxy import http
 from mitmproxy.test import tflow
 
-from addons import wire
+from addons import wire, wire_http1
 
 
 def flow(fields: list[tuple[bytes, bytes]], method: bytes = b"GET") -> http.HTTPFlow:
@@ -57,16 +57,16 @@ def test_trailer_problem() -> None:
 
 @pytest.fixture
 def limit() -> Iterator[int]:
-    before = wire._limit[0]
-    wire.set_request_limit(100)
+    before = wire_http1._limit[0]
+    wire_http1.set_request_limit(100)
     yield 100
-    wire.set_request_limit(before)
+    wire_http1.set_request_limit(before)
 
 
-def reader() -> wire._BoundedChunks:
+def reader() -> wire_http1.BoundedChunks:
     r = h11._readers.ChunkedReader()
-    r.__class__ = wire._BoundedChunks
-    assert isinstance(r, wire._BoundedChunks)
+    r.__class__ = wire_http1.BoundedChunks
+    assert isinstance(r, wire_http1.BoundedChunks)
     return r
 
 
@@ -74,8 +74,8 @@ def reader() -> wire._BoundedChunks:
     ("body", "message"),
     [
         (b"10000000000000005\r\nhello", "chunk size overflows"),
-        (b"65\r\n", wire.TOO_LARGE),  # 101 > 100
-        (b"40\r\n" + b"a" * 64 + b"\r\n25\r\n", wire.TOO_LARGE),  # 64 + 37 > 100
+        (b"65\r\n", wire_http1.TOO_LARGE),  # 101 > 100
+        (b"40\r\n" + b"a" * 64 + b"\r\n25\r\n", wire_http1.TOO_LARGE),  # 64 + 37 > 100
     ],
 )
 def test_bounded_chunks_refuse_at_the_size_line(limit: int, body: bytes, message: str) -> None:
