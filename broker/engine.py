@@ -313,7 +313,7 @@ class Engine:
                 failure(Reason.AUDIT_UNAVAILABLE, tenant, None, decision.secrets), dest
             )
         admission = await self.governor.admit(
-            policy, tenant, dest, without(decision, captured) if captured else decision
+            policy, tenant, dest, without(decision, captured) if captured else decision, parts
         )
         extra = {**admission.audit, "cookies_dropped": dropped} if dropped else admission.audit
         if admission.refusal is not None:

@@ -84,12 +84,13 @@ def cmd_approvals(args: argparse.Namespace) -> int:
         if not recs:
             print("no requests waiting for approval")
         for r in recs:
-            print(
-                " ".join(
-                    sanitize(r.get(k) or "-", 120)
-                    for k in ("id", "since", "tenant", "secret", "method", "host", "path")
-                )
-            )
+            what = [sanitize(r.get(k) or "-", 120) for k in ("id", "since", "tenant", "secret")]
+            what += [sanitize(r.get("method") or "-", 16), sanitize(r.get("host") or "-", 255)]
+            what.append(sanitize(r.get("path") or "-", 512))
+            if r.get("query_keys"):  # names only: the values are never stored
+                what.append("query-keys=" + sanitize(r["query_keys"], 512))
+            what.append(f"body={sanitize(str(r.get('body_bytes') or 0), 12)}B")
+            print(" ".join(what))
         return 0
     action = "approve" if args.approvals_cmd == "approve" else "deny"
     got = admin_call(policy, args, "POST", f"/v1/approvals/{args.id}/{action}")

@@ -12,6 +12,8 @@ for at most ``approvals.timeout`` seconds: 403 ``approval_denied`` or
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -50,6 +52,17 @@ def needs_approval(rules: Mapping[str, SecretRule], names: Iterable[str], method
     return out
 
 
+MAX_KEYS = 20
+"""Query keys shown to the operator (the rest are counted, not named)."""
+
+
+def query_keys(query: str) -> str:
+    """The query's parameter names, never their values: ``a,b,+3 more``."""
+    keys = [p.split("=", 1)[0][:64] for p in query.split("&") if p]
+    shown = ",".join(keys[:MAX_KEYS])
+    return shown + (f",+{len(keys) - MAX_KEYS} more" if len(keys) > MAX_KEYS else "")
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
@@ -62,18 +75,19 @@ async def hold(
     names: list[str],
     rules: Mapping[str, SecretRule],
     *,
+    query: str = "",
+    body_bytes: int = 0,
     announce: Callable[[dict[str, str]], None] | None = None,
 ) -> tuple[Reason | None, Held | None]:
     """Wait for a verdict when this request needs one. Raises
-    :class:`~broker.governance.state.StateUnavailable` if the store fails."""
+    :class:`~broker.governance.state.StateUnavailable` if the store fails.
+    429 ``rate_limited`` when the tenant already has ``max_pending`` held."""
     if not names:
         return None, None
     always = [n for n in names if rules[n].approve == "always"]
     first = [f"{tenant}:{n}" for n in names if rules[n].approve == "first_use"]
     if not always and await store.remembered(first):
         return None, None
-    # Requests that only need a first use approved share one pending approval.
-    dedupe = None if always else ",".join(sorted(first))
     record = {
         "tenant": tenant,
         "secret": names[0],
@@ -82,10 +96,21 @@ async def hold(
         "host": dest.host,
         "port": str(dest.port),
         "path": dest.path[:512],
+        "query_keys": query_keys(query),
+        "body_bytes": str(body_bytes),
         "since": _now(),
         "remember": ",".join(first),
     }
-    aid = await store.open_approval(record, dedupe=dedupe, ttl=config.timeout)
+    # Requests that only need a first use approved share one pending approval,
+    # but only when identical in everything the operator is shown.
+    seen = [tenant, sorted(first), dest.method, dest.host, dest.port, dest.path]
+    seen += [record["query_keys"], body_bytes]
+    dedupe = None if always else hashlib.sha256(json.dumps(seen).encode()).hexdigest()
+    aid = await store.open_approval(
+        record, dedupe=dedupe, ttl=config.timeout, limit=config.max_pending
+    )
+    if aid is None:
+        return Reason.RATE_LIMITED, Held("", "too_many_pending", None)
     if announce is not None:
         announce({**record, "id": aid})
     deadline = time.monotonic() + config.timeout

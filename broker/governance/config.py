@@ -71,6 +71,9 @@ class StateConfig(_Model):
 class ApprovalsConfig(_Model):
     timeout: float = Field(default=120, gt=0, le=3600)
     remember: float = Field(default=86400, ge=0)
+    max_pending: int = Field(default=20, ge=1, le=1000)
+    """Requests one tenant may have awaiting approval at once; beyond it 429
+    ``rate_limited`` (extension: one tenant cannot flood the list)."""
 
 
 class AdminConfig(_Model):

@@ -20,6 +20,7 @@ from broker.policy.load import PolicyError
 from broker.policy.schema import Policy
 from broker.request.auth import parse_basic
 from broker.request.decision import Decision, Destination, Reason, failure
+from broker.request.locations import RequestParts
 
 log = logging.getLogger("keybroker")
 
@@ -167,7 +168,12 @@ class Governor:
 
     # -- the request path ------------------------------------------------------------
     async def admit(
-        self, policy: Policy, tenant: str, dest: Destination, decision: Decision
+        self,
+        policy: Policy,
+        tenant: str,
+        dest: Destination,
+        decision: Decision,
+        parts: RequestParts | None = None,
     ) -> Admission:
         """Approvals, then limits, for an allowed request; before any value is read."""
         rules = policy.tenants[tenant].secrets
@@ -192,12 +198,22 @@ class Governor:
                 ),
                 need,
                 rules,
+                query=self._clean(parts.query) if parts is not None else "",
+                body_bytes=len(parts.body) if parts is not None else 0,
                 announce=self._held,
             )
             if held is not None:
                 out.audit.update(held.audit())
             if reason is not None:
                 out.refusal = failure(reason, tenant, need[0], decision.secrets)
+                if reason is Reason.RATE_LIMITED:  # too many held already
+                    out.headers["retry-after"] = str(int(policy.approvals.timeout))
+                    log.warning(
+                        "keybroker: tenant %s already has %d requests awaiting approval; "
+                        "refusing more (429)",
+                        tenant,
+                        policy.approvals.max_pending,
+                    )
                 return out
             ticket = Ticket(charges)
             refusal = await store.charge(charges, ticket.token) if charges else None

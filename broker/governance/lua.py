@@ -42,11 +42,23 @@ if KEYS[2] ~= '' then
   local known = redis.call('GET', KEYS[2])
   if known and redis.call('HGET', ARGV[1] .. known, 'state') == 'pending' then return known end
 end
+local limit = tonumber(ARGV[5])
+if limit > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+  for _, id in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+    if redis.call('HGET', ARGV[1] .. id, 'state') ~= 'pending' then redis.call('ZREM', KEYS[3], id) end
+  end
+  if redis.call('ZCARD', KEYS[3]) >= limit then return false end
+end
 local key = ARGV[1] .. ARGV[2]
-redis.call('HSET', key, 'id', ARGV[2], 'state', 'pending', unpack(ARGV, 5))
+redis.call('HSET', key, 'id', ARGV[2], 'state', 'pending', unpack(ARGV, 6))
 redis.call('PEXPIRE', key, ARGV[3])
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), ARGV[2])
 if KEYS[2] ~= '' then redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4]) end
+if limit > 0 then
+  redis.call('ZADD', KEYS[3], now + tonumber(ARGV[4]), ARGV[2])
+  redis.call('PEXPIRE', KEYS[3], ARGV[4])
+end
 return ARGV[2]
 """
 )

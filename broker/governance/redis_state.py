@@ -106,15 +106,19 @@ class RedisStore:
         await self._call("refund", run)
 
     async def open_approval(
-        self, record: Mapping[str, str], *, dedupe: str | None, ttl: float
-    ) -> str:
+        self, record: Mapping[str, str], *, dedupe: str | None, ttl: float, limit: int = 0
+    ) -> str | None:
         aid = new_id("apr_")
         flat = [x for kv in record.items() for x in kv]
-        keys = [self._k("approvals"), self._k("dedupe", dedupe) if dedupe else ""]
+        keys = [
+            self._k("approvals"),
+            self._k("dedupe", dedupe) if dedupe else "",
+            self._k("held", record.get("tenant", "")),
+        ]
         args: list[str | int] = [self._k("approval", ""), aid, int((ttl + 300) * 1000)]
-        args += [int(ttl * 1000), *flat]
+        args += [int(ttl * 1000), limit, *flat]
         got = await self._call("open approval", lambda: self._open(keys=keys, args=args))
-        return str(got)
+        return None if got is None else str(got)
 
     async def approval(self, approval_id: str) -> dict[str, str] | None:
         rec: Mapping[Any, Any] = await self._call(

@@ -43,7 +43,19 @@ class Refusal:
 
 
 Verdict = Literal["approved", "denied"]
-APPROVAL_FIELDS = ("id", "tenant", "secret", "secrets", "method", "host", "port", "path", "since")
+APPROVAL_FIELDS = (
+    "id",
+    "tenant",
+    "secret",
+    "secrets",
+    "method",
+    "host",
+    "port",
+    "path",
+    "query_keys",
+    "body_bytes",
+    "since",
+)
 
 
 def new_id(prefix: str) -> str:
@@ -64,10 +76,11 @@ class StateStore(Protocol):
         ...
 
     async def open_approval(
-        self, record: Mapping[str, str], *, dedupe: str | None, ttl: float
-    ) -> str:
+        self, record: Mapping[str, str], *, dedupe: str | None, ttl: float, limit: int = 0
+    ) -> str | None:
         """Store a held request (pending) and return its id; with ``dedupe``,
-        join a request already pending under that key instead."""
+        join a request already pending under that key instead. With
+        ``limit``, None when ``record["tenant"]`` already has that many pending."""
         ...
 
     async def approval(self, approval_id: str) -> dict[str, str] | None: ...
@@ -163,13 +176,24 @@ class MemoryStore:
             self._approvals.pop(aid, None)
 
     async def open_approval(
-        self, record: Mapping[str, str], *, dedupe: str | None, ttl: float
-    ) -> str:
+        self, record: Mapping[str, str], *, dedupe: str | None, ttl: float, limit: int = 0
+    ) -> str | None:
         self._sweep()
         if dedupe is not None:
             known = self._dedupe.get(dedupe)
             if known is not None and self._approvals.get(known, {}).get("state") == "pending":
                 return known
+        if limit > 0:
+            now, tenant = time.monotonic(), record.get("tenant")
+            waiting = sum(
+                1
+                for aid, r in self._approvals.items()
+                if r.get("tenant") == tenant
+                and r.get("state") == "pending"
+                and self._deadline.get(aid, 0.0) > now
+            )
+            if waiting >= limit:
+                return None
         aid = new_id("apr_")
         self._approvals[aid] = {**record, "id": aid, "state": "pending"}
         self._deadline[aid] = time.monotonic() + ttl

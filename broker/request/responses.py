@@ -47,8 +47,9 @@ _DETAIL: dict[Reason, str] = {
     Reason.INTERNAL_ERROR: "keybroker failed while handling this request; nothing was sent.",
     Reason.AUDIT_UNAVAILABLE: "keybroker cannot write its audit log; nothing was sent. Retry later.",
     Reason.RATE_LIMITED: (
-        "Secret {secret!r} is used too often for its rate limit; retry after the "
-        "Retry-After header's seconds."
+        "Secret {secret!r} is used too often for its rate limit, or too many of your "
+        "requests already await an operator's approval; retry after the Retry-After "
+        "header's seconds."
     ),
     Reason.USES_EXHAUSTED: "Secret {secret!r} has no uses left; ask an operator.",
     Reason.APPROVAL_DENIED: "An operator denied this use of secret {secret!r}; nothing was sent.",

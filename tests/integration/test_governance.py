@@ -194,6 +194,8 @@ def test_approval_on_one_broker_releases_the_other(env: Any, upstream: Upstream)
     assert set(rec) == {"id", "tenant", "secret", "method", "host", "path", "since"} | {
         "secrets",
         "port",
+        "query_keys",
+        "body_bytes",
     }
     assert (rec["tenant"], rec["method"], rec["path"]) == ("acme", "POST", "/echo/pay")
     # Held: nothing went upstream yet.

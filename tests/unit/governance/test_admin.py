@@ -113,6 +113,8 @@ def test_list_approve_deny(served: Any, caplog: pytest.LogCaptureFixture) -> Non
             "host",
             "port",
             "path",
+            "query_keys",
+            "body_bytes",
             "since",
         }
         status, body = await call(port, "POST", f"/v1/approvals/{a}/approve", ALICE)

@@ -200,6 +200,61 @@ def test_first_use_is_remembered_and_methods_narrow(make: Any) -> None:
     assert reason(out) is None and out.audit == {}
 
 
+def test_first_use_approval_is_not_shared_with_a_different_request(make: Any) -> None:
+    """Review finding 7: a DELETE sent while a benign POST awaits its first-use
+    approval gets its own approval; approving the POST does not release it.
+    Identical requests (same method, host, path, query keys, body size) share one."""
+    e, fake = make(
+        {"approve": "first_use", "methods": ["GET", "POST", "DELETE"]},
+        approvals={"timeout": 1, "remember": 60},
+    )
+    delete = Destination.of("https", "api.example.com", 443, "DELETE", "/v1/customers")
+
+    async def go() -> tuple[Any, Any, Any, list[dict[str, str]]]:
+        benign = asyncio.create_task(e.process("acme", POST, parts()))
+        twin = asyncio.create_task(e.process("acme", POST, parts()))
+        for _ in range(200):
+            if await e.governor.store.pending():
+                break
+            await asyncio.sleep(0.01)
+        evil = asyncio.create_task(e.process("acme", delete, parts(query="all=1&force=yes")))
+        for _ in range(200):
+            listed = await e.governor.store.pending()
+            if len(listed) == 2:
+                break
+            await asyncio.sleep(0.01)
+        first = next(r for r in listed if r["method"] == "POST")
+        await e.governor.store.decide(first["id"], "approved", "alice", ["acme:api"], 60)
+        return await benign, await twin, await evil, listed
+
+    benign, twin, evil, listed = run(go())
+    assert reason(benign) is None and reason(twin) is None  # twins share one approval
+    assert reason(evil) == "approval_timeout"  # never shown-and-approved: never released
+    shown = {r["method"]: r for r in listed}
+    assert shown["DELETE"]["query_keys"] == "all,force" and "yes" not in str(shown)
+    assert shown["POST"]["body_bytes"] == "0"
+    assert fake.calls == [("acme", "api"), ("acme", "api")]
+
+
+def test_one_tenant_cannot_flood_the_approvals_list(make: Any) -> None:
+    e, fake = make({"approve": "always"}, approvals={"timeout": 1, "max_pending": 2})
+
+    async def go() -> list[Any]:
+        held = [asyncio.create_task(e.process("acme", GET, parts())) for _ in range(2)]
+        for _ in range(200):
+            if len(await e.governor.store.pending()) == 2:
+                break
+            await asyncio.sleep(0.01)
+        third = await e.process("acme", GET, parts())
+        return [third, *[await h for h in held]]
+
+    third, *held = run(go())
+    assert reason(third) == "rate_limited" and third.reply.status == 429
+    assert third.reply.headers["retry-after"] == "1"
+    assert third.audit["approval"]["verdict"] == "too_many_pending"
+    assert [reason(h) for h in held] == ["approval_timeout"] * 2 and fake.calls == []
+
+
 def test_limits_counted_after_approval(make: Any) -> None:
     e, _ = make({"approve": "always", "max_uses": 1}, approvals={"timeout": 0.2})
     assert reason(run(e.process("acme", GET, parts()))) == "approval_timeout"

@@ -87,6 +87,26 @@ async def contract_approvals(store: StateStore) -> None:
     assert not await store.remembered(["acme:x"])  # a denial remembers nothing
 
 
+async def contract_pending_cap(store: StateStore) -> None:
+    """Review finding 7: one tenant holds at most ``limit`` requests at once;
+    joining a pending one and other tenants are not held back; a verdict frees a slot."""
+    rec = {"tenant": "capped", "secret": "s", "method": "POST", "path": "/p"}
+    a = await store.open_approval(rec, dedupe=None, ttl=30, limit=2)
+    b = await store.open_approval(rec, dedupe="cap-join", ttl=30, limit=2)
+    assert a is not None and b is not None
+    assert await store.open_approval(rec, dedupe=None, ttl=30, limit=2) is None
+    assert await store.open_approval(rec, dedupe="cap-join", ttl=30, limit=2) == b  # a join
+    other = await store.open_approval({**rec, "tenant": "other"}, dedupe=None, ttl=30, limit=2)
+    assert other is not None
+    await store.decide(a, "denied", "bob", [], 60)
+    c = await store.open_approval(rec, dedupe=None, ttl=30, limit=2)
+    assert c is not None and c not in (a, b)
+    assert await store.open_approval(rec, dedupe=None, ttl=30, limit=2) is None
+    for aid in (b, c, other):
+        await store.expire(aid, None)
+    assert await store.open_approval(rec, dedupe=None, ttl=30, limit=2) is not None
+
+
 async def contract_revoke(store: StateStore) -> None:
     await store.revoke("ab" * 12, 2_000_000_000)
     refresh = getattr(store, "refresh", None)
@@ -112,6 +132,7 @@ CONTRACT = {
     "uses": contract_uses,
     "all_or_none": contract_all_or_none,
     "approvals": contract_approvals,
+    "pending_cap": contract_pending_cap,
     "revoke": contract_revoke,
     "usage_and_reset": contract_usage_and_reset,
 }
