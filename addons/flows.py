@@ -46,6 +46,8 @@ class FlowState:
     headers_scrubbed: bool = False
     """The response headers were scrubbed (a buffered response's wait for its body)."""
     stream: Any = None
+    capture: Any = None
+    """The capture rules (DESIGN.md §11) that read this response's body."""
     fingerprints: dict[str, Any] = field(default_factory=dict)
     record_id: str | None = None
     """The id of the ``sent`` audit record, once a value is on its way."""

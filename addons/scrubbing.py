@@ -10,9 +10,12 @@ import weakref
 
 from mitmproxy import http
 
+from addons.capturing import hold_all, refuse, refuse_at_headers
 from addons.flows import FlowState, error_response, guarded
 from addons.streaming import start_stream
+from broker.credentials.capture_parse import MAX_BODY, CaptureRefused
 from broker.engine import Engine
+from broker.policy.schema import CaptureRule
 from broker.request.codings import DecodeError, decode_body
 from broker.request.decision import Reason, failure
 from broker.request.responses import reply_for
@@ -70,16 +73,15 @@ class ResponseHooks:
             return
         assert self.engine is not None
         resp = flow.response
-        if "set-cookie" in resp.headers:  # captured tokens (DESIGN.md §11), before any scrub
-            self.engine.kinds.capture(
-                st.tenant, st.dest, set_cookies=resp.headers.get_all("set-cookie")
-            )
         length = resp.headers.get("content-length")
         no_body = (
             flow.request.method == "HEAD"
             or resp.status_code < 200  # 101: the connection switches protocol, no body
             or resp.status_code in _NO_BODY_STATUS
         )
+        rules = self.engine.kinds.capture_rules(st.tenant, st.dest)
+        if rules and self._capture_headers(flow, st, rules, no_body, length):
+            return
         streaming = not no_body and (
             "text/event-stream" in resp.headers.get("content-type", "").lower()
             or length is None
@@ -110,6 +112,37 @@ class ResponseHooks:
         self._restore(flow, st)
         self._finish(flow, st)
 
+    def _capture_headers(
+        self,
+        flow: http.HTTPFlow,
+        st: FlowState,
+        rules: list[CaptureRule],
+        no_body: bool,
+        length: str | None,
+    ) -> bool:
+        """Captured tokens (DESIGN.md §11): cookies now, before any scrub; a
+        body a rule reads is never streamed (:mod:`addons.capturing`). True
+        when the response is dealt with here."""
+        assert self.engine is not None and flow.response is not None
+        resp = flow.response
+        try:
+            if "set-cookie" in resp.headers:
+                cookies = resp.headers.get_all("set-cookie")
+                self.engine.kinds.capture(st.tenant, st.dest, rules, set_cookies=cookies)
+            if no_body or not any(r.json_fields for r in rules):
+                return False
+            if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+                raise CaptureRefused("the response is larger than a capture can read")
+        except CaptureRefused as exc:
+            refuse_at_headers(flow, st, exc)
+            return True
+        st.capture = rules
+        if length is None:
+            self._scrub_headers(resp, st)
+            st.headers_scrubbed = True
+            hold_all(self.engine, flow, st, rules)
+        return True  # buffered: `response` captures, then scrubs headers and body at once
+
     def _scrub_body(self, flow: http.HTTPFlow, st: FlowState) -> None:
         """Decode, then scrub the body (with the headers, unless done already)."""
         assert self.engine is not None and flow.response is not None
@@ -128,9 +161,13 @@ class ResponseHooks:
                 return
             resp.headers.pop("content-encoding", None)
             resp.set_content(raw)
-        content_type = resp.headers.get("content-type", "")
-        if "json" in content_type.lower():  # a token answer to capture (DESIGN.md §11)
-            self.engine.kinds.capture(st.tenant, st.dest, content_type=content_type, body=raw)
+        if st.capture:  # a token answer to capture (DESIGN.md §11), by rule
+            try:
+                self.engine.kinds.capture(st.tenant, st.dest, st.capture, body=raw)
+            except CaptureRefused as exc:
+                self._restore(flow, st)
+                refuse(flow, st, exc)
+                return
         if st.headers_scrubbed:
             scrubbed, n = self.engine.scrub(raw, st.tenant or "")
             st.scrubbed += n

@@ -21,6 +21,7 @@ from broker.backends.base import Backend, BackendError
 from broker.backends.preload import Preloader, UnprotectableSecret
 from broker.backends.registry import build_backends, cache_ttls
 from broker.backends.resolver import Resolver
+from broker.credentials.capture_scrub import ChainedStream
 from broker.credentials.errors import CredentialError
 from broker.credentials.kinds import CredentialKinds, without
 from broker.egress.check import check as egress_check
@@ -388,18 +389,24 @@ class Engine:
     # -- the response path -------------------------------------------------------
     # ``tenant`` is the reader: its own values become their placeholders,
     # every other tenant's a name-free marker (never named, never delivered).
+    # Captured values (DESIGN.md §11) are scrubbed after, for their own tenant only.
     def scrub(self, data: bytes, tenant: str | None = None) -> tuple[bytes, int]:
-        if not len(self.scrubber) or not data:
-            return data, 0
-        return self.scrubber.scrub(data, tenant)
+        out, n = (
+            (data, 0) if not len(self.scrubber) or not data else self.scrubber.scrub(data, tenant)
+        )
+        return self.kinds.captures.scrub(out, tenant, n)
 
     def scrub_many(self, pieces: list[bytes], tenant: str | None = None) -> list[tuple[bytes, int]]:
         if not len(self.scrubber):
-            return [(piece, 0) for piece in pieces]
-        return self.scrubber.scrub_many(pieces, tenant)
+            done = [(piece, 0) for piece in pieces]
+        else:
+            done = self.scrubber.scrub_many(pieces, tenant)
+        if not self.kinds.captures.active:
+            return done
+        return [self.kinds.captures.scrub(d, tenant, n) for d, n in done]
 
-    def stream_scrubber(self, tenant: str | None = None) -> StreamScrubber:
-        return self.scrubber.stream(tenant)
+    def stream_scrubber(self, tenant: str | None = None) -> StreamScrubber | ChainedStream:
+        return self.kinds.captures.stream(self.scrubber.stream(tenant), tenant)
 
     # -- audit -------------------------------------------------------------------
     def _clean(self, tenant: str | None, *texts: str, caseless: tuple[int, ...] = ()) -> list[str]:

@@ -4,12 +4,16 @@ session cookie) is registered with the scrubber under a fresh placeholder
 name, so the agent receives ``<<secret:cap.…>>`` in its place, and the value
 goes back only to the hosts of the capture rule (same scheme and port as
 the response that issued it), only for that tenant, only for ``ttl``.
-Held in memory only: a restart forgets every captured token."""
+Held in memory only: a restart forgets every captured token.
+
+An upstream picks what it issues, so a captured value must be as strong as
+a stored secret (:func:`broker.scrub.strength.weakness`), is scrubbed in its
+tenant's responses only (:mod:`broker.credentials.capture_scrub`), at most
+:data:`MAX_PER_TENANT` are held per tenant, and an expired or evicted one is
+no longer scrubbed."""
 
 from __future__ import annotations
 
-import json
-import logging
 import secrets
 import threading
 import time
@@ -17,21 +21,22 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from http.cookies import CookieError, SimpleCookie
 
+from broker.credentials.capture_parse import CaptureRefused, body_values, cookie_values
+from broker.credentials.capture_scrub import ChainedStream, TenantScrubbers
 from broker.policy.hosts import host_matches
 from broker.policy.schema import CaptureRule, glob_to_regex
 from broker.request.decision import Decision, Destination, Reason, failure
 from broker.request.locations import Occurrence, ScanResult
-from broker.scrub.strength import weakness
+from broker.scrub.scrubber import StreamScrubber
 from broker.secret import SecretValue
 
-log = logging.getLogger("keybroker")
+__all__ = ["MAX_HELD", "MAX_PER_TENANT", "CaptureRefused", "CaptureStore", "matching"]
+
 PREFIX = "cap."
 MAX_HELD = 10_000
-MAX_JSON = 1 << 20
-
-Remember = Callable[[str, str, SecretValue], None]
+MAX_PER_TENANT = 256
+"""Captured values one tenant holds at once; past it the oldest is dropped."""
 
 
 @dataclass(frozen=True)
@@ -52,38 +57,22 @@ def _matches(rule: CaptureRule, dest: Destination) -> bool:
     return rule.paths is None or any(_glob(g).match(dest.path) for g in rule.paths)
 
 
-def _json_values(body: bytes, fields: Sequence[str]) -> list[str]:
-    if not fields or not body or len(body) > MAX_JSON:
-        return []
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return []
-    if not isinstance(data, dict):
-        return []
-    return [v for f in fields if isinstance(v := data.get(f), str)]
-
-
-def _cookie_values(set_cookies: Sequence[str], names: Sequence[str]) -> list[str]:
-    out: list[str] = []
-    for header in set_cookies if names else ():
-        try:
-            jar = SimpleCookie(header)
-        except CookieError:
-            continue
-        out += [m.value for n, m in jar.items() if n in names]
-    return out
+def matching(rules: Sequence[CaptureRule], dest: Destination) -> list[CaptureRule]:
+    """The rules that apply to a response from ``dest``."""
+    return [r for r in rules if _matches(r, dest)]
 
 
 class CaptureStore:
     """Thread-safe; ``active`` is False until something is captured, so a
     policy without captures pays nothing per request."""
 
-    def __init__(self, remember: Remember, clock: Callable[[], float] = time.monotonic) -> None:
-        self._remember = remember
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._lock = threading.Lock()
         self._held: OrderedDict[tuple[str, str], Held] = OrderedDict()
+        self._per_tenant: dict[str, int] = {}
+        self._next_sweep = 0.0
+        self.scrubbers = TenantScrubbers()
         self.active = False
 
     # -- the response path ----------------------------------------------------------
@@ -94,41 +83,83 @@ class CaptureStore:
         dest: Destination,
         *,
         set_cookies: Sequence[str] = (),
-        content_type: str = "",
         body: bytes | None = None,
     ) -> int:
-        """Capture what ``rules`` name in this response; returns how many values."""
-        taken = 0
-        for rule in rules:
-            if not _matches(rule, dest):
-                continue
-            values = _cookie_values(set_cookies, rule.cookies)
-            if body is not None and "json" in content_type.lower():
-                values += _json_values(body, rule.json_fields)
-            for v in values:
-                if any(c in v for c in "\r\n\0"):
-                    continue
-                if weakness(v.encode("utf-8", "surrogateescape")) is not None:
-                    # Too weak to scrub without rewriting ordinary bytes: left as it is.
-                    log.warning(
-                        "keybroker: a captured value from %s is too weak to hold", dest.host
-                    )
-                    continue
-                self._hold(tenant, rule, dest, v)
-                taken += 1
-        return taken
+        """Capture what ``rules`` name in this response; returns how many values.
+        Raises :class:`CaptureRefused` when a named field is present but cannot
+        be captured (nothing is held then: the response must be refused)."""
+        found: list[tuple[CaptureRule, str]] = []
+        for rule in matching(rules, dest):
+            values = cookie_values(set_cookies, rule.cookies)
+            if body is not None:
+                values += body_values(body, rule.json_fields)
+            found += [(rule, v) for v in values]
+        for rule, v in found:
+            self._hold(tenant, rule, dest, v)
+        return len(found)
 
     def _hold(self, tenant: str, rule: CaptureRule, dest: Destination, value: str) -> None:
         name = PREFIX + secrets.token_hex(8)
-        held = Held(
-            SecretValue(value), rule.hosts, dest.scheme, dest.port, self._clock() + rule.ttl
-        )
-        self._remember(tenant, name, held.value)  # scrubbed from here on, as this placeholder
+        now = self._clock()
+        held = Held(SecretValue(value), rule.hosts, dest.scheme, dest.port, now + rule.ttl)
+        # Scrubbed from here on, as this placeholder, in this tenant's responses only.
+        self.scrubbers.add(tenant, name, held.value.reveal_bytes())
+        gone: list[tuple[str, str]] = []
         with self._lock:
             self._held[(tenant, name)] = held
-            while len(self._held) > MAX_HELD:
-                self._held.popitem(last=False)
+            self._per_tenant[tenant] = self._per_tenant.get(tenant, 0) + 1
+            if self._per_tenant[tenant] > MAX_PER_TENANT:  # the tenant's oldest goes
+                gone.append(next(k for k in self._held if k[0] == tenant))
+            while len(self._held) - len(gone) > MAX_HELD:
+                gone.append(next(k for k in self._held if k not in gone))
+            gone += [k for k, h in self._held.items() if h.expires <= now and k not in gone]
+            self._drop(gone)
             self.active = True
+        self._unscrub(gone)
+
+    def _drop(self, keys: list[tuple[str, str]]) -> None:
+        """Forget ``keys`` (lock held)."""
+        for k in keys:
+            if self._held.pop(k, None) is not None:
+                self._per_tenant[k[0]] -= 1
+
+    def _unscrub(self, keys: list[tuple[str, str]]) -> None:
+        by_tenant: dict[str, list[str]] = {}
+        for tenant, name in keys:
+            by_tenant.setdefault(tenant, []).append(name)
+        for tenant, names in by_tenant.items():
+            self.scrubbers.remove(tenant, names)
+
+    def expire(self) -> int:
+        """Forget expired values and stop scrubbing them; returns how many.
+        Called on the response path at most once a second."""
+        now = self._clock()
+        if now < self._next_sweep:
+            return 0
+        with self._lock:
+            self._next_sweep = now + 1.0
+            gone = [k for k, h in self._held.items() if h.expires <= now]
+            self._drop(gone)
+        self._unscrub(gone)
+        return len(gone)
+
+    # -- scrubbing a tenant's responses -----------------------------------------------
+    def scrub(self, data: bytes, tenant: str | None, count: int = 0) -> tuple[bytes, int]:
+        """``data`` (already scrubbed of policy values, ``count`` of them) with
+        this tenant's captured values replaced too."""
+        if not self.active or tenant is None:
+            return data, count
+        self.expire()
+        s = self.scrubbers.get(tenant)
+        if s is None or not data:
+            return data, count
+        out, n = s.scrub(data, tenant)
+        return out, count + n
+
+    def stream(self, first: StreamScrubber, tenant: str | None) -> StreamScrubber | ChainedStream:
+        if not self.active or tenant is None:
+            return first
+        return ChainedStream(first, self.scrubbers.stream(tenant))
 
     # -- the request path -------------------------------------------------------------
     def split(self, tenant: str, found: ScanResult) -> tuple[ScanResult, tuple[Occurrence, ...]]:

@@ -13,10 +13,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from broker.credentials.apply import sign_aws
-from broker.credentials.capture import CaptureStore, Remember
+from broker.credentials.capture import CaptureStore, matching
 from broker.credentials.http import trust_context
-from broker.credentials.minter import MINTED, Minter, Resolve
-from broker.policy.schema import Policy, SecretRule
+from broker.credentials.minter import MINTED, Minter, Remember, Resolve
+from broker.policy.schema import CaptureRule, Policy, SecretRule
 from broker.request.decision import Decision, Destination, Reason, failure
 from broker.request.locations import RequestParts
 from broker.secret import SecretValue
@@ -30,7 +30,7 @@ class CredentialKinds:
         self._record = record
         self._policy = policy
         self._trust_cache: tuple[Path | None, ssl.SSLContext] | None = None
-        self.captures = CaptureStore(remember)
+        self.captures = CaptureStore()
         self.minter = Minter(remember=remember, trust=self._trust, audit=self._token_record)
 
     # -- hooks on the request path -----------------------------------------------------
@@ -61,28 +61,28 @@ class CredentialKinds:
             if rule is not None and rule.kind in MINTED:
                 self.minter.rejected(str(decision.tenant), name, rule)
 
+    def capture_rules(self, tenant: str | None, dest: Destination | None) -> list[CaptureRule]:
+        """The tenant's capture rules that apply to a response from ``dest``."""
+        t = self._policy().tenants.get(tenant) if tenant is not None else None
+        if t is None or not t.capture or dest is None:
+            return []
+        return matching(t.capture, dest)
+
     def capture(
         self,
         tenant: str | None,
         dest: Destination | None,
+        rules: list[CaptureRule],
         *,
         set_cookies: list[str] | None = None,
-        content_type: str = "",
         body: bytes | None = None,
     ) -> None:
-        """Tokens this response issues, per ``tenants.<t>.capture``: registered
-        for scrubbing under fresh placeholders before the response is scrubbed."""
-        t = self._policy().tenants.get(tenant) if tenant is not None else None
-        if t is None or not t.capture or dest is None or tenant is None:
+        """Tokens this response issues, per ``rules`` (from :meth:`capture_rules`):
+        held for scrubbing under fresh placeholders before the response is
+        scrubbed. Raises ``CaptureRefused`` (the response must be refused)."""
+        if not rules or dest is None or tenant is None:
             return
-        self.captures.capture(
-            tenant,
-            t.capture,
-            dest,
-            set_cookies=set_cookies or (),
-            content_type=content_type,
-            body=body,
-        )
+        self.captures.capture(tenant, rules, dest, set_cookies=set_cookies or (), body=body)
 
     # -- the broker's own token requests ----------------------------------------------------
     def _trust(self) -> ssl.SSLContext:

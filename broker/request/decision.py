@@ -49,6 +49,8 @@ class Reason(StrEnum):
     SERVICE_NOT_ALLOWED = "service_not_allowed"
     REGION_NOT_ALLOWED = "region_not_allowed"
     UNPROTECTABLE_SECRET = "unprotectable_secret"
+    CAPTURE_REFUSED = "capture_refused"
+    CREDENTIAL_VENDING = "credential_vending"
 
 
 STATUS: dict[Reason, int] = {
@@ -65,6 +67,7 @@ STATUS: dict[Reason, int] = {
     Reason.STATE_UNAVAILABLE: 503,
     Reason.TOKEN_UNAVAILABLE: 502,
     Reason.UNPROTECTABLE_SECRET: 502,
+    Reason.CAPTURE_REFUSED: 502,
 }
 _ERRORS = {
     Reason.BACKEND_UNAVAILABLE,
@@ -74,6 +77,7 @@ _ERRORS = {
     Reason.STATE_UNAVAILABLE,
     Reason.TOKEN_UNAVAILABLE,
     Reason.UNPROTECTABLE_SECRET,
+    Reason.CAPTURE_REFUSED,
 }
 
 Verdict = Literal["allow", "pass", "deny", "error"]

@@ -68,6 +68,15 @@ _DETAIL: dict[Reason, str] = {
     ),
     Reason.SERVICE_NOT_ALLOWED: "Secret {secret!r} may not sign requests for this AWS service.",
     Reason.REGION_NOT_ALLOWED: "Secret {secret!r} may not sign requests for this AWS region.",
+    Reason.CAPTURE_REFUSED: (
+        "The upstream issued a token keybroker's capture rule names, but it could not be "
+        "captured safely (too weak, malformed, or the answer too large); the response was "
+        "withheld."
+    ),
+    Reason.CREDENTIAL_VENDING: (
+        "Secret {secret!r} may not sign an AWS call that issues credentials (STS, IAM "
+        "access keys, SSO, Cognito): the answer would hand out raw keys."
+    ),
     Reason.UNPROTECTABLE_SECRET: (
         "Secret {secret!r} is too short or too guessable for keybroker to keep out of "
         "responses; an operator must store a stronger value."
