@@ -193,15 +193,18 @@ def test_google_service_account_assertion_claims() -> None:
 
 
 def test_weak_values_are_not_captured() -> None:
-    from broker.credentials.capture import CaptureStore
+    import pytest
+
+    from broker.credentials.capture import CaptureRefused, CaptureStore
     from broker.policy.schema import CaptureRule
     from broker.request.decision import Destination
 
-    held: list[str] = []
-    store = CaptureStore(lambda t, n, v: held.append(v.reveal()))
+    store = CaptureStore()
     rule = CaptureRule(hosts=["login.example.com"], json_fields=["access_token", "refresh_token"])
     dest = Destination.of("https", "login.example.com", 443, "POST", "/token")
     body = json.dumps({"access_token": "aaaaaaaaaaaa", "refresh_token": "rt_9fQx2LmZ8kPw3VnB"})
-    n = store.capture("acme", [rule], dest, content_type="application/json", body=body.encode())
-    assert n == 1 and held == ["rt_9fQx2LmZ8kPw3VnB"]
-    assert store.active
+    # Fail closed: the response is refused rather than delivered with a raw
+    # token, and nothing weak becomes a scrubbed "secret".
+    with pytest.raises(CaptureRefused):
+        store.capture("acme", [rule], dest, body=body.encode())
+    assert store.scrubbers.count("acme") == 0 and not store.active
