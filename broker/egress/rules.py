@@ -30,7 +30,12 @@ class EntryError(ValueError):
 def parse_entry(entry: str) -> tuple[str, int]:
     """``host``, ``host:port``, ``[v6]`` or ``[v6]:port`` -> (pattern, port).
     The pattern is normalised; an IP address in any spelling becomes its
-    canonical form."""
+    canonical form. Cached: a policy load validates, then indexes, each entry."""
+    return _parse_entry(entry) if len(entry) <= 300 else _parse_entry.__wrapped__(entry)
+
+
+@lru_cache(maxsize=1 << 16)
+def _parse_entry(entry: str) -> tuple[str, int]:
     e = entry.strip()
     port_text = ""
     if e.startswith("["):
@@ -106,14 +111,15 @@ class EgressRules:
         destinations: Iterable[tuple[str, int]],
         networks: Iterable[Network] = (),
     ) -> EgressRules:
-        """``destinations``: normalised (pattern, port) pairs."""
+        """``destinations``: (pattern, port) pairs as :func:`parse_entry`
+        gives them (exact names keyed as :func:`host_key` keys them)."""
         exact: dict[str, set[int]] = {}
         suffixes: dict[str, set[int]] = {}
         for pattern, port in destinations:
             if pattern.startswith("*."):
                 suffixes.setdefault(pattern[1:], set()).add(port)
             else:
-                exact.setdefault(host_key(pattern), set()).add(port)
+                exact.setdefault(pattern, set()).add(port)
         return cls(
             mode,
             {h: frozenset(p) for h, p in exact.items()},

@@ -18,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from broker.egress.rules import EgressRules, EntryError, parse_entry, parse_network
+from broker.egress.rules import EgressRules, EntryError, host_key, parse_entry, parse_network
 from broker.governance.config import (
     AdminConfig,
     ApprovalsConfig,
@@ -286,7 +286,12 @@ class Tenant(_Model):
     def model_post_init(self, _context: object) -> None:
         # Indexed once per load: a check costs the same with 10 or 1,000 entries.
         e = self.egress
-        destinations = [(h, p) for r in self.secrets.values() for h in r.hosts for p in r.ports]
+        destinations = [
+            (h if h.startswith("*.") else host_key(h), p)
+            for r in self.secrets.values()
+            for h in r.hosts
+            for p in r.ports
+        ]
         if e is not None:
             destinations += [parse_entry(a) for a in e.allow]
         networks = [parse_network(c) for c in e.private] if e is not None else []
