@@ -37,6 +37,7 @@ from broker.request.locations import Occurrence, RequestParts, SubstitutionError
 from broker.request.placeholders import placeholder
 from broker.request.responses import Reply, reply_for
 from broker.scrub import rawegress
+from broker.scrub.ranges import strip_ranges
 from broker.scrub.scrubber import Scrubber, StreamScrubber
 from broker.scrub.strength import weakness
 from broker.secret import SecretValue
@@ -305,9 +306,14 @@ class Engine:
             return self._reply(failure(where.reason, tenant, None, decision.secrets), dest)
         if where.report:
             decision = replace(decision, reason=where.reason, report=True)
+        unranged = strip_ranges(policy, dest, parts)  # no 206 pieces from hosts that know values
+        if unranged is not None:
+            parts = unranged
         if decision.verdict == "pass":
             if dropped:
                 return Outcome(decision, parts=parts, audit={"cookies_dropped": dropped})
+            if unranged is not None:
+                return Outcome(decision, parts=parts)
             return Outcome(decision)
         if not self.audit.healthy():
             return self._reply(

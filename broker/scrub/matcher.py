@@ -54,6 +54,7 @@ _CLEAN_WINDOW = re.compile(rb"[^-+/_=%%\\]{%d}" % _KEY_LEN)
 _NOT_ALNUM = re.compile(rb"[^A-Za-z0-9]")
 _WORKERS = max(1, min(4, len(os.sched_getaffinity(0))))
 _SEGMENT_MIN = 1 << 20  # below this a segment's thread hand-off is not worth it
+_TRIGGER_SPAN = 128  # segments overlap this much, so a trigger across a boundary is seen
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
@@ -91,9 +92,13 @@ def available_engines() -> tuple[str, ...]:
     return (*found, "python")
 
 
-def build(patterns: Sequence[bytes], engine: str = "auto") -> Matcher:
+def build(
+    patterns: Sequence[bytes], engine: str = "auto", triggers: Sequence[bytes] = ()
+) -> Matcher:
     """A matcher for ``patterns`` (non-empty byte strings; duplicates allowed,
-    the lowest index is reported)."""
+    the lowest index is reported). ``triggers`` are regular expressions
+    :meth:`Matcher.scan` reports as a bit mask (bit ``i``: ``triggers[i]``
+    occurs), found in the same pass by Hyperscan, each reported once."""
     if any(not p for p in patterns):
         raise ValueError("empty patterns match everywhere")
     if engine == "auto":
@@ -102,17 +107,31 @@ def build(patterns: Sequence[bytes], engine: str = "auto") -> Matcher:
         raise ValueError(f"unknown matcher engine {engine!r}; choose from {ENGINES}")
     if engine not in available_engines():
         raise RuntimeError(f"matcher engine {engine!r} is not installed")
+    matcher: Matcher
     if not patterns:
-        return _Empty(engine)
-    if engine == "hyperscan":
-        return _Hyperscan(patterns)
-    if engine == "ahocorasick":
-        return _AhoCorasick(patterns)
-    return _Python(patterns)
+        matcher = _Empty(engine)
+    elif engine == "hyperscan":
+        matcher = _Hyperscan(patterns, triggers)
+    elif engine == "ahocorasick":
+        matcher = _AhoCorasick(patterns)
+    else:
+        matcher = _Python(patterns)
+    if triggers and not isinstance(matcher, _Hyperscan):
+        matcher.triggers = tuple(re.compile(t) for t in triggers)
+    return matcher
 
 
 class Matcher(ABC):
     engine: str
+    triggers: tuple[re.Pattern[bytes], ...] = ()
+
+    def scan(self, data: bytes) -> tuple[list[Match], int]:
+        """:meth:`find_all`, and the mask of the triggers that occur in ``data``."""
+        mask = 0
+        for i, trigger in enumerate(self.triggers):
+            if trigger.search(data):
+                mask |= 1 << i
+        return self.find_all(data), mask
 
     def find(self, data: bytes) -> list[Match]:
         """Non-overlapping (start, end, pattern_index), leftmost-longest."""
@@ -182,7 +201,7 @@ class _Keyed(Matcher):
 class _Hyperscan(_Keyed):
     engine = "hyperscan"
 
-    def __init__(self, patterns: Sequence[bytes]) -> None:
+    def __init__(self, patterns: Sequence[bytes], triggers: Sequence[bytes] = ()) -> None:
         import hyperscan
 
         super().__init__(patterns)
@@ -199,6 +218,10 @@ class _Hyperscan(_Keyed):
         ]
         expressions = [_NOT_ALNUM.sub(lambda m: b"\\x%02x" % m.group(0)[0], s) for s in sources]
         flags = [0 if len(ids) == 1 else hyperscan.HS_FLAG_CASELESS for ids in literals.values()]
+        # Triggers ride along in the same database, each reported once per scan.
+        self._first_trigger = len(expressions)
+        expressions += list(triggers)
+        flags += [hyperscan.HS_FLAG_SINGLEMATCH] * len(triggers)
         self._db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
         self._db.compile(
             expressions=expressions,
@@ -215,22 +238,31 @@ class _Hyperscan(_Keyed):
             self._local.scratch = scratch
         return scratch
 
-    def _scan(self, data: memoryview, first: int, last: int) -> list[tuple[int, int]]:
-        """Key hits ``(key_id, start)`` starting in ``[first, last)``."""
+    def _scan(self, data: memoryview, first: int, last: int) -> tuple[list[tuple[int, int]], int]:
+        """Key hits ``(key_id, start)`` starting in ``[first, last)``, and the
+        trigger mask."""
         hits: list[tuple[int, int]] = []
+        mask = [0]
         literal_keys, literal_lens = self._literal_keys, self._literal_lens
+        first_trigger = self._first_trigger
 
         def on_match(literal: int, _from: int, to: int, _flags: int, _ctx: object) -> None:
+            if literal >= first_trigger:
+                mask[0] |= 1 << (literal - first_trigger)
+                return
             start = first + to - literal_lens[literal]
             if start < last:
                 hits.extend((key_id, start) for key_id in literal_keys[literal])
 
-        end = min(len(data), last + _KEY_LEN - 1)
+        end = min(len(data), last + max(_KEY_LEN - 1, _TRIGGER_SPAN))
         segment = data[first:end]  # a view: the extension reads any buffer, no copy
         self._db.scan(segment, match_event_handler=on_match, scratch=self._scratch())  # type: ignore[type-var]
-        return hits
+        return hits, mask[0]
 
     def find_all(self, data: bytes) -> list[Match]:
+        return self.scan(data)[0]
+
+    def scan(self, data: bytes) -> tuple[list[Match], int]:
         view = memoryview(data)
         segments = max(1, min(_WORKERS, len(data) // _SEGMENT_MIN))
         bounds = [len(data) * i // segments for i in range(segments + 1)]
@@ -238,10 +270,12 @@ class _Hyperscan(_Keyed):
             _scan_pool().submit(self._scan, view, bounds[i], bounds[i + 1])
             for i in range(segments - 1)
         ]
-        hits = self._scan(view, bounds[-2], bounds[-1])
+        hits, mask = self._scan(view, bounds[-2], bounds[-1])
         for future in pending:
-            hits += future.result()
-        return self._confirm(data, hits) if hits else []
+            more, more_mask = future.result()
+            hits += more
+            mask |= more_mask
+        return (self._confirm(data, hits) if hits else []), mask
 
 
 class _Python(_Keyed):

@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from broker.scrub import matcher
+from broker.scrub import matcher, views
 from broker.scrub import spellings as encodings
 
 __all__ = ["DELTA_VALUES", "MARKER", "MAX_VALUES", "Scrubber", "ScrubberFull", "StreamScrubber"]
@@ -70,7 +70,9 @@ class _Layer:
     owners: tuple[frozenset[Owner], ...]  # per pattern: whose values produce it
 
 
-Occurrence = tuple[int, int, bytes, frozenset[Owner]]  # start, end, placeholder, owners
+Occurrence = tuple[int, int, bytes, frozenset[Owner], str | None]
+"""start, end, placeholder, owners, and the codec the placeholder is written
+in (None: as is; ``utf-16-le``/``-be`` for a match in a UTF-16 view)."""
 
 
 @dataclass(frozen=True)
@@ -82,13 +84,28 @@ class _Snapshot:
     ranks: dict[Owner, int]
 
     def occurrences(self, data: bytes) -> list[Occurrence]:
-        """Every occurrence in every layer, by start, longest first."""
-        found = [
-            (start, end, layer.replacements[i], layer.owners[i])
-            for layer in self.layers
-            for start, end, i in layer.matcher.find_all(data)
-        ]
-        if len(self.layers) > 1:
+        """Every occurrence in every layer, by start, longest first: in the
+        data as it is, and in the decoded views its triggers call for."""
+        found: list[Occurrence] = []
+        mask = 0
+        for layer in self.layers:
+            matches, triggered = layer.matcher.scan(data)
+            mask |= triggered
+            found += [(a, b, layer.replacements[i], layer.owners[i], None) for a, b, i in matches]
+        if mask:
+            layers = self.layers
+
+            def find(view: bytes) -> list[tuple[int, int, int]]:
+                return [
+                    (a, b, n << 32 | i)
+                    for n, layer in enumerate(layers)
+                    for a, b, i in layer.matcher.find_all(view)
+                ]
+
+            for a, b, key, codec in views.view_matches(data, mask, find):
+                layer, i = layers[key >> 32], key & 0xFFFFFFFF
+                found.append((a, b, layer.replacements[i], layer.owners[i], codec))
+        if len(self.layers) > 1 or mask:
             found.sort(key=lambda m: (m[0], -m[1]))
         return found
 
@@ -104,7 +121,7 @@ def _build_layer(entries: Iterable[_Entry], engine: str) -> _Layer | None:
     keys = list(patterns)
     shared: dict[frozenset[Owner], frozenset[Owner]] = {}  # one set per owner group, not per form
     return _Layer(
-        matcher=matcher.build(keys, engine),
+        matcher=matcher.build(keys, engine, views.TRIGGERS),
         replacements=tuple(patterns[k][0] for k in keys),
         owners=tuple(shared.setdefault(o, o) for o in (frozenset(patterns[k][1]) for k in keys)),
     )
@@ -233,7 +250,7 @@ class Scrubber:
         """Owners whose values appear in ``data``, in any encoding (overlapping
         occurrences included)."""
         found: set[Owner] = set()
-        for *_span, owners in self._current().occurrences(data):
+        for _start, _end, _placeholder, owners, _codec in self._current().occurrences(data):
             found |= owners
         return found
 
@@ -297,7 +314,7 @@ class Scrubber:
             )
             layers = tuple(layer for layer in (self._base, delta) if layer is not None)
             if not layers:
-                layers = (_Layer(matcher.build([], self._engine), (), ()),)
+                layers = (_Layer(matcher.build([], self._engine, views.TRIGGERS), (), ()),)
             self._snapshot = _Snapshot(
                 layers, self._max_len, self._has_newline, self._generation, self._rank
             )
@@ -368,13 +385,16 @@ def _cover(
     pieces: list[bytes] = []
     cursor = begin
     count = 0
-    for start, end, replacement, owners in snap.occurrences(data):
+    for start, end, replacement, owners, codec in snap.occurrences(data):
         if end <= cursor:
             continue
         first = max(start, cursor)
         if first >= cut:
             break
-        pieces += [data[cursor:first], _replacement(snap, replacement, owners, tenant)]
+        written = _replacement(snap, replacement, owners, tenant)
+        if codec is not None:  # a match in a UTF-16 view: the placeholder in UTF-16 too
+            written = written.decode("ascii").encode(codec)
+        pieces += [data[cursor:first], written]
         cursor = end
         count += 1
     rest = max(cut, cursor)
@@ -423,7 +443,12 @@ class StreamScrubber:
         window = max(snap.max_len - 1, 0)
         cut = len(buf) if final else len(buf) - window
         if not snap.has_newline:
-            cut = max(cut, buf.rfind(b"\n") + 1)
+            line_end = buf.rfind(b"\n") + 1
+            # After a line of wrapped base64 the value may go on past the break:
+            # the fixed window decides (a rule on the data's shape, never on
+            # secret content).
+            if line_end and not views.wrapped_line_end(buf, line_end):
+                cut = max(cut, line_end)
         cut = max(cut, begin)
         # The occurrences that decide the output before `cut` are all in buf:
         # - an occurrence covering a byte at or after `begin` starts at or after

@@ -10,11 +10,13 @@ import json
 import secrets
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote_to_bytes
 
 import pytest
 
+from broker.scrub.decoded import json_unescape
 from tests.security.conftest import Sec, assert_no_leak, h2_tunnel, request, tunnel
+from tests.support.leaks import find_leak
 from tests.support.net import wait_for
 from tests.support.openbao import OpenBao
 from tests.support.proxy import Proxy
@@ -238,3 +240,58 @@ def test_first_request_of_a_fresh_broker_scrubs_a_recalled_value(
     assert resp.status == 200, resp.raw[:300]
     assert_no_leak(resp.raw, sec)
     assert b"<<redacted>>" in resp.body and b"<<secret:" not in resp.body
+
+
+def _decoded_leaks(body: bytes, value: str, form: str) -> bool:
+    """Whether ``body`` still yields ``value`` once a client decodes it the
+    way ``form`` asks (or in any standard spelling)."""
+    v = value.encode()
+    if form.startswith("utf16"):
+        codec = "utf-16-le" if form.endswith("le") else "utf-16-be"
+        return value.encode(codec) in body or value.encode(codec)[1:-1] in body
+    if form.startswith("b64wrap"):
+        return find_leak(body.replace(b"\r", b"").replace(b"\n", b""), v) is not None
+    if form == "jsonusome":
+        return v in json_unescape(body)
+    if form == "pctsafe":
+        return v in unquote_to_bytes(body)
+    return find_leak(body, v) is not None
+
+
+SPELLINGS = ["jsonusome", "b64wrap64", "b64wrap76", "utf16le", "utf16be", "pctsafe"]
+
+
+@pytest.mark.parametrize("endpoint", ["reflect", "chunked"])
+@pytest.mark.parametrize("form", SPELLINGS)
+def test_hostile_upstream_spellings_clients_decode(
+    sbroker: Proxy, sec: Sec, warm: str, form: str, endpoint: str
+) -> None:
+    """Attack: the upstream reflects the substituted value in a spelling an
+    ordinary client decodes on its own: JSON `\\u` escapes of every other
+    character, base64 wrapped at 64 (LF) or 76 (CRLF) columns, UTF-16 LE/BE,
+    percent-encoding that keeps `/:@+`; buffered, or chunked in 7-byte pieces.
+    Expected: nothing the agent receives decodes to the value."""
+    path = f"/{endpoint}?form={form}&from=authorization&bare=1&split=7&nl=1"
+    with tunnel(sbroker, f"127.0.0.1:{sec.port}", creds=_creds(sec, "acme")) as w:
+        w.send(request("GET", path, "x", [("Authorization", "Bearer <<secret:stripe>>")]))
+        resp = w.response()
+    assert resp.status == 200, resp.raw[:300]
+    assert not _decoded_leaks(resp.raw, warm, form), resp.body[:400]
+
+
+def test_range_requests_to_a_host_that_knows_values_get_the_whole_body(
+    sbroker: Proxy, sec: Sec, upstream: Upstream
+) -> None:
+    """Attack: fetch a response in `Range` pieces (or as
+    `multipart/byteranges`) so no single piece holds the whole value and the
+    client rejoins them. Expected: towards a host a secret may be sent to,
+    `Range` and `If-Range` never reach the upstream (it answers whole)."""
+    upstream.clear()
+    with tunnel(sbroker, f"127.0.0.1:{sec.port}", creds=_creds(sec, "globex")) as w:
+        w.send(
+            request("GET", "/echo/range", "x", [("Range", "bytes=0-9,20-29"), ("If-Range", "x")])
+        )
+        resp = w.response()
+    assert resp.status == 200
+    sent = {k.lower() for k, _ in upstream.received[-1].headers}
+    assert "range" not in sent and "if-range" not in sent

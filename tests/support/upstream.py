@@ -112,6 +112,20 @@ def _jsonu(v: bytes) -> bytes:
     return "".join(f"\\u{ord(c):04x}" for c in v.decode("utf-8", "surrogateescape")).encode()
 
 
+def _jsonu_some(v: bytes) -> bytes:
+    """Every other character ``\\u``-escaped (a JSON parser rejoins them)."""
+    text = v.decode("utf-8", "surrogateescape")
+    return "".join(f"\\u{ord(c):04x}" if i % 2 else c for i, c in enumerate(text)).encode()
+
+
+def _b64wrap(width: int, eol: bytes) -> Callable[[bytes], bytes]:
+    def wrap(v: bytes) -> bytes:
+        blob = base64.b64encode(b"prefix:" + v + b":suffix-padding-to-wrap" * 4)
+        return eol.join(blob[i : i + width] for i in range(0, len(blob), width))
+
+    return wrap
+
+
 ENCODERS: dict[str, Callable[[bytes], bytes]] = {
     "raw": lambda v: v,
     "b64": base64.b64encode,
@@ -124,6 +138,13 @@ ENCODERS: dict[str, Callable[[bytes], bytes]] = {
     "json": _json_escape,
     "jsonslash": lambda v: _json_escape(v).replace(b"/", b"\\/"),
     "jsonu": _jsonu,
+    # Issue 12 item 6: what clients decode on their own.
+    "jsonusome": _jsonu_some,
+    "b64wrap64": _b64wrap(64, b"\n"),
+    "b64wrap76": _b64wrap(76, b"\r\n"),
+    "utf16le": lambda v: v.decode("utf-8", "surrogateescape").encode("utf-16-le"),
+    "utf16be": lambda v: v.decode("utf-8", "surrogateescape").encode("utf-16-be"),
+    "pctsafe": lambda v: urllib.parse.quote_from_bytes(v, safe="/:@+").encode("ascii"),
     # "basic" is handled in encode(): base64(user ":" value)
 }
 FORMS: tuple[str, ...] = (*ENCODERS, "basic")

@@ -116,7 +116,9 @@ def test_properties_track_the_pattern_set() -> None:
 def test_rebuilds_once_per_change_not_per_scan(monkeypatch: pytest.MonkeyPatch) -> None:
     builds: list[int] = []
     real_build = scrub.matcher.build
-    monkeypatch.setattr(scrub.matcher, "build", lambda p, e: builds.append(1) or real_build(p, e))
+    monkeypatch.setattr(
+        scrub.matcher, "build", lambda p, e, t=(): builds.append(1) or real_build(p, e, t)
+    )
     monkeypatch.setattr(scrub, "_clock", lambda: 0.0)  # no idle merge
     s = Scrubber()
     for i in range(3):
