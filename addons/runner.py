@@ -189,16 +189,13 @@ def supervise(config: Path, *, listen: str | None, quiet: bool, workers: int) ->
     from broker.policy.load import load_policy
 
     policy = load_policy(config)
-    from broker.governance.config import needs_state
+    from broker.governance.config import WORKERS_NEED_STATE, needs_state
 
     if policy.state is None and needs_state(policy):
         # Counters, held requests and revocations in each worker's memory
         # would be N separate sets: N times the rate, approvals nobody sees.
-        print(
-            "keybroker: --workers > 1 with rate, max_uses, approve or sessions needs "
-            "state.url (a shared Redis/Valkey)",
-            file=sys.stderr,
-        )
+        # (Each worker's Governor refuses the same on a reload.)
+        print(f"keybroker: {WORKERS_NEED_STATE}", file=sys.stderr)
         return 1
     init_ca(policy.certs_dir)  # once, before the workers race for it
     cmd = [sys.executable, "-m", "broker.cli", "run", "--config", str(config)]

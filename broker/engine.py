@@ -101,7 +101,11 @@ class Engine:
         self._hmac_key = self._audit_key(policy)
         self.audit = self._make_audit(policy, self._hmac_key)
         self.governor = Governor(
-            policy, self._env, announce=self._announce, clean=lambda s: self._clean(None, s)[0]
+            policy,
+            self._env,
+            announce=self._announce,
+            clean=lambda s: self._clean(None, s)[0],
+            workers=worker is not None,  # one of --workers N: no per-process state
         )
         self.kinds = CredentialKinds(
             remember=self._remember, record=self.record, policy=lambda: self.policy

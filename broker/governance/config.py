@@ -154,6 +154,12 @@ def policy_problems(policy: Policy) -> list[str]:
     return problems
 
 
+WORKERS_NEED_STATE = (
+    "--workers > 1 with rate, max_uses, approve or sessions needs state.url (a shared "
+    "Redis/Valkey): each worker would count, hold and revoke apart"
+)
+
+
 def needs_state(policy: Policy) -> bool:
     """Does anything in the policy keep state (counters, approvals, revocations)?"""
     if policy.sessions is not None:

@@ -14,6 +14,7 @@ from typing import Any
 from broker.governance import sessions
 from broker.governance.admin import AdminServer
 from broker.governance.approvals import hold, needs_approval
+from broker.governance.config import WORKERS_NEED_STATE, needs_state
 from broker.governance.limits import Ticket, charges_for, retry_after
 from broker.governance.state import StateStore, StateUnavailable, build_store
 from broker.policy.load import PolicyError
@@ -55,8 +56,12 @@ class Governor:
         *,
         announce: Callable[[dict[str, Any]], None] | None = None,
         clean: Callable[[str], str] = lambda s: s,
+        workers: bool = False,
     ) -> None:
         self._env = env
+        self._workers = workers
+        """One of several ``--workers``: state must be shared (no MemoryStore)."""
+        self._check_workers(policy)
         self.key = session_key(policy, env)
         self.store: StateStore = build_store(policy.state, env)
         self._state_config = policy.state
@@ -70,6 +75,7 @@ class Governor:
     def reload(self, policy: Policy) -> Callable[[], None]:
         """Check the new policy; returns the switch to call once the engine
         commits it. Raises PolicyError (the old policy stays)."""
+        self._check_workers(policy)
         key = session_key(policy, self._env)
         listen = self._policy.admin.listen if self._policy.admin else None
         same = policy.state == self._state_config
@@ -93,6 +99,11 @@ class Governor:
                 log.warning("keybroker: admin.listen changed; it applies at the next restart")
 
         return commit
+
+    def _check_workers(self, policy: Policy) -> None:
+        """Refuse, at start-up and on reload alike, per-worker governance state."""
+        if self._workers and policy.state is None and needs_state(policy):
+            raise PolicyError([f"keybroker: {WORKERS_NEED_STATE}"])
 
     @staticmethod
     def _spawn(coro: Any) -> None:

@@ -333,3 +333,60 @@ def test_reload_switches_the_store_and_keeps_it_when_unchanged(tmp_path: Path) -
         assert e.policy.sessions is None and e.governor.key is None  # the last good policy
     finally:
         e.close()
+
+
+@pytest.mark.parametrize(
+    ("change", "refused"),
+    [
+        pytest.param({"max_uses": 1}, True, id="max_uses"),
+        pytest.param({"rate": "1/minute"}, True, id="rate"),
+        pytest.param({"approve": "always"}, True, id="approve"),
+        pytest.param({"sessions": {"key_env": "KB_SESSION_KEY"}}, True, id="sessions"),
+        pytest.param({"methods": ["GET", "POST"]}, False, id="no-state-needed"),
+    ],
+)
+def test_a_worker_refuses_a_reload_that_needs_shared_state(
+    tmp_path: Path, change: dict[str, Any], refused: bool
+) -> None:
+    """Review finding 4: one of ``--workers N`` (engine given a worker index)
+    refuses, on reload as at start-up, governance without ``state.url``: each
+    worker would count, hold and revoke apart. The last good policy stays."""
+    import yaml
+
+    src = tmp_path / "policy.yaml"
+    rule = {"backend": "local", "path": "API_KEY", "hosts": ["api.example.com"]}
+    data: dict[str, Any] = {
+        "version": 1,
+        "certs_dir": str(tmp_path / "certs"),
+        "audit": {"path": str(tmp_path / "audit.jsonl")},
+        "backends": {"local": {"type": "env"}},
+        "admin": {"listen": "127.0.0.1:1", "token_sha256": ADMIN},
+        "tenants": {"acme": {"token_sha256": DIGEST, "secrets": {"api": rule}}},
+    }
+    src.write_text(yaml.safe_dump(data))
+    env = {"API_KEY": "v" * 20, "KB_SESSION_KEY": KEY}
+    e = Engine.from_file(src, env=env, worker=0)
+    try:
+        before = e.policy
+        if "sessions" in change:
+            data.update(change)
+        else:
+            rule.update(change)
+        src.write_text(yaml.safe_dump(data))
+        errors = e.reload()
+        if refused:
+            assert errors and "needs state.url" in errors[0], errors
+            assert e.policy is before
+            with pytest.raises(PolicyError, match="needs state.url"):
+                Engine.from_file(src, env=env, worker=1)  # a worker (re)starting: the same
+            data["state"] = {"url": "redis://127.0.0.1:1/0"}  # shared state: accepted
+            src.write_text(yaml.safe_dump(data))
+            assert e.reload() == []
+        else:
+            assert errors == [] and e.policy is not before
+        # A single broker (no worker index) keeps its in-process state.
+        data.pop("state", None)
+        src.write_text(yaml.safe_dump(data))
+        Engine.from_file(src, env=env).close()
+    finally:
+        e.close()
