@@ -377,7 +377,7 @@ def test_a_worker_refuses_a_reload_that_needs_shared_state(
         if refused:
             assert errors and "needs state.url" in errors[0], errors
             assert e.policy is before
-            with pytest.raises(PolicyError, match="needs state.url"):
+            with pytest.raises(PolicyError, match=r"needs state\.url"):
                 Engine.from_file(src, env=env, worker=1)  # a worker (re)starting: the same
             data["state"] = {"url": "redis://127.0.0.1:1/0"}  # shared state: accepted
             src.write_text(yaml.safe_dump(data))
