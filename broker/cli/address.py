@@ -27,7 +27,6 @@ def in_use_message(host: str, port: int) -> str | None:
         try:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio binds
             s.bind(addr)
-            s.listen(1)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 return (
