@@ -8,6 +8,7 @@ import asyncio
 import functools
 
 from broker.credentials import aws_sigv4
+from broker.credentials.aws_vending import check_expires, check_vending
 from broker.credentials.errors import CredentialError
 from broker.credentials.minter import Minter, Resolve
 from broker.policy.schema import SecretRule
@@ -67,6 +68,9 @@ async def sign_aws(
             f"AWS region {cred.region!r} is not in this secret's regions",
             cred.name,
         )
+    check_vending(cred.service, parts, rule.allow_credential_vending, cred.name)
+    if cred.presigned:
+        check_expires(cred.expires, rule.max_presign_expires, cred.name)
     keys = await minter.aws_keys(resolver, tenant, cred.name, rule)
     sign = functools.partial(
         aws_sigv4.resign,

@@ -70,7 +70,7 @@ CredentialKind = Literal[
 ]
 # Keys only one kind may set (DESIGN.md §11); anything else is an error naming the kind.
 _KIND_KEYS: dict[str, tuple[str, ...]] = {
-    "aws_sigv4": ("services", "regions"),
+    "aws_sigv4": ("services", "regions", "allow_credential_vending", "max_presign_expires"),
     "oauth2_refresh": ("token_url", "scopes", "token_auth"),
     "oauth2_client_credentials": ("token_url", "scopes", "token_auth"),
     "github_app": ("api_url",),
@@ -112,6 +112,10 @@ class SecretRule(_Model):
     # Kind-specific keys (DESIGN.md §11); each is refused on any other kind.
     services: tuple[str, ...] | None = None
     regions: tuple[str, ...] | None = None
+    allow_credential_vending: bool | None = None
+    """aws_sigv4: permit STS AssumeRole/GetSessionToken, IAM CreateAccessKey ... (extension)."""
+    max_presign_expires: int | None = Field(default=None, ge=1, le=604800)
+    """aws_sigv4: the longest X-Amz-Expires of a presigned URL (default 900 s; extension)."""
     token_url: str | None = None
     scopes: tuple[str, ...] | None = None
     token_auth: Literal["client_secret_basic", "client_secret_post"] | None = None

@@ -361,3 +361,53 @@ def test_a_sigv2_presigned_url_is_refused_with_a_hint(
     assert r.status_code == 400
     assert r.json()["reason"] == "malformed_request"
     assert not [x for x in upstream.received if x.path.startswith("/b-v2/")]
+
+
+@pytest.mark.parametrize(
+    ("where", "action"),
+    [("body", "GetSessionToken"), ("query", "AssumeRole"), ("body", "GetFederationToken")],
+)
+def test_credential_vending_is_refused(
+    kb: Proxy, acme: Tenant, moto: MotoServer, test_ca: TestCA, where: str, action: str
+) -> None:
+    """Review finding 3: STS would answer with raw keys the scrubber never saw."""
+    form = f"Action={action}&Version=2011-06-15&RoleArn=arn:aws:iam::123456789012:role/r"
+    url = moto.url + "/" + (f"?{form}" if where == "query" else "")
+    body = form.encode() if where == "body" else b""
+    ctype = {"Content-Type": "application/x-www-form-urlencoded"}
+    headers, body = _signed(
+        "POST", url, service="sts", region="us-east-1", body=body, headers=ctype
+    )
+    r = _session(kb, acme, test_ca).post(url, headers=headers, data=body)
+    assert r.status_code == 403, r.text
+    assert r.json()["reason"] == "credential_vending"
+    assert "SecretAccessKey" not in r.text
+
+
+def test_non_vending_sts_and_a_long_presigned_url(
+    kb: Proxy, acme: Tenant, moto: MotoServer, upstream: Upstream, test_ca: TestCA
+) -> None:
+    form = b"Action=GetCallerIdentity&Version=2011-06-15"
+    ctype = {"Content-Type": "application/x-www-form-urlencoded"}
+    headers, body = _signed(
+        "POST", moto.url + "/", service="sts", region="us-east-1", body=form, headers=ctype
+    )
+    r = _session(kb, acme, test_ca).post(moto.url + "/", headers=headers, data=body)
+    assert r.status_code == 200 and "GetCallerIdentityResult" in r.text, r.text
+    import boto3
+    from botocore.config import Config
+
+    agent = boto3.client(
+        "s3",
+        endpoint_url=f"https://localhost:{upstream.port}",
+        region_name="us-east-1",
+        aws_access_key_id=AGENT_KEY,
+        aws_secret_access_key=DUMMY,
+        config=Config(signature_version="s3v4"),
+    )
+    url = agent.generate_presigned_url(
+        "get_object", Params={"Bucket": "presign-long", "Key": "k"}, ExpiresIn=7 * 86400
+    )
+    r = _session(kb, acme, test_ca).get(url)
+    assert r.status_code == 400 and r.json()["reason"] == "malformed_request", r.text
+    assert not [x for x in upstream.received if x.path.startswith("/presign-long/")]
