@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -26,6 +27,7 @@ from typing import Any
 import pytest
 import requests
 
+from tests.support.net import free_port, port_open, wait_for
 from tests.support.proxy import REPO, Proxy
 from tests.support.scenario import Tenant
 from tests.support.tlsca import TestCA
@@ -64,7 +66,7 @@ class Listener:
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
     ca = TestCA(tmp_path_factory.mktemp("egress-ca"))
     names = ["api.public.test", "svc.public.test", "other.public.test", "*.wild.test", "wild.test"]
-    names += ["rebind.test", "inside.test", "mixed.test"]
+    names += ["rebind.test", "rebind2.test", "inside.test", "mixed.test"]
     with Upstream(ca, names=names) as u:
         yield u
 
@@ -89,6 +91,7 @@ def kb(
         "a.wild.test": [["127.0.0.1"]],
         "wild.test": [["127.0.0.1"]],
         "rebind.test": [["127.0.0.1"], ["127.0.0.2"]],
+        "rebind2.test": [["127.0.0.1"], ["127.0.0.2"]],
         "metadata.test": [["169.254.169.254"]],
         "intranet.test": [["10.1.2.3"]],
         "mixed.test": [["10.1.2.3", "127.0.0.1"]],
@@ -489,3 +492,58 @@ def test_doctor_reports_egress_mode_and_passes(kb: Proxy) -> None:
     text = out.stdout + out.stderr
     assert "✓ 7" in text, text
     assert "egress: mode enforce: 2 allow entries" in text, text
+
+
+def test_mitmdump_script_pins_and_refuses_too(kb: Proxy, up: Upstream, internal: Listener) -> None:
+    """``mitmdump -s addons/keybroker.py`` loads the egress sub-addon: an
+    unlisted CONNECT is refused at once and a rebinding name is connected
+    to at its checked address."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(FAKEDNS),
+        "KB_FAKE_DNS": str(kb.workdir / "dns.json"),
+        "KB_EGRESS_KEY": KEY,
+        "HOME": str(kb.workdir),
+    }
+    cfg = kb.workdir / "mitmdump.yaml"  # its own audit chain (one writer per chain)
+    cfg.write_text(json.dumps({**kb.policy, "audit": {"path": str(kb.workdir / "md.jsonl")}}))
+    mitmdump = Path(sys.executable).parent / "mitmdump"
+    script = REPO / "addons" / "keybroker.py"
+    with (kb.workdir / "mitmdump.out").open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                str(mitmdump),
+                "-q",
+                "--listen-host",
+                "127.0.0.1",
+                "--listen-port",
+                str(port),
+                "-s",
+                str(script),
+                "--set",
+                f"keybroker_config={cfg}",
+            ],
+            cwd=kb.workdir,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        assert wait_for(lambda: port_open(port) or proc.poll() is not None, 30)
+        assert proc.poll() is None, (kb.workdir / "mitmdump.out").read_text()
+        other = Proxy(kb.policy, kb.workdir)
+        other.port = port
+        status, _, body = connect(other, "enf", f"other.public.test:{up.port}")
+        assert status == 403 and json.loads(body)["reason"] == "egress_denied"
+        before = internal.accepted
+        r = get(other, "rebind", f"https://rebind2.test:{up.port}/echo/mitmdump")
+        assert r.status_code == 200, r.text
+        assert internal.accepted == before
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
