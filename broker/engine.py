@@ -303,7 +303,12 @@ class Engine:
             return self._reply(egress, dest)
         reach = policy.tenants[tenant].egress_rules
         where = await egress_check(
-            reach, host_key(dest.host), dest.port, Pins() if pins is None else pins, self.lookup
+            reach,
+            host_key(dest.host),
+            dest.port,
+            Pins() if pins is None else pins,
+            self.lookup,
+            tuple(host_key(n) for n in dest.names) if reach.mode else (),
         )
         if where.refused:
             assert where.reason is not None

@@ -36,19 +36,28 @@ def listed(rules: EgressRules, host: str, port: int) -> bool:
     return rules.mode is None or rules.allows(host, port)
 
 
-def check_listed(rules: EgressRules, host: str, port: int) -> EgressVerdict | None:
-    """The allowlist part alone (a CONNECT is refused on it at once); None when listed."""
-    if listed(rules, host, port):
+def check_listed(
+    rules: EgressRules, host: str, port: int, names: tuple[str, ...] = ()
+) -> EgressVerdict | None:
+    """The allowlist part alone (a CONNECT is refused on it at once); None when
+    listed. ``names``: the other names the client gave (TLS SNI, Host): each
+    must be listed too, so a listed CDN edge cannot front an unlisted site."""
+    if listed(rules, host, port) and all(listed(rules, n, port) for n in names):
         return None
     report = rules.mode == "report"
     return EgressVerdict(Reason.EGRESS_DENIED, report=report, detail="not in egress.allow")
 
 
 async def check(
-    rules: EgressRules, host: str, port: int, pins: Pins, lookup: Lookup
+    rules: EgressRules,
+    host: str,
+    port: int,
+    pins: Pins,
+    lookup: Lookup,
+    names: tuple[str, ...] = (),
 ) -> EgressVerdict:
-    """``host`` as :func:`broker.egress.rules.host_key` gives it."""
-    unlisted = check_listed(rules, host, port)
+    """``host`` and ``names`` as :func:`broker.egress.rules.host_key` gives them."""
+    unlisted = check_listed(rules, host, port, names)
     if unlisted is not None and unlisted.refused:
         return unlisted
     ip = pins.get(host, port)

@@ -277,6 +277,14 @@ def test_enforce_hosts(kb: Proxy, up: Upstream, host: str, status: int) -> None:
     assert up.connections_total == before
 
 
+def test_enforce_fronted_host_refused(kb: Proxy, up: Upstream) -> None:
+    """A listed connection target with an unlisted Host: no fronting past the list."""
+    before = len(up.received)
+    r = get(kb, "enf", f"https://api.public.test:{up.port}/echo/f", headers={"Host": "evil.test"})
+    assert r.status_code == 403 and r.json()["reason"] == "egress_denied"
+    assert len(up.received) == before
+
+
 def test_enforce_wrong_port_refused(kb: Proxy, up: Upstream) -> None:
     status, headers, body = connect(kb, "enf", "api.public.test:443")
     assert status == 403

@@ -167,3 +167,17 @@ def test_pin_table_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     assert run(check(rules(None), "b.t", 443, pins, dns)).reason is None
     assert run(check(rules(None), "c.t", 443, pins, dns)).reason is Reason.EGRESS_DENIED
     assert run(check(rules(None), "a.t", 443, pins, dns)).reason is None  # pinned ones still work
+
+
+def test_every_name_the_client_gave_must_be_listed() -> None:
+    """Domain fronting: a listed CDN edge as the connection target, an unlisted
+    site in SNI or Host: refused (enforce) or reported (report)."""
+    dns = Script(edge_cdn_com=[["1.2.3.4"]])
+    enforce = rules("enforce", ["edge.cdn.com", "*.ok.com"])
+    v = run(check(enforce, "edge.cdn.com", 443, Pins(), dns, ("evil.example",)))
+    assert v.reason is Reason.EGRESS_DENIED and v.refused and dns.calls == []
+    v = run(check(enforce, "edge.cdn.com", 443, Pins(), dns, ("edge.cdn.com", "a.ok.com")))
+    assert v.reason is None
+    report = rules("report", ["edge.cdn.com"])
+    v = run(check(report, "edge.cdn.com", 443, Pins(), dns, ("evil.example",)))
+    assert v.reason is Reason.EGRESS_DENIED and v.report
