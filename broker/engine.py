@@ -108,7 +108,10 @@ class Engine:
             workers=worker is not None,  # one of --workers N: no per-process state
         )
         self.kinds = CredentialKinds(
-            remember=self._remember, record=self.record, policy=lambda: self.policy
+            remember=self._remember,
+            record=self.record,
+            policy=lambda: self.policy,
+            record_sent=self._record_sent,
         )
 
     # -- construction and reload -------------------------------------------------

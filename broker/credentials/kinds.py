@@ -25,13 +25,30 @@ Record = Callable[..., None]
 """``Engine.record`` (keyword arguments ``decision, dest, status, scrubbed, started``)."""
 
 
+RecordSent = Callable[[Decision, Destination, Mapping[str, Any]], "str | None"]
+"""``Engine._record_sent``: the write-ahead ``sent`` record; its id, or None when unwritable."""
+
+
 class CredentialKinds:
-    def __init__(self, *, remember: Remember, record: Record, policy: Callable[[], Policy]) -> None:
+    def __init__(
+        self,
+        *,
+        remember: Remember,
+        record: Record,
+        policy: Callable[[], Policy],
+        record_sent: RecordSent | None = None,
+    ) -> None:
         self._record = record
+        self._record_sent = record_sent
         self._policy = policy
         self._trust_cache: tuple[Path | None, ssl.SSLContext] | None = None
         self.captures = CaptureStore()
-        self.minter = Minter(remember=remember, trust=self._trust, audit=self._token_record)
+        self.minter = Minter(
+            remember=remember,
+            trust=self._trust,
+            audit=self._token_record,
+            sent=self._token_sent if record_sent is not None else None,
+        )
 
     # -- hooks on the request path -----------------------------------------------------
     async def token(
@@ -92,18 +109,42 @@ class CredentialKinds:
             self._trust_cache = (ca, trust_context(ca))
         return self._trust_cache[1]
 
+    def _token_sent(self, tenant: str, name: str, url: str) -> str | None:
+        """Write-ahead (DESIGN.md §6) for the broker's own token request: the
+        ``sent`` record before the client secret, refresh token or JWT leaves."""
+        assert self._record_sent is not None
+        decision = Decision(verdict="allow", tenant=tenant, secrets=(name,))
+        return self._record_sent(decision, _token_dest(url), {})
+
     def _token_record(
-        self, tenant: str, name: str, url: str, status: int | None, ok: bool, started: float
+        self,
+        tenant: str,
+        name: str,
+        url: str,
+        status: int | None,
+        ok: bool,
+        started: float,
+        record_id: str | None = None,
     ) -> None:
-        """One audit record per token request (no value)."""
-        u = urlsplit(url)
-        dest = Destination.of("https", u.hostname or "", u.port or 443, "POST", u.path)
+        """The ``done`` record of a token request (no value)."""
         decision = (
             Decision(verdict="allow", tenant=tenant, secrets=(name,))
             if ok
             else failure(Reason.TOKEN_UNAVAILABLE, tenant, name, (name,))
         )
-        self._record(decision=decision, dest=dest, status=status, scrubbed=0, started=started)
+        self._record(
+            decision=decision,
+            dest=_token_dest(url),
+            status=status,
+            scrubbed=0,
+            started=started,
+            record_id=record_id,
+        )
+
+
+def _token_dest(url: str) -> Destination:
+    u = urlsplit(url)
+    return Destination.of("https", u.hostname or "", u.port or 443, "POST", u.path)
 
 
 def without(decision: Decision, captured: Mapping[str, Any]) -> Decision:

@@ -30,8 +30,19 @@ MINTED = ("oauth2_refresh", "oauth2_client_credentials", "github_app", "google_s
 
 class TokenAudit(Protocol):
     def __call__(
-        self, tenant: str, name: str, url: str, status: int | None, ok: bool, started: float
+        self,
+        tenant: str,
+        name: str,
+        url: str,
+        status: int | None,
+        ok: bool,
+        started: float,
+        record_id: str | None = None,
     ) -> None: ...
+
+
+TokenSent = Callable[[str, str, str], "str | None"]
+"""(tenant, name, url) -> the id of the write-ahead ``sent`` record, None when unwritable."""
 
 
 class Resolve(Protocol):
@@ -65,8 +76,10 @@ class Minter:
         remember: Remember,
         trust: Callable[[], ssl.SSLContext],
         audit: TokenAudit,
+        sent: TokenSent | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._sent = sent
         self._remember = remember
         self._trust = trust
         self._audit = audit
@@ -162,15 +175,21 @@ class Minter:
         self, tenant: str, name: str, url: str, body: bytes, headers: dict[str, str]
     ) -> Answer:
         started = self._clock()
+        record_id = self._sent(tenant, name, url) if self._sent is not None else None
+        if self._sent is not None and record_id is None:  # write-ahead, or nothing leaves
+            raise CredentialError(
+                "audit_unavailable", "the token request could not be audited", name
+            )
         try:
             answer = await post(url, body, headers, self._trust())
         except (OSError, ValueError) as exc:
-            self._audit(tenant, name, url, None, False, started)
+            self._audit(tenant, name, url, None, False, started, record_id)
             host = urlsplit(url).hostname or "?"
             raise CredentialError(
                 "token_unavailable",
                 f"the token endpoint at {host} could not be reached ({type(exc).__name__})",
                 name,
             ) from None
-        self._audit(tenant, name, url, answer.status, answer.status in (200, 201), started)
+        ok = answer.status in (200, 201)
+        self._audit(tenant, name, url, answer.status, ok, started, record_id)
         return answer

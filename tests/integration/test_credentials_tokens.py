@@ -287,6 +287,11 @@ def test_token_requests_are_audited_without_values(world: World) -> None:
     assert token_recs and all(r["method"] == "POST" for r in token_recs)
     assert any(r["reason"] == "token_unavailable" for r in token_recs)
     assert any(r["path"].endswith("/access_tokens") for r in recs)
+    # Write-ahead: each token request's `sent` record precedes its `done` (same id).
+    minted = [r for r in recs if r["path"] == "/token" or r["path"].endswith("/access_tokens")]
+    sent = {r["id"]: i for i, r in enumerate(recs) if r["phase"] == "sent" and r in minted}
+    done = [(i, r) for i, r in enumerate(recs) if r["phase"] == "done" and r in minted]
+    assert done and all(r["id"] in sent and sent[r["id"]] < i for i, r in done)
     st = world.ts.state
     values = [c.client_secret for c in CLIENTS.values()] + list(world.seeds.values())
     values += list(st.tokens) + list(st.refresh) + list(st.github_tokens)
