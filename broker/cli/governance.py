@@ -228,6 +228,25 @@ def check_session(
     return True, f"session token for tenant {tenant!r} until {when} ({checked})"
 
 
+def cmd_state(args: argparse.Namespace) -> int:
+    """``keybroker state init``: (re-)initialise the shared store's epoch marker."""
+    policy = load_policy(args.config)
+    if policy.state is None:
+        raise CLIError("the policy has no state: section (state.url); nothing to initialise")
+    from broker.governance.redis_state import RedisStore
+
+    async def init(store: StateStore) -> str:
+        assert isinstance(store, RedisStore)
+        return await store.init_epoch()
+
+    mark = asyncio.run(_in_store(policy, init))
+    print(
+        f"state store initialised (epoch {mark}); every broker sharing it resumes. Rate "
+        "windows, use counts and approvals in the store start from what it holds now.",
+    )
+    return 0
+
+
 def _admin_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True)
     p.add_argument(
@@ -273,6 +292,14 @@ def add_parsers(sub: Any) -> None:
     rv.add_argument("token", help="the session token, or - to read it from stdin")
     _admin_options(rv)
     se.set_defaults(func=_guarded(cmd_session))
+
+    st = sub.add_parser("state", help="the shared state store (state.url)")
+    st_sub = st.add_subparsers(dest="state_cmd", required=True)
+    init = st_sub.add_parser(
+        "init", help="write a new epoch marker: brokers refusing a store that lost data resume"
+    )
+    init.add_argument("--config", required=True)
+    st.set_defaults(func=_guarded(cmd_state))
 
 
 def _guarded(fn: Any) -> Any:

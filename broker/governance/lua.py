@@ -7,6 +7,7 @@ _NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.fl
 CHARGE = (
     _NOW
     + """
+if ARGV[#ARGV] ~= '' and redis.call('GET', ARGV[#ARGV - 1]) ~= ARGV[#ARGV] then return {3, 0, 0} end
 local n = #KEYS / 2
 for i = 1, n do
   local b = 1 + (i - 1) * 3

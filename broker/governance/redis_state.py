@@ -32,6 +32,9 @@ log = logging.getLogger("keybroker")
 T = TypeVar("T")
 POLL = 0.25
 """Seconds between looks at the revocation list (a revocation reaches every broker within ~0.3 s)."""
+EPOCH_BROKER, EPOCH_OPERATOR = "kb:", "op:"
+"""Who wrote the store's epoch marker: the first broker, or ``keybroker state init``."""
+STATE_INIT = "`keybroker state init --config FILE`"
 
 
 def _pairs(flat: Sequence[Any] | None) -> dict[str, str] | None:
@@ -59,11 +62,19 @@ class RedisStore:
         self._charge, self._open, self._pending = s(CHARGE), s(OPEN), s(PENDING)
         self._decide, self._expire, self._usage = s(DECIDE), s(EXPIRE), s(USAGE)
         self._revoked: frozenset[str] = frozenset()
+        self._known: dict[str, float] = {}
+        """Every revocation this broker has seen (id: expiry), kept even if the store loses it."""
         self._seen = float("-inf")
         self._version: str | None = None
         self._task: asyncio.Task[None] | None = None
+        self.epoch: str | None = None
+        """The store's epoch marker as this broker adopted it (None: not yet)."""
+        self.lost: str | None = None
+        """Why the store's data cannot be trusted (its marker went missing or changed)."""
 
-    async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, what: str, fn: Callable[[], Awaitable[T]], *, gated: bool = True) -> T:
+        if gated and self.lost is not None:
+            raise StateUnavailable(f"state store: {what} refused ({self.lost})")
         failed = ""
         try:
             async with asyncio.timeout(self.config.timeout * 3):
@@ -83,11 +94,15 @@ class RedisStore:
             keys += [self._k("rate", c.tenant, c.secret), self._k("uses", c.tenant, c.secret)]
             n, window = c.rate or (0, 0)
             args += [n, window * 1000, c.max_uses or 0]
+        args += [self._k("epoch"), self.epoch or ""]  # counts only in the store we know
         kind, index, wait_ms = await self._call(
             "charge", lambda: self._charge(keys=keys, args=args)
         )
         if not kind:
             return None
+        if int(kind) == 3:
+            self._lose("missing or changed at a charge")
+            raise StateUnavailable(f"state store: charge refused ({self.lost})")
         secret = charges[int(index) - 1].secret
         if int(kind) == 1:
             return Refusal("rate", secret, max(0.0, float(wait_ms) / 1000.0))
@@ -103,7 +118,7 @@ class RedisStore:
                         pipe.decr(self._k("uses", c.tenant, c.secret))
                 await pipe.execute()
 
-        await self._call("refund", run)
+        await self._call("refund", run, gated=False)
 
     async def open_approval(
         self, record: Mapping[str, str], *, dedupe: str | None, ttl: float, limit: int = 0
@@ -186,22 +201,67 @@ class RedisStore:
                 pipe.incr(self._k("revoked", "v"))
                 await pipe.execute()
 
-        await self._call("revoke", run)
+        await self._call("revoke", run, gated=False)
 
     def revoked(self) -> tuple[frozenset[str], float]:
+        if self.lost is not None:  # sessions: 503 until an operator re-initialises
+            return self._revoked, float("inf")
         return self._revoked, time.monotonic() - self._seen
 
+    def _lose(self, how: str) -> None:
+        if self.lost is None:
+            log.error(
+                "keybroker: the state store's epoch marker is %s: it lost its data (a restart "
+                "without persistence, a flush, an eviction, a failover) or is another store; "
+                "refusing the requests that need it (503) until an operator checks and runs %s",
+                how,
+                STATE_INIT,
+            )
+        self.lost = f"its epoch marker is {how}; an operator must run {STATE_INIT}"
+
+    async def check_epoch(self) -> None:
+        """Adopt the store's epoch marker (the first broker writes it); after
+        that, a missing marker, or one another broker wrote, means lost data:
+        fail closed until an operator's ``state init`` writes a new one."""
+        key = self._k("epoch")
+        got = await self._call("epoch", lambda: self.client.get(key), gated=False)
+        if self.epoch is None:
+            if got is None:
+                mark = EPOCH_BROKER + new_id("")
+                await self._call("epoch", lambda: self.client.set(key, mark, nx=True), gated=False)
+                got = await self._call("epoch", lambda: self.client.get(key), gated=False)
+            self.epoch = None if got is None else str(got)
+            return
+        if got == self.epoch:
+            return
+        if got is not None and str(got).startswith(EPOCH_OPERATOR):
+            log.warning("keybroker: the state store was re-initialised by an operator; resuming")
+            self.epoch, self.lost, self._version = str(got), None, None  # re-read revocations
+            return
+        self._lose("missing" if got is None else "changed")
+
     async def refresh(self) -> None:
-        """Re-read the revocation list when its version moved."""
-        version = await self._call("revocations", lambda: self.client.get(self._k("revoked", "v")))
+        """Check the epoch marker; re-read the revocation list when its version moved."""
+        await self.check_epoch()
+        version = await self._call(
+            "revocations", lambda: self.client.get(self._k("revoked", "v")), gated=False
+        )
         if version != self._version:
             now = int(time.time())
-            ids = await self._call(
+            got: list[Any] = await self._call(
                 "revocations",
-                lambda: self.client.zrangebyscore(self._k("revoked"), now - 60, "+inf"),
+                lambda: self.client.zrangebyscore(
+                    self._k("revoked"), now - 60, "+inf", withscores=True
+                ),
+                gated=False,
             )
+            # A union with what this broker saw before: a store that lost its
+            # data (then re-initialised) never un-revokes a session here.
+            known = {sid: exp for sid, exp in self._known.items() if exp >= now - 60}
+            known.update({str(sid): float(exp) for sid, exp in got})
+            self._known = known
             self._revoked, self._version = (
-                frozenset(map(str, ids)),
+                frozenset(known),
                 (None if version is None else str(version)),
             )
         self._seen = time.monotonic()
@@ -219,6 +279,13 @@ class RedisStore:
                     log.error("keybroker: %s; requests that need it are refused", exc)
                 down = True
             await asyncio.sleep(POLL)
+
+    async def init_epoch(self) -> str:
+        """``keybroker state init``: a new epoch marker, written by an operator
+        (every broker adopts it and resumes; the store's counts start over)."""
+        mark = EPOCH_OPERATOR + new_id("")
+        await self._call("init", lambda: self.client.set(self._k("epoch"), mark), gated=False)
+        return mark
 
     async def start(self) -> None:
         if self._task is None:

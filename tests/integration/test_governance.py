@@ -304,7 +304,16 @@ def test_store_killed_then_back(env: Any, upstream: Upstream) -> None:
     assert not [x for x in upstream.received[before:] if x.path == "/echo/down"]
     # A session cannot be checked against revocations: refused (after the grace period).
     assert wait_for(lambda: status(b, upstream, "free", session) == 503, 10)
-    redis.start()  # same port, empty store
+    redis.start()  # same port, empty store: its data (and epoch marker) are gone
+    for broker in (a, b):  # review finding 5: no re-armed counts, no un-revoked sessions
+        assert wait_for(lambda br=broker: "epoch marker is missing" in br.output(), 10)
+        r = call(broker, upstream, "limited", path="/echo/lost")
+        assert r.status_code == 503 and reason(r) == "state_unavailable"
+        assert status(broker, upstream, "free", session) == 503
+        assert call(broker, upstream, "free").status_code == 200  # needs no state
+    assert not [x for x in upstream.received[before:] if x.path == "/echo/lost"]
+    init = cli(a, "state", "init")  # the operator re-initialises the store
+    assert init.returncode == 0, init.stderr
     for broker in (a, b):
         assert wait_for(
             lambda br=broker: call(br, upstream, "limited", path="/echo/up").status_code == 200, 10

@@ -111,3 +111,72 @@ def test_password_from_the_environment(tmp_path: Path) -> None:
                     await store.aclose()
 
         asyncio.run(go())
+
+
+def test_a_store_that_lost_its_data_fails_closed_until_an_operator_reinitialises(
+    tmp_path: Path,
+) -> None:
+    """Review finding 5: redis-server restarted without persistence (data
+    lost) must not un-revoke sessions or re-arm one-shot secrets: the brokers
+    that knew the store's epoch marker refuse (503) until ``keybroker state
+    init``; a broker (re)started meanwhile writing a new marker does not
+    lift that."""
+    from tests.support.agent_env import keybroker
+
+    srv = RedisServer(tmp_path / "redis").start()
+    config = tmp_path / "policy.yaml"
+    config.write_text(
+        "version: 1\naudit: {path: a.jsonl}\nbackends: {}\ntenants: {}\n"
+        f"state: {{url: '{srv.url}', timeout: 0.5}}\n"
+    )
+    one_shot = Charge("acme", "deploy", None, 1)
+    sid = "ab" * 12
+
+    def store() -> RedisStore:
+        return RedisStore(StateConfig(url=srv.url, timeout=0.5))
+
+    async def go() -> None:
+        a, b, c = store(), store(), store()
+        try:
+            await a.refresh()
+            await b.refresh()
+            assert a.epoch is not None and a.epoch.startswith("kb:") and b.epoch == a.epoch
+            assert await a.charge([one_shot], "t1") is None
+            assert (await b.charge([one_shot], "t2")) is not None  # spent, shared
+            await a.revoke(sid, 2_000_000_000)
+            await a.refresh()
+            assert sid in a.revoked()[0]
+
+            srv.kill()
+            srv.start()  # same port, no persistence: every key is gone
+
+            with pytest.raises(StateUnavailable):  # b has not looked yet: the charge itself checks
+                await b.charge([one_shot], "t3")
+            await a.refresh()
+            assert a.lost is not None and "state init" in a.lost
+            with pytest.raises(StateUnavailable):
+                await a.charge([one_shot], "t4")
+            with pytest.raises(StateUnavailable):
+                await a.open_approval({"tenant": "acme"}, dedupe=None, ttl=5)
+            assert a.revoked()[1] == float("inf")  # sessions: 503, never un-revoked
+            await c.refresh()  # a broker starting now writes a new marker ...
+            assert c.epoch is not None and c.epoch != a.epoch
+            await a.refresh()
+            assert a.lost is not None  # ... which does not re-arm the brokers that knew
+
+            init = keybroker("state", "init", "--config", str(config))
+            assert init.returncode == 0, init.stderr
+            assert "op:" in init.stdout and "initialised" in init.stdout
+            await a.refresh()
+            await b.refresh()
+            assert a.lost is None and a.epoch == b.epoch and a.epoch.startswith("op:")
+            assert sid in a.revoked()[0] and a.revoked()[1] < 1  # kept: never un-revoked here
+            assert await a.charge([one_shot], "t5") is None  # the operator re-armed the store
+        finally:
+            for s in (a, b, c):
+                await s.aclose()
+
+    try:
+        asyncio.run(go())
+    finally:
+        srv.stop()

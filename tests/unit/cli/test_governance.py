@@ -178,3 +178,14 @@ def test_admin_calls_ignore_proxy_variables(
         for s in servers:
             s.shutdown()
             s.server_close()
+
+
+def test_state_init_needs_a_shared_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_policy(tmp_path)
+    assert main(["state", "init", "--config", str(path)]) == 1
+    assert "state.url" in capsys.readouterr().err
+    path = write_policy(tmp_path, state={"url": "redis://127.0.0.1:1/0", "timeout": 0.2})
+    assert main(["state", "init", "--config", str(path)]) == 1  # nothing listens there
+    assert "state store: init failed" in capsys.readouterr().err
