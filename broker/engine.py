@@ -113,6 +113,7 @@ class Engine:
             policy=lambda: self.policy,
             record_sent=self._record_sent,
         )
+        self.kinds.keep_minted(policy.certs_dir, self._remember, compact=not worker)
 
     # -- construction and reload -------------------------------------------------
     @classmethod
@@ -409,12 +410,14 @@ class Engine:
     # every other tenant's a name-free marker (never named, never delivered).
     # Captured values (DESIGN.md §11) are scrubbed after, for their own tenant only.
     def scrub(self, data: bytes, tenant: str | None = None) -> tuple[bytes, int]:
+        self.kinds.sync_minted()  # tokens another worker minted
         out, n = (
             (data, 0) if not len(self.scrubber) or not data else self.scrubber.scrub(data, tenant)
         )
         return self.kinds.captures.scrub(out, tenant, n)
 
     def scrub_many(self, pieces: list[bytes], tenant: str | None = None) -> list[tuple[bytes, int]]:
+        self.kinds.sync_minted()
         if not len(self.scrubber):
             done = [(piece, 0) for piece in pieces]
         else:
@@ -424,6 +427,7 @@ class Engine:
         return [self.kinds.captures.scrub(d, tenant, n) for d, n in done]
 
     def stream_scrubber(self, tenant: str | None = None) -> StreamScrubber | ChainedStream:
+        self.kinds.sync_minted()
         return self.kinds.captures.stream(self.scrubber.stream(tenant), tenant)
 
     # -- audit -------------------------------------------------------------------

@@ -5,6 +5,7 @@ calls it at a few hook points and the static path pays a ``kind`` compare."""
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -15,11 +16,15 @@ from urllib.parse import urlsplit
 from broker.credentials.apply import sign_aws
 from broker.credentials.capture import CaptureStore, matching
 from broker.credentials.http import trust_context
+from broker.credentials.ledger import FILE_NAME as LEDGER_FILE
+from broker.credentials.ledger import MintLedger
 from broker.credentials.minter import MINTED, Minter, Remember, Resolve
 from broker.policy.schema import CaptureRule, Policy, SecretRule
 from broker.request.decision import Decision, Destination, Reason, failure
 from broker.request.locations import RequestParts
 from broker.secret import SecretValue
+
+log = logging.getLogger("keybroker")
 
 Record = Callable[..., None]
 """``Engine.record`` (keyword arguments ``decision, dest, status, scrubbed, started``)."""
@@ -49,6 +54,20 @@ class CredentialKinds:
             audit=self._token_record,
             sent=self._token_sent if record_sent is not None else None,
         )
+
+    def keep_minted(self, certs_dir: Path, remember: Remember, *, compact: bool) -> None:
+        """Minted tokens in a ledger beside the CA (:mod:`broker.credentials.ledger`):
+        those still live from before a restart or from another worker are
+        registered with the scrubber now, later ones as they appear."""
+        ledger = MintLedger(certs_dir / LEDGER_FILE, remember)
+        n = ledger.load(compact=compact)
+        if n:
+            log.info("keybroker: %d minted token(s) of earlier processes are scrubbed", n)
+        self.minter.ledger = ledger
+
+    def sync_minted(self) -> None:
+        if self.minter.ledger is not None:
+            self.minter.ledger.sync()
 
     # -- hooks on the request path -----------------------------------------------------
     async def token(

@@ -19,6 +19,7 @@ from broker.credentials.aws_sigv4 import AwsKeys
 from broker.credentials.errors import CredentialError
 from broker.credentials.fields import fields_of, secret_fields
 from broker.credentials.http import Answer, post
+from broker.credentials.ledger import MintLedger
 from broker.credentials.tokens import Token, TokenCache
 from broker.policy.schema import SecretRule
 from broker.scrub.strength import weakness
@@ -80,6 +81,8 @@ class Minter:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._sent = sent
+        self.ledger: MintLedger | None = None
+        """Set by the engine: where minted tokens are kept for other processes."""
         self._remember = remember
         self._trust = trust
         self._audit = audit
@@ -124,7 +127,20 @@ class Minter:
                 return await self._google(resolver, tenant, name, rule)
             return await self._oauth2(resolver, tenant, name, rule)
 
-        return await self.tokens.get(_key(tenant, name, rule), fetch)
+        async def fetch_and_keep() -> Token:
+            token = await fetch()
+            if self.ledger is not None:  # known to every process, now and after a restart
+                try:
+                    self.ledger.record(tenant, name, token.value, token.lifetime)
+                except OSError as exc:
+                    raise CredentialError(
+                        "token_unavailable",
+                        f"the minted token could not be recorded ({type(exc).__name__})",
+                        name,
+                    ) from None
+            return token
+
+        return await self.tokens.get(_key(tenant, name, rule), fetch_and_keep)
 
     def rejected(self, tenant: str, name: str, rule: SecretRule) -> None:
         """The upstream answered 401 to a request carrying this token."""
