@@ -40,11 +40,18 @@ def refuse(flow: http.HTTPFlow, st: FlowState, exc: BaseException) -> None:
     flow.response.headers["connection"] = "close"
 
 
-def refuse_at_headers(flow: http.HTTPFlow, st: FlowState, exc: BaseException) -> None:
+def refuse_at_headers(
+    flow: http.HTTPFlow, st: FlowState, exc: BaseException, no_body: bool
+) -> None:
     """:func:`refuse` from ``responseheaders``: the upstream's body still
-    arrives, into the replacement's stream, and is dropped there."""
+    arrives, into the replacement's stream, and is dropped there. A
+    body-less answer is not streamed: mitmproxy stores its empty body into
+    the replacement, which `response` then puts back as made."""
     refuse(flow, st, exc)
     assert flow.response is not None
+    st.capture = flow.response.copy()
+    if no_body:
+        return
     body = flow.response.content or b""
     sent = False
 

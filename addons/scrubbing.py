@@ -102,6 +102,12 @@ class ResponseHooks:
         if st is None or st.done:
             return
         resp = flow.response
+        if st.ours and isinstance(st.capture, http.Response) and resp is not None:
+            # Refused at its headers (addons.capturing): mitmproxy stored the
+            # upstream's body and trailers into the refusal; send it as made.
+            resp.trailers = None
+            if not resp.stream:
+                flow.response = st.capture
         if not st.ours and resp is not None:
             if not resp.stream:
                 self._scrub_body(flow, st)
@@ -134,7 +140,7 @@ class ResponseHooks:
             if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
                 raise CaptureRefused("the response is larger than a capture can read")
         except CaptureRefused as exc:
-            refuse_at_headers(flow, st, exc)
+            refuse_at_headers(flow, st, exc, no_body)
             return True
         st.capture = rules
         if length is None:

@@ -68,7 +68,23 @@ ROUTES: dict[str, Route] = {
     "/t/big": lambda h: _send(
         h, json.dumps({"access_token": RAW + "L", "pad": "x" * (2 << 20)}).encode()
     ),
+    "/c/ok": lambda h: _cookie(h, 200, "session=" + RAW + "K; Path=/"),
+    "/c/weak": lambda h: _cookie(h, 200, "session=12345678; Path=/"),
+    "/c/weak-204": lambda h: _cookie(h, 204, "session=12345678; Path=/"),
 }
+
+
+def _cookie(h: BaseHTTPRequestHandler, status: int, cookie: str) -> None:
+    h.send_response(status)
+    h.send_header("set-cookie", cookie)
+    if status != 204:
+        body = b'{"hello": "world"}'
+        h.send_header("content-type", "application/json")
+        h.send_header("content-length", str(len(body)))
+        h.end_headers()
+        h.wfile.write(body)
+    else:
+        h.end_headers()
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +136,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proxy, int
         "backends": {"local": {"type": "env"}},
         "tenants": {
             "acme": tenant(
-                "acme", [{"hosts": ["localhost"], "paths": ["/t/*"], "json_fields": fields}]
+                "acme",
+                [
+                    {"hosts": ["localhost"], "paths": ["/t/*"], "json_fields": fields},
+                    {"hosts": ["localhost"], "paths": ["/c/*"], "cookies": ["session"]},
+                ],
             ),
             "globex": tenant("globex"),
         },
@@ -194,3 +214,14 @@ def test_a_captured_value_is_scrubbed_for_its_tenant_only(world: tuple[Proxy, in
     r = _get(world, "acme", "/echo", headers={"X-Probe": RAW + "B"})
     assert r.status_code in (200, 403)
     assert RAW + "B" not in r.text
+
+
+def test_a_captured_cookie_or_a_weak_one_refused(world: tuple[Proxy, int]) -> None:
+    r = _get(world, "acme", "/c/ok")
+    assert r.status_code == 200 and RAW not in r.headers["set-cookie"]
+    assert "<<secret:cap." in r.headers["set-cookie"]
+    for path in ("/c/weak", "/c/weak-204"):
+        r = _get(world, "acme", path)
+        assert r.status_code == 502, (path, r.status_code, r.text)
+        assert r.json()["reason"] == "capture_refused"
+        assert "12345678" not in r.text and "12345678" not in str(r.headers)
