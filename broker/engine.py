@@ -264,6 +264,8 @@ class Engine:
         if not preloader.blocks(dest.host, dest.port):
             return False
         await preloader.wait_first_pass()
+        if self.policy.preload_unknown == "serve":
+            return False  # the operator chose availability (policy extension)
         return preloader.blocks(dest.host, dest.port)
 
     async def process(

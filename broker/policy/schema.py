@@ -353,6 +353,12 @@ class Policy(_Model):
     approvals: ApprovalsConfig = ApprovalsConfig()
     admin: AdminConfig | None = None
     sessions: SessionsConfig | None = None
+    preload_unknown: Literal["refuse", "serve"] = "refuse"
+    """Extension (issue 12): while a secret's value could not be preloaded
+    (its backend unreachable or misconfigured), requests to the destinations
+    it may be sent to are refused (``backend_unavailable``), since their
+    responses could echo a value the scrubber does not know; ``serve``
+    forwards them anyway (availability over that risk)."""
 
     @model_validator(mode="after")
     def _governance(self) -> Policy:

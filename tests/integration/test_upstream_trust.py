@@ -43,6 +43,7 @@ def store(tmp_path: Path, *extra: Path) -> Path:
 
 def broker(sc: Scenario, tmp_path: Path, system: Path, **over: Any) -> Proxy:
     policy = sc.policy(audit={"path": str(tmp_path / "audit.jsonl")}, **over)
+    policy.setdefault("preload_unknown", "serve")  # no vault token here: nothing preloads
     return Proxy(policy, tmp_path, env={"SSL_CERT_FILE": str(system)})
 
 

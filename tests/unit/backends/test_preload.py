@@ -212,3 +212,18 @@ def test_reload_preloads_the_new_policys_secrets(tmp_path: Path) -> None:
         assert engine.scrubber.scrub(VALUE.encode(), "acme") == (b"<<secret:api>>", 1)
     finally:
         engine.close()
+
+
+def test_preload_unknown_serve_forwards_after_the_first_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = Flaky({"API_KEY": VALUE, "OTHER": OTHER})
+    engine = _engine_with(tmp_path, backend)
+    try:
+        engine.policy = engine.policy.model_copy(update={"preload_unknown": "serve"})
+        assert not engine.preloader.run_once()
+        engine.preloader._first_pass.set()
+        out = asyncio.run(engine.process("globex", dest(), parts()))
+        assert out.reply is None and out.decision.verdict == "pass"
+    finally:
+        engine.close()
