@@ -2,7 +2,11 @@
 *views* of the data and mapped back onto its bytes:
 
 - JSON ``\\uXXXX`` escapes of *any subset* of a value's ASCII characters (a
-  client's JSON parser rejoins them): the view decodes each ``\\u00XX``;
+  client's JSON parser rejoins them): the view decodes each ``\\u00XX``. Its
+  trigger leaves out Go's HTML escapes of ``<``, ``>``, ``&`` (Go writes them
+  in every string; a JSON API in Go would build the view for every body): a
+  value whose only escaped characters are among those three, some but not
+  all of them, is the one subset not found;
 - base64 wrapped at 64 or 76 columns (MIME, PEM): the view drops every line
   break that follows 64 or more base64 characters;
 - UTF-16, little- or big-endian, at either byte alignment: the views are the
@@ -25,7 +29,9 @@ from collections.abc import Callable
 __all__ = ["JSON", "TRIGGERS", "UTF16", "WRAP", "ViewMatch", "view_matches", "wrapped_line_end"]
 
 TRIGGERS = (
-    rb"\\u00[0-7][0-9a-fA-F]",
+    # Any ASCII \u00XX escape except Go's HTML ones (\u003c \u003e \u0026, which
+    # Go writes everywhere and the spellings list already covers in values).
+    rb"\\u00(?:[0-1][0-9a-fA-F]|2[0-57-9a-fA-F]|3[0-9abdfABDF]|[4-7][0-9a-fA-F])",
     rb"[A-Za-z0-9+/_-]{64}\r?\n[A-Za-z0-9+/_-]",
     rb"[\x20-\x7e]\x00[\x20-\x7e]\x00[\x20-\x7e]\x00[\x20-\x7e]\x00",
 )
