@@ -89,6 +89,7 @@ def kb(
         "svc.public.test": [["127.0.0.1"]],
         "other.public.test": [["127.0.0.1"]],
         "a.wild.test": [["127.0.0.1"]],
+        "h2.wild.test": [["127.0.0.1"], ["127.0.0.2"]],
         "wild.test": [["127.0.0.1"]],
         "rebind.test": [["127.0.0.1"], ["127.0.0.2"]],
         "rebind2.test": [["127.0.0.1"], ["127.0.0.2"]],
@@ -423,6 +424,22 @@ def test_listed_range_reaches_private(kb: Proxy, up: Upstream) -> None:
     assert r.status_code == 200, r.text
     r = get(kb, "rep", f"https://mixed.test:{up.port}/echo/mixed")
     assert r.status_code == 200, r.text  # connected to 127.0.0.1, never tried 10.1.2.3
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
+def test_http2_streams_share_one_lookup(kb: Proxy, up: Upstream, internal: Listener) -> None:
+    """An HTTP/2 agent (curl): every stream in the tunnel uses the address
+    resolved once for it; the second DNS answer (private) is never used."""
+    proxy = f"http://enf:{T['enf'].token}@127.0.0.1:{kb.port}"
+    cmd = ["curl", "-sS", "--http2", "--max-time", "20", "--proxy", proxy]
+    cmd += ["--cacert", str(kb.ca_path), "-w", "%{http_version} %{http_code}\\n"]
+    for i in range(4):
+        cmd += ["-o", "/dev/null", f"https://h2.wild.test:{up.port}/echo/h2/{i}"]
+    before = internal.accepted
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    assert out.stdout.split("\n")[:4] == ["2 200"] * 4, out
+    assert lookups(kb, "h2.wild.test") == 1
+    assert internal.accepted == before
 
 
 # -- rebinding -------------------------------------------------------------------------------
