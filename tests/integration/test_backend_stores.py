@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.support.net import wait_for
+from tests.support.net import free_port, wait_for
 from tests.support.openbao import OpenBao
 from tests.support.proxy import Proxy
 from tests.support.scenario import Tenant
@@ -43,6 +43,16 @@ SECRETS = {
     "untrusted": ("untrusted", "ok"),
     "rot": ("fast", "rot"),
 }
+BROKEN = {name: free_port() for name in ("down", "wrong", "untrusted")}
+"""Secrets whose store cannot be read, each with a destination of its own
+(a port nothing listens on: these requests never reach a server). Until the
+broker knows a value it refuses requests to the destinations that value may
+go to (a response there could echo it; broker/backends/preload.py), so a
+broken store must not share a destination with the working ones."""
+
+
+def port_of(secret: str, upstream: Upstream) -> int:
+    return BROKEN.get(secret, upstream.port)
 
 
 @dataclass
@@ -65,7 +75,7 @@ def policy(
             continue
         path, fld = store.rules[rule]
         secrets[name] = {"backend": f"{store.kind}-{entry}", "path": path, "field": fld,
-                         "hosts": ["127.0.0.1"], "ports": [upstream.port]}  # fmt: skip
+                         "hosts": ["127.0.0.1"], "ports": [port_of(name, upstream)]}  # fmt: skip
     return {
         "version": 1,
         "certs_dir": str(workdir / "certs"),
@@ -101,7 +111,7 @@ def case(
 
 def call(case: Case, upstream: Upstream, secret: str) -> requests.Response:
     return requests.get(
-        f"https://127.0.0.1:{upstream.port}/echo/{secret}",
+        f"https://127.0.0.1:{port_of(secret, upstream)}/echo/{secret}",
         headers={"Authorization": f"Bearer <<secret:{secret}>>"},
         proxies=case.proxy.proxies("acme", case.tenant.token),
         verify=str(case.proxy.ca_path),
@@ -145,9 +155,11 @@ def test_failures_are_502_with_their_reason_and_nothing_upstream(
     assert r.json()["secret"] == secret
     assert upstream.received == []
     why = f"backend '{case.store.kind}-{SECRETS[secret][0]}'"
-    line = f"keybroker: secret {secret!r} of tenant 'acme': "
-    assert wait_for(lambda: line in case.proxy.output(), 5)
-    logged = next(ln for ln in case.proxy.output().splitlines() if line in ln)
+    # The operator's line: from the read this request made, or (a store that
+    # could not be read at start-up) from the preload that keeps failing.
+    lines = (f"keybroker: secret {secret!r} of tenant 'acme': ", f"preload of acme/{secret} failed")
+    assert wait_for(lambda: any(x in case.proxy.output() for x in lines), 5)
+    logged = next(ln for ln in case.proxy.output().splitlines() if any(x in ln for x in lines))
     assert why in logged and case.store.why[secret] in logged, logged
 
 

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,14 @@ def fill(line: str, token: str, vault_token: str = "") -> str:
     if code.startswith("curl "):
         return "curl -sS --max-time 20 https://keybroker.invalid/whoami; echo"
     return code
+
+
+@pytest.fixture
+def openbao() -> Iterator[OpenBao]:
+    """A vault of its own: the quickstart writes acme/stripe, which the
+    session's shared vault holds for every other integration test."""
+    with OpenBao() as bao:
+        yield bao
 
 
 def test_readme_quickstart_runs_as_written(tmp_path: Path, openbao: OpenBao) -> None:
