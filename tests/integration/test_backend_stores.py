@@ -83,9 +83,8 @@ def policy(
         "audit": {"path": str(workdir / "audit.jsonl")},
         "backends": {f"{store.kind}-{k}": v for k, v in store.backends.items()},
         "tenants": {"acme": {"token_sha256": tenant.digest, "secrets": secrets}},
-        # Broken backends on purpose, sharing the upstream with working ones:
-        # serve that upstream although the broken ones' values are unknown.
-        "preload_unknown": "serve",
+        # The default preload_unknown (refuse): each broken store has a
+        # destination of its own (BROKEN), so the working ones are served.
     }
 
 
