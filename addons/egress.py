@@ -16,7 +16,6 @@ and refuses a connection nothing was checked for. The check itself is
 from __future__ import annotations
 
 import logging
-import time
 import weakref
 from typing import TYPE_CHECKING
 
@@ -24,14 +23,13 @@ from mitmproxy import ctx, http
 from mitmproxy.connection import Client, Server
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
-from addons.flows import error_response
+from addons.flows import destination
 from broker.egress.addresses import canonical, private_kind
 from broker.egress.check import check_listed
 from broker.egress.resolve import Pins
 from broker.egress.rules import host_key
 from broker.request.auth import WHOAMI_HOST
 from broker.request.decision import Decision, Reason, failure
-from broker.request.responses import reply_for
 
 if TYPE_CHECKING:
     from addons.hooks import KeyBroker
@@ -84,17 +82,9 @@ class EgressHooks:
 
     def _refuse(self, flow: http.HTTPFlow, decision: Decision) -> None:
         """A refused CONNECT goes to ``http_connect_error``, never to
-        ``response``: answer and audit it here."""
-        from addons.hooks import KeyBroker
-
-        started = time.monotonic()
-        dest = KeyBroker._dest(flow)
-        reply = reply_for(decision, host=dest.host, port=dest.port, method="CONNECT")
-        flow.response = error_response(flow, reply)
-        if self._broker.engine is not None:
-            self._broker.engine.record(
-                decision=decision, dest=dest, status=reply.status, scrubbed=0, started=started
-            )
+        ``response``: answered and audited at once (``Flows.refuse``)."""
+        st = self._broker.flows.start(flow, destination(flow))
+        self._broker.flows.refuse(flow, st, decision, "http_connect")
 
     # -- upstream connections ------------------------------------------------------
     def server_connect(self, data: ServerConnectionHookData) -> None:

@@ -25,6 +25,7 @@ from mitmproxy.master import Master
 from mitmproxy.options import Options
 
 from addons.keybroker import KeyBroker
+from addons.mitmshim import enable_reuse_port
 from addons.upstream_trust import upstream_options
 from broker.audit.chain import worker_file
 from broker.audit.lock import AuditInUse
@@ -98,18 +99,6 @@ class _Sink:
             self.feed.close()
 
 
-def _enable_reuse_port() -> None:
-    """mitmproxy binds with ``asyncio.start_server`` and no SO_REUSEPORT;
-    worker processes need it to share one listen address."""
-    original = asyncio.start_server
-
-    async def start_server(*args: Any, **kwargs: Any) -> asyncio.Server:
-        kwargs.setdefault("reuse_port", True)
-        return await original(*args, **kwargs)
-
-    asyncio.start_server = start_server
-
-
 async def serve(
     config: Path,
     *,
@@ -126,7 +115,7 @@ async def serve(
     summary = feedmod.Summary()
     sink = _Sink(None if quiet else feedmod.Feed(err), summary)
     if worker is not None:
-        _enable_reuse_port()
+        enable_reuse_port()
     engine = Engine.from_file(config, feed=sink, worker=worker)
     policy = engine.policy
     files, _created = init_ca(policy.certs_dir)

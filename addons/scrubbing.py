@@ -1,104 +1,141 @@
-"""The response path of :class:`addons.hooks.KeyBroker`: response headers,
-buffered bodies, trailers and WebSocket messages scrubbed of every known
-value before the agent sees them (DESIGN.md §7). Streamed bodies go through
-:mod:`addons.streaming`."""
+"""The response path (a child addon of :class:`addons.hooks.KeyBroker`):
+response heads, buffered bodies, trailers and WebSocket messages scrubbed of
+every known value before the agent sees them (DESIGN.md §7), upgrades and
+transfer codings keybroker does not relay refused. Streamed bodies go
+through :mod:`addons.streaming`; what no hook sees is caught by the choke
+point (:mod:`addons.chokepoint`)."""
 
 from __future__ import annotations
 
 import logging
-import weakref
 
 from mitmproxy import http
+from mitmproxy.net.http import status_codes
 
 from addons.capturing import hold_all, refuse, refuse_at_headers
-from addons.flows import FlowState, error_response, guarded
+from addons.flows import Flows, FlowState, guarded
 from addons.streaming import start_stream
 from broker.credentials.capture_parse import MAX_BODY, CaptureRefused
-from broker.engine import Engine
 from broker.policy.schema import CaptureRule
 from broker.request.codings import DecodeError, decode_body
 from broker.request.decision import Reason, failure
-from broker.request.responses import reply_for
+from broker.request.framing import (
+    Body,
+    content_coding,
+    should_stream,
+    transfer_codings_ok,
+    valid_switch,
+)
 
 log = logging.getLogger("keybroker")
-_NO_BODY_STATUS = (204, 304)
 
 
-class ResponseHooks:
-    """Mixed into :class:`addons.hooks.KeyBroker`, which provides the engine,
-    the per-flow state, restoring placeholders, the audit record and failing
-    closed."""
+def _fields(headers: http.Headers) -> list[tuple[str, str]]:
+    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers.fields]
 
-    engine: Engine | None
-    _state: weakref.WeakKeyDictionary[http.HTTPFlow, FlowState]
 
-    def fail_closed(self, flow: http.HTTPFlow, hook: str, exc: BaseException) -> None:
-        raise NotImplementedError
+class ResponsePath:
+    def __init__(self, flows: Flows) -> None:
+        self.flows = flows
 
-    def _inject(self, hook: str) -> None:
-        raise NotImplementedError
-
-    def _restore(self, flow: http.HTTPFlow, st: FlowState) -> None:
-        raise NotImplementedError
-
-    def _finish(self, flow: http.HTTPFlow, st: FlowState) -> None:
-        raise NotImplementedError
-
-    def _scrub_headers(
-        self, msg: http.Message | http.Headers, st: FlowState, body: bytes | None = None
+    def scrub_head(
+        self, msg: http.Response | http.Headers, st: FlowState | None, body: bytes | None = None
     ) -> bytes | None:
-        """Scrub the header fields in place; with ``body``, scrub it in the same
-        scan and return it scrubbed (None when nothing was found in it)."""
-        assert self.engine is not None
+        """Scrub the header fields (and a response's reason phrase) in place;
+        with ``body``, scrub it in the same scan and return it scrubbed (None
+        when nothing was found in it)."""
         headers = msg if isinstance(msg, http.Headers) else msg.headers
-        pieces = [part for field in headers.fields for part in field]
-        done = self.engine.scrub_many(pieces if body is None else [*pieces, body], st.tenant or "")
+        reason = [msg.data.reason] if isinstance(msg, http.Response) else []
+        pieces = [*reason, *(part for f in headers.fields for part in f)]
+        tenant = (st.tenant if st is not None else None) or ""  # others' values: a marker
+        done = self.flows.engine.scrub_many(pieces if body is None else [*pieces, body], tenant)
         n = sum(count for _, count in done)
         if not n:  # the common case, nothing found, costs one scan of everything
             return None
-        st.scrubbed += n
+        if st is not None:
+            st.scrubbed += n
         body_out: bytes | None = None
         if body is not None:
             data, in_body = done.pop()
             body_out = data if in_body else None
+        if reason:
+            _, in_reason = done.pop(0)
+            if in_reason:  # a reason phrase is free text: give the standard one
+                assert isinstance(msg, http.Response)
+                msg.reason = status_codes.RESPONSES.get(msg.status_code, "")
         out = [data for data, _ in done]
         headers.fields = tuple(zip(out[::2], out[1::2], strict=True))
         return body_out
 
     @guarded
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        self._inject("responseheaders")
-        st = self._state.get(flow)
+        st = self.flows.get(flow)
         if st is None or st.ours or flow.response is None:
             return
-        assert self.engine is not None
         resp = flow.response
-        length = resp.headers.get("content-length")
-        no_body = (
-            flow.request.method == "HEAD"
-            or resp.status_code < 200  # 101: the connection switches protocol, no body
-            or resp.status_code in _NO_BODY_STATUS
-        )
-        rules = self.engine.kinds.capture_rules(st.tenant, st.dest)
-        if rules and self._capture_headers(flow, st, rules, no_body, length):
+        engine = self.flows.engine
+        headers = _fields(resp.headers)
+        request_headers = _fields(flow.request.headers)
+        if not valid_switch(request_headers, resp.status_code, headers):
+            secrets = st.decision.secrets if st.decision else ()
+            decision = failure(Reason.PROTOCOL_NOT_ALLOWED, st.tenant, None, secrets)
+            self.flows.refuse(flow, st, decision, "responseheaders")
             return
-        streaming = not no_body and (
-            "text/event-stream" in resp.headers.get("content-type", "").lower()
-            or length is None
-            or not length.isdigit()
-            or int(length) > self.engine.policy.limits.stream_threshold
+        if not transfer_codings_ok(headers):
+            self._upstream_failed(flow, st, Reason.UPSTREAM_PROTOCOL_ERROR, "responseheaders")
+            return
+        limits = engine.policy.limits
+        body = should_stream(
+            flow.request.method, resp.status_code, headers, limits.stream_threshold
         )
-        if no_body or streaming:  # the headers may leave before `response`: scrub them now
-            self._scrub_headers(resp, st)
+        rules = engine.kinds.capture_rules(st.tenant, st.dest)
+        if rules and self._capture_headers(flow, st, rules, body is Body.NONE):
+            return
+        if body is not Body.BUFFERED:  # the head may leave before `response`: scrub it now
+            self.scrub_head(resp, st)
             st.headers_scrubbed = True
-        if streaming:
-            start_stream(self.engine, flow, st)
-        # Buffered: nothing leaves before `response`, which scans headers and body at once.
+        if body is Body.STREAMED:
+            start_stream(self.flows, flow, st, content_coding(headers))
+            st.body_scrubbed = True
+        # Buffered: nothing leaves before `response`, which scans head and body at once.
+
+    def _capture_headers(
+        self, flow: http.HTTPFlow, st: FlowState, rules: list[CaptureRule], no_body: bool
+    ) -> bool:
+        """Captured tokens (DESIGN.md §11): cookies now, before any scrub; a
+        body a rule reads is never streamed (:mod:`addons.capturing`). True
+        when the response is dealt with here."""
+        assert flow.response is not None
+        resp, engine = flow.response, self.flows.engine
+        length = resp.headers.get("content-length")
+        try:
+            if "set-cookie" in resp.headers:
+                cookies = resp.headers.get_all("set-cookie")
+                engine.kinds.capture(st.tenant, st.dest, rules, set_cookies=cookies)
+            if no_body or not any(r.json_fields for r in rules):
+                return False
+            if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+                raise CaptureRefused("the response is larger than a capture can read")
+        except CaptureRefused as exc:
+            refuse_at_headers(flow, st, exc, no_body)
+            return True
+        st.capture = rules
+        if length is None:
+            self.scrub_head(resp, st)
+            st.headers_scrubbed = st.body_scrubbed = True
+            hold_all(engine, flow, st, rules)
+        return True  # buffered: `response` captures, then scrubs head and body at once
+
+    def _upstream_failed(
+        self, flow: http.HTTPFlow, st: FlowState, reason: Reason, hook: str
+    ) -> None:
+        secrets = st.decision.secrets if st.decision else ()
+        decision = failure(reason, st.tenant, None, secrets, upstream=True)
+        self.flows.refuse(flow, st, decision, hook)
 
     @guarded
     def response(self, flow: http.HTTPFlow) -> None:
-        self._inject("response")
-        st = self._state.get(flow)
+        st = self.flows.get(flow)
         if st is None or st.done:
             return
         resp = flow.response
@@ -112,92 +149,63 @@ class ResponseHooks:
             if not resp.stream:
                 self._scrub_body(flow, st)
             elif not st.headers_scrubbed:
-                self._scrub_headers(resp, st)
+                self.scrub_head(resp, st)
             if flow.response is resp and resp.trailers:  # streamed ones are sent after this hook
-                self._scrub_headers(resp.trailers, st)
-        self._restore(flow, st)
-        self._finish(flow, st)
-
-    def _capture_headers(
-        self,
-        flow: http.HTTPFlow,
-        st: FlowState,
-        rules: list[CaptureRule],
-        no_body: bool,
-        length: str | None,
-    ) -> bool:
-        """Captured tokens (DESIGN.md §11): cookies now, before any scrub; a
-        body a rule reads is never streamed (:mod:`addons.capturing`). True
-        when the response is dealt with here."""
-        assert self.engine is not None and flow.response is not None
-        resp = flow.response
-        try:
-            if "set-cookie" in resp.headers:
-                cookies = resp.headers.get_all("set-cookie")
-                self.engine.kinds.capture(st.tenant, st.dest, rules, set_cookies=cookies)
-            if no_body or not any(r.json_fields for r in rules):
-                return False
-            if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
-                raise CaptureRefused("the response is larger than a capture can read")
-        except CaptureRefused as exc:
-            refuse_at_headers(flow, st, exc, no_body)
-            return True
-        st.capture = rules
-        if length is None:
-            self._scrub_headers(resp, st)
-            st.headers_scrubbed = True
-            hold_all(self.engine, flow, st, rules)
-        return True  # buffered: `response` captures, then scrubs headers and body at once
+                self.scrub_head(resp.trailers, st)
+        if st.done:  # refused while scrubbing
+            return
+        self.flows.restore(flow, st)
+        self.flows.finish(flow, st)
 
     def _scrub_body(self, flow: http.HTTPFlow, st: FlowState) -> None:
-        """Decode, then scrub the body (with the headers, unless done already)."""
-        assert self.engine is not None and flow.response is not None
+        """Decode, then scrub the body (with the head, unless done already)."""
+        assert flow.response is not None
         resp = flow.response
         raw = resp.raw_content or b""
-        encoding = resp.headers.get("content-encoding", "").strip().lower()
-        if raw and encoding and encoding != "identity":
+        coding = content_coding(_fields(resp.headers))
+        if raw and coding:
+            limit = self.flows.engine.policy.limits.max_decoded_response
             try:
-                raw = decode_body(raw, encoding, self.engine.policy.limits.max_decoded_response)
-            except DecodeError:
-                secrets = st.decision.secrets if st.decision else ()
-                decision = failure(Reason.UNDECODABLE_BODY, st.tenant, None, secrets, upstream=True)
-                self._restore(flow, st)
-                st.decision, st.ours = decision, True
-                flow.response = error_response(flow, reply_for(decision))
+                raw = decode_body(raw, coding, limit)
+            except DecodeError:  # a bomb too: the upstream's body is undecodable within limits
+                self._upstream_failed(flow, st, Reason.UNDECODABLE_BODY, "response")
                 return
             resp.headers.pop("content-encoding", None)
             resp.set_content(raw)
         if st.capture:  # a token answer to capture (DESIGN.md §11), by rule
             try:
-                self.engine.kinds.capture(st.tenant, st.dest, st.capture, body=raw)
+                self.flows.engine.kinds.capture(st.tenant, st.dest, st.capture, body=raw)
             except CaptureRefused as exc:
-                self._restore(flow, st)
+                self.flows.restore(flow, st)
                 refuse(flow, st, exc)
+                st.body_scrubbed = True
                 return
         if st.headers_scrubbed:
-            scrubbed, n = self.engine.scrub(raw, st.tenant or "")
+            scrubbed, n = self.flows.engine.scrub(raw, st.tenant or "")
             st.scrubbed += n
             out = scrubbed if n else None
         else:
-            out = self._scrub_headers(resp, st, raw)
+            out = self.scrub_head(resp, st, raw)
             st.headers_scrubbed = True
         if out is not None:
             resp.set_content(out)
+        st.body_scrubbed = True
 
     @guarded
     def websocket_message(self, flow: http.HTTPFlow) -> None:
-        assert self.engine is not None and flow.websocket is not None
+        assert flow.websocket is not None
+        engine = self.flows.engine
         messages = flow.websocket.messages
         msg = messages[-1]
-        st = self._state.get(flow)
+        st = self.flows.get(flow)
         tenant = st.tenant if st is not None else None
-        if msg.from_client and self.engine.raw_in_message(tenant, msg.content):
+        if msg.from_client and engine.raw_in_message(tenant, msg.content):
             # A raw value in a WebSocket message: no policy location allows it.
             log.error("keybroker: raw secret value in a WebSocket message; closing it")
             msg.drop()
             flow.kill()
         elif not msg.from_client:
-            out, n = self.engine.scrub(msg.content, tenant or "")
+            out, n = engine.scrub(msg.content, tenant or "")
             if n:
                 msg.content = out
                 if st is not None:
@@ -205,3 +213,13 @@ class ResponseHooks:
         for old in messages[:-1]:  # do not keep a connection's history (values included)
             old.content = b""
         del messages[:-1]
+
+    @guarded
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        """The close reason was relayed scrubbed (the choke point); keep it
+        out of the stored flow and mitmdump's console too."""
+        ws = flow.websocket
+        if ws is not None and ws.close_reason:
+            _, n = self.flows.engine.scrub(ws.close_reason.encode("utf-8", "replace"), "")
+            if n:
+                ws.close_reason = ""

@@ -7,10 +7,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from mitmproxy import ctx, http
+from mitmproxy import http
 
-from addons.flows import FlowState
-from broker.engine import Engine
+from addons.flows import Flows, FlowState
+from addons.mitmshim import cut_client
 from broker.request.codings import DecodeError, IncrementalDecoder
 from broker.request.decision import Reason, failure
 
@@ -19,18 +19,15 @@ __all__ = ["abort_stream", "start_stream"]
 log = logging.getLogger("keybroker")
 
 
-def start_stream(engine: Engine, flow: http.HTTPFlow, st: FlowState) -> None:
+def start_stream(flows: Flows, flow: http.HTTPFlow, st: FlowState, coding: str | None) -> None:
     """Scrub ``flow``'s response as it streams: decode it incrementally (the
     agent gets it identity-encoded), scrub it with a stateful scrubber, and on
     any failure cut the agent's connection (:func:`abort_stream`)."""
     assert flow.response is not None
+    engine = flows.engine
     resp = flow.response
-    encoding = resp.headers.get("content-encoding", "").strip().lower()
-    decoder = (
-        IncrementalDecoder(encoding, engine.policy.limits.max_decoded_response)
-        if encoding and encoding != "identity"
-        else None
-    )
+    limit = engine.policy.limits.max_decoded_response
+    decoder = IncrementalDecoder(coding, limit) if coding else None
     scrubber = engine.stream_scrubber(st.tenant or "")
     resp.headers.pop("content-encoding", None)
     resp.headers.pop("content-length", None)
@@ -57,8 +54,9 @@ def start_stream(engine: Engine, flow: http.HTTPFlow, st: FlowState) -> None:
             return [out] if out else []
         except Exception as exc:
             failed = True
-            reason = Reason.UNDECODABLE_BODY if isinstance(exc, DecodeError) else None
-            abort_stream(flow, st, reason or Reason.INTERNAL_ERROR, exc)
+            undecodable = isinstance(exc, DecodeError)  # a bomb included, as when buffered
+            reason = Reason.UNDECODABLE_BODY if undecodable else Reason.INTERNAL_ERROR
+            abort_stream(flow, st, reason, exc)
             return []
 
     st.stream = scrubber
@@ -76,9 +74,6 @@ def abort_stream(flow: http.HTTPFlow, st: FlowState, reason: Reason, exc: BaseEx
     if flow.killable:
         flow.kill()  # no end-of-body marker is sent when the upstream finishes
     try:  # cut now rather than when the upstream finishes (it may never)
-        server = ctx.master.addons.get("proxyserver")
-        handler = server.connections.get(flow.client_conn.id) if server else None
-        if handler is not None:
-            handler.close_connection(handler.client)
+        cut_client(flow)
     except Exception as cut_exc:  # internal API: fall back to the kill above
         log.error("keybroker: could not cut the connection (%s)", type(cut_exc).__name__)

@@ -252,9 +252,7 @@ class Engine:
             shown = replace(decision, secret=None)
         return Outcome(
             decision,
-            reply=reply_for(
-                shown, host=dest.host, port=dest.port, scheme=dest.scheme, method=dest.method
-            ),
+            reply=reply_for(shown, dest),
         )
 
     async def _values_unknown(self, dest: Destination) -> bool:

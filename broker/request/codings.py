@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable
+from typing import ClassVar
 
 import brotli
 import zstandard
+
+from broker.request.decision import Reason
 
 __all__ = ["DecodeError", "IncrementalDecoder", "TooLarge", "decode_body", "parse_encoding"]
 
@@ -38,9 +41,13 @@ _MAX_ROUNDS = 1 << 22  # loop bound; every round but the last consumes input
 class DecodeError(Exception):
     """The body cannot be decoded (corrupt, truncated, unknown encoding)."""
 
+    reason: ClassVar[Reason] = Reason.UNDECODABLE_BODY
+
 
 class TooLarge(DecodeError):
     """The decoded body exceeds the limit."""
+
+    reason: ClassVar[Reason] = Reason.BODY_TOO_LARGE
 
 
 def parse_encoding(header: str) -> list[str]:

@@ -41,6 +41,11 @@ class Reason(StrEnum):
     STATE_UNAVAILABLE = "state_unavailable"
     EGRESS_DENIED = "egress_denied"
     PRIVATE_ADDRESS = "private_address"
+    # One choke point (§5, §7.3).
+    PROTOCOL_NOT_ALLOWED = "protocol_not_allowed"
+    UPSTREAM_UNREACHABLE = "upstream_unreachable"
+    UPSTREAM_TLS_FAILED = "upstream_tls_failed"
+    UPSTREAM_PROTOCOL_ERROR = "upstream_protocol_error"
     # Extensions (documented in README).
     BODY_TOO_LARGE = "body_too_large"
     UNDECODABLE_BODY = "undecodable_body"
@@ -68,6 +73,9 @@ STATUS: dict[Reason, int] = {
     Reason.TOKEN_UNAVAILABLE: 502,
     Reason.UNPROTECTABLE_SECRET: 502,
     Reason.CAPTURE_REFUSED: 502,
+    Reason.UPSTREAM_UNREACHABLE: 502,
+    Reason.UPSTREAM_TLS_FAILED: 502,
+    Reason.UPSTREAM_PROTOCOL_ERROR: 502,
 }
 _ERRORS = {
     Reason.BACKEND_UNAVAILABLE,
@@ -78,6 +86,9 @@ _ERRORS = {
     Reason.TOKEN_UNAVAILABLE,
     Reason.UNPROTECTABLE_SECRET,
     Reason.CAPTURE_REFUSED,
+    Reason.UPSTREAM_UNREACHABLE,
+    Reason.UPSTREAM_TLS_FAILED,
+    Reason.UPSTREAM_PROTOCOL_ERROR,
 }
 
 Verdict = Literal["allow", "pass", "deny", "error"]

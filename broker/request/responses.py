@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from broker.request.decision import Decision, Reason
+from broker.request.decision import Decision, Destination, Reason
 
 _DETAIL: dict[Reason, str] = {
     Reason.UNAUTHENTICATED: (
@@ -60,6 +60,19 @@ _DETAIL: dict[Reason, str] = {
     Reason.STATE_UNAVAILABLE: (
         "keybroker's shared state store is unreachable; nothing was sent. Retry later."
     ),
+    Reason.PROTOCOL_NOT_ALLOWED: (
+        "keybroker relays HTTP and version-13 WebSocket only; this connection asked for "
+        "(or the upstream switched to) another protocol."
+    ),
+    Reason.UPSTREAM_UNREACHABLE: "keybroker could not connect to {host}:{port}; retry later.",
+    Reason.UPSTREAM_TLS_FAILED: (
+        "The TLS connection to {host}:{port} failed (keybroker always verifies the "
+        "upstream certificate)."
+    ),
+    Reason.UPSTREAM_PROTOCOL_ERROR: (
+        "{host}:{port} sent a response keybroker refuses to relay (malformed, or a "
+        "protocol keybroker does not relay); nothing of it was passed on."
+    ),
     Reason.BODY_TOO_LARGE: "The body is larger than keybroker's limit.",
     Reason.UNDECODABLE_BODY: "The body's Content-Encoding could not be decoded.",
     Reason.TOKEN_UNAVAILABLE: (
@@ -91,13 +104,16 @@ class Reply:
     body: bytes
 
 
-def reply_for(
-    decision: Decision, *, host: str = "", port: int = 0, scheme: str = "", method: str = ""
-) -> Reply:
-    """The JSON body and ``X-Keybroker-Decision`` header for a denial or error."""
+def reply_for(decision: Decision, dest: Destination | None = None) -> Reply:
+    """The JSON body and ``X-Keybroker-Decision`` header for a denial or error;
+    ``dest`` (when known) names what was refused in ``detail``."""
     reason = decision.reason or Reason.INTERNAL_ERROR
     detail = _DETAIL[reason].format(
-        secret=decision.secret, host=host, port=port, scheme=scheme, method=method
+        secret=decision.secret,
+        host=dest.host if dest else "",
+        port=dest.port if dest else 0,
+        scheme=dest.scheme if dest else "",
+        method=dest.method if dest else "",
     )
     body = {
         "error": "keybroker",

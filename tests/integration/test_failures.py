@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from tests.support.openbao import OpenBao
-from tests.support.proxy import Proxy
+from tests.support.proxy import REPO, Proxy
 from tests.support.scenario import Scenario
 
 pytestmark = pytest.mark.integration
@@ -88,7 +88,8 @@ def test_rotation_picked_up_after_cache_ttl(
 def test_exception_in_hook_fails_closed(
     sc: Scenario, openbao: OpenBao, upstream: Any, tmp_path: Path, hook: str
 ) -> None:
-    env = {**sc.env(openbao.root_token), "KEYBROKER_FAULT_INJECT": hook}
+    faults = str(REPO / "tests" / "support" / "faults")  # a test-only sitecustomize
+    env = {**sc.env(openbao.root_token), "KB_TEST_FAULT": hook, "PYTHONPATH": faults}
     with own_proxy(sc, tmp_path, env) as proxy:
         upstream.clear()
         r = call(proxy, sc)

@@ -70,10 +70,6 @@ def test_an_untrusted_upstream_is_refused(sc: Scenario, upstream: Any, tmp_path:
         assert not [x for x in upstream.received if x.path == "/echo/untrusted"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the chokepoint helper's mapping of mitmproxy's upstream errors to JSON",
-)
 def test_an_untrusted_upstream_is_a_json_upstream_tls_failed_with_an_error_record(
     sc: Scenario, upstream: Any, tmp_path: Path
 ) -> None:

@@ -49,10 +49,13 @@ def test_equivalent_spellings_match(
         w.send(request("GET", path, "x", [("Authorization", f"<<secret:{secret}>>")]))
         resp = w.response()
     rec = [r for r in audit_records(sbroker) if r["path"] == path][-1]
-    assert (rec["decision"], rec["host"]) == ("allow", "::1" if port == "v6" else "localhost")
-    if host.endswith("."):
+    assert rec["host"] == ("::1" if port == "v6" else "localhost")
+    if host.endswith("."):  # allowed, then the connection failed: keybroker's own 502
         assert resp.status in (200, 502), resp.raw[:300]
+        allowed = ("allow", None) if resp.status == 200 else ("error", "upstream_unreachable")
+        assert (rec["decision"], rec["reason"]) == allowed
     else:
+        assert rec["decision"] == "allow"
         assert resp.status == 200, resp.raw[:300]
     if resp.status == 200:
         assert sec.stripe_of("acme") in str(upstream.received[-1].headers)
@@ -106,8 +109,9 @@ def test_idna_policy_matches_a_label_connection(sbroker: Proxy, sec: Sec, host: 
     CONNECTs to its A-label, an upper-case A-label with a trailing dot, or the
     U-label itself (raw UTF-8 on the CONNECT line).
     Expected: the decision treats all as `xn--bcher-kva.invalid` and allows
-    (the host does not resolve, so the answer is a 502 from the connection,
-    never a 403), or mitmproxy refuses the raw UTF-8 CONNECT line."""
+    (the host does not resolve, so the answer is keybroker's 502
+    `upstream_unreachable`, never a 403), or mitmproxy refuses the raw UTF-8
+    CONNECT line."""
     try:
         w = tunnel(sbroker, f"{host}:{sec.port}", creds=(sec.sc.acme.name, sec.sc.acme.token))
     except ConnectionRefusedError:
@@ -116,6 +120,7 @@ def test_idna_policy_matches_a_label_connection(sbroker: Proxy, sec: Sec, host: 
     with w:
         w.send(request("GET", "/echo/idna", "x", [("Authorization", "<<secret:idna>>")]))
         resp = w.response()
-    assert resp.status == 502 and resp.reason != "host_not_allowed", resp.raw[:300]
+    assert (resp.status, resp.reason) == (502, "upstream_unreachable"), resp.raw[:300]
     recs: list[dict[str, Any]] = [r for r in audit_records(sbroker) if r["path"] == "/echo/idna"]
-    assert recs[-1]["host"] == "xn--bcher-kva.invalid" and recs[-1]["decision"] == "allow"
+    assert recs[-1]["host"] == "xn--bcher-kva.invalid"
+    assert (recs[-1]["decision"], recs[-1]["secrets"]) == ("error", ["idna"])

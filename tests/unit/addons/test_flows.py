@@ -15,6 +15,7 @@ from addons.flows import frame_body, guarded, strip_proxy_headers
 class Recorder:
     def __init__(self) -> None:
         self.failed: list[tuple[str, str]] = []
+        self.flows = self
 
     def fail_closed(self, flow: Any, hook: str, exc: BaseException) -> None:
         self.failed.append((hook, type(exc).__name__))

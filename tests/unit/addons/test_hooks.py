@@ -101,16 +101,29 @@ def test_placeholders_restored_after_response(addon: KeyBroker) -> None:
     f.response = http.Response.make(
         200, f"echo {VALUE}".encode(), {"content-type": "text/plain", "content-length": "41"}
     )
-    addon.responseheaders(f)
-    addon.response(f)
+    addon.responses.responseheaders(f)
+    addon.responses.response(f)
     assert f.request.headers["authorization"] == "Bearer <<secret:api>>"
     assert VALUE.encode() not in (f.response.content or b"")
     assert VALUE not in json.dumps(f.get_state(), default=repr)
 
 
-@pytest.mark.parametrize("hook", ["requestheaders", "request", "request_after_substitution"])
-def test_exception_in_hook_fails_closed(addon: KeyBroker, hook: str) -> None:
-    addon.fault_injection = hook
+def _boom(*_: object, **__: object) -> None:
+    raise RuntimeError(f"fault injected by a test {VALUE}")
+
+
+@pytest.mark.parametrize(
+    ("hook", "target"),
+    [
+        ("requestheaders", "addons.hooks.strip_proxy_headers"),
+        ("request", "addons.hooks.request_body"),
+        ("request_after_substitution", "addons.hooks.write_parts"),
+    ],
+)
+def test_exception_in_hook_fails_closed(
+    addon: KeyBroker, hook: str, target: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(target, _boom)
     f = flow(headers={"Authorization": "Bearer <<secret:api>>", "Proxy-Authorization": auth()})
     send(addon, f)
     assert f.response is not None and f.response.status_code == 502
@@ -123,7 +136,7 @@ def test_stream_never_returns_empty_bytes_midstream(addon: KeyBroker) -> None:
     send(addon, f)
     f.response = http.Response.make(200, b"", {"content-type": "text/event-stream"})
     del f.response.headers["content-length"]
-    addon.responseheaders(f)
+    addon.responses.responseheaders(f)
     stream = f.response.stream
     assert callable(stream)
     out = stream(b"data: partial")  # no newline: may be held, must not be b""
@@ -183,19 +196,21 @@ def test_buffered_response_headers_and_body_scrubbed_in_one_scan(
     monkeypatch.setattr(
         addon.engine.scrubber, "scrub", lambda d, t=None: scans.append(len(d)) or real(d, t)
     )
-    addon.responseheaders(f)
+    addon.responses.responseheaders(f)
     assert f.response is not None and f.response.headers["x-reflect"] == VALUE  # nothing sent yet
     assert scans == []
-    pieces = [part for field in f.response.headers.fields for part in field]
+    pieces = [f.response.data.reason]
+    pieces += [part for field in f.response.headers.fields for part in field]
     pieces.append(f.response.raw_content or b"")
-    addon.response(f)
+    addon.responses.response(f)
     assert f.response.headers["x-reflect"] == "<<secret:api>>"
     assert f.response.content == b"echo <<secret:api>>"
     assert f.response.headers["content-length"] == str(len(b"echo <<secret:api>>"))
-    # One scan of headers and body joined, then each of the 5 pieces once (a
-    # value was found: 2 header fields before the content-length was set, and
-    # the body), then one of the audit record's host and path.
-    assert len(pieces) == 5 and len(scans) == 1 + 5 + 1
+    # One scan of reason, headers and body joined, then each of the 6 pieces
+    # once (a value was found: the reason, 2 header fields before the
+    # content-length was set, and the body), then one of the audit record's
+    # host and path.
+    assert len(pieces) == 6 and len(scans) == 1 + 6 + 1
     assert scans[0] == len(b"\n".join(pieces))  # every header byte and the body, joined
 
 
@@ -215,19 +230,22 @@ def test_headers_that_leave_before_the_body_are_scrubbed_at_once(
     f = _echoing_response(addon, b"", {**headers, "x-reflect": VALUE})
     assert f.response is not None
     f.request.method = method
+    if status == 101:  # a valid WebSocket handshake
+        f.request.headers["upgrade"] = "websocket"
+        f.request.headers["sec-websocket-version"] = "13"
     f.response.status_code = status
     if "text/event-stream" in headers.values():
         del f.response.headers["content-length"]
-    addon.responseheaders(f)
+    addon.responses.responseheaders(f)
     assert f.response.headers["x-reflect"] == "<<secret:api>>"
 
 
 def test_failing_buffered_response_hook_never_sends_unscrubbed_headers(
-    addon: KeyBroker,
+    addon: KeyBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     f = _echoing_response(addon, b"ok", {"x-reflect": VALUE})
-    addon.responseheaders(f)
-    addon.fault_injection = "response"
-    addon.response(f)
+    addon.responses.responseheaders(f)
+    monkeypatch.setattr(addon.responses, "_scrub_body", _boom)
+    addon.responses.response(f)
     assert f.response is not None and f.response.status_code == 502
     assert VALUE not in str(f.response.headers) and VALUE.encode() not in f.response.raw_content

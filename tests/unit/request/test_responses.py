@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from broker.request.decision import Decision, Reason, failure, status_of
+from broker.request.decision import Decision, Destination, Reason, failure, status_of
 from broker.request.responses import reply_for
 
 KEYS = {"error", "decision", "reason", "secret", "tenant", "detail"}
@@ -22,7 +22,7 @@ def header(headers: dict[str, str], name: str) -> str | None:
 @pytest.mark.parametrize("reason", ALL_REASONS)
 def test_reply_shape_for_every_reason(reason: Reason) -> None:
     decision = failure(reason, "acme", "stripe")
-    reply = reply_for(decision, host="api.example.com", port=443, scheme="https", method="GET")
+    reply = reply_for(decision, Destination("https", "api.example.com", 443, "GET", "/"))
     body = json.loads(reply.body)
     assert set(body) == KEYS
     assert body["error"] == "keybroker"
@@ -92,16 +92,16 @@ def test_only_407_carries_proxy_authenticate(reason: Reason) -> None:
 def test_detail_names_what_was_refused(reason: Reason, fragment: str) -> None:
     reply = reply_for(
         failure(reason, "acme", "stripe"),
-        host="api.example.com",
-        port=8443,
-        scheme="http",
-        method="DELETE",
+        Destination("http", "api.example.com", 8443, "DELETE", "/"),
     )
     assert fragment in json.loads(reply.body)["detail"]
 
 
 def test_braces_in_request_values_are_not_templates() -> None:
-    reply = reply_for(failure(Reason.HOST_NOT_ALLOWED, "acme", "s"), host="{secret}.evil")
+    reply = reply_for(
+        failure(Reason.HOST_NOT_ALLOWED, "acme", "s"),
+        Destination("https", "{secret}.evil", 443, "GET", "/"),
+    )
     assert "{secret}.evil" in json.loads(reply.body)["detail"]
 
 
