@@ -70,13 +70,13 @@ async def check(
                 found = await pins.resolve(host, port, lookup)
             except LookupFailed:
                 return unlisted or EgressVerdict()
-        named = rules.names(host)
-        ok = [c for c in found if named or private_kind(c) is None or rules.private_ok(c)]
+        named = rules.names(host, port)
+        ok = [c for c in found if named or private_kind(c) is None or rules.private_ok(c, port)]
         ip = ok[0] if ok else found[0]
         if not pins.pin(host, port, ip):
             return EgressVerdict(Reason.EGRESS_DENIED, detail="too many destinations")
     kind = private_kind(ip)
-    if kind is not None and not rules.names(host) and not rules.private_ok(ip):
+    if kind is not None and not rules.names(host, port) and not rules.private_ok(ip, port):
         return EgressVerdict(Reason.PRIVATE_ADDRESS, detail=kind)
     if unlisted is not None:
         return EgressVerdict(Reason.EGRESS_DENIED, report=True, address=canonical(ip))

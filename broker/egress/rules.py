@@ -143,13 +143,16 @@ class EgressRules:
             i = host.find(".", i + 1)
         return False
 
-    def names(self, host: str) -> bool:
-        """The tenant names this host or address literally (not by a wildcard)."""
-        return host in self.exact
+    def names(self, host: str, port: int) -> bool:
+        """The tenant names this host or address literally (not by a wildcard),
+        at this port: a secret for ``localhost:8080`` opens no other port of
+        localhost (the broker's own admin API, say)."""
+        return port in self.exact.get(host, ())
 
-    def private_ok(self, ip: IPAddress) -> bool:
-        """May the tenant reach this private address?"""
-        if canonical(ip) in self.exact:
+    def private_ok(self, ip: IPAddress, port: int) -> bool:
+        """May the tenant reach this private address at ``port``? Named
+        literally with the port, or inside an ``egress.private`` range (any port)."""
+        if port in self.exact.get(canonical(ip), ()):
             return True
         inner = embedded_ipv4(ip)
         return any(

@@ -82,7 +82,8 @@ def test_private_exemptions() -> None:
     dns = Script(db_corp=[["10.1.2.3"]], other_corp=[["10.9.9.9"]])
     named = rules(None, ["db.corp:5432"])
     assert run(check(named, "db.corp", 5432, Pins(), dns)).reason is None
-    assert run(check(named, "db.corp", 80, Pins(), dns)).reason is None  # named: any port
+    # Named at 5432 only: another port of that private host stays refused.
+    assert run(check(named, "db.corp", 80, Pins(), dns)).reason is Reason.PRIVATE_ADDRESS
     by_ip = rules(None, ["10.1.2.3"])
     assert run(check(by_ip, "db.corp", 443, Pins(), dns)).reason is None
     assert run(check(by_ip, "other.corp", 443, Pins(), dns)).reason is Reason.PRIVATE_ADDRESS

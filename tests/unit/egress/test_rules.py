@@ -103,17 +103,26 @@ def test_host_key_canonical_ip_and_name() -> None:
 
 
 def test_names_and_private_ok() -> None:
-    assert RULES.names("api.openai.com") and RULES.names("10.0.0.5")
-    assert not RULES.names("a.example.com")  # a wildcard names no host literally
+    assert RULES.names("api.openai.com", 443) and RULES.names("10.0.0.5", 443)
+    assert not RULES.names("a.example.com", 443)  # a wildcard names no host literally
     ip = ipaddress.ip_address
-    assert RULES.private_ok(ip("10.0.0.5"))  # the address is listed
-    assert RULES.private_ok(ip("::ffff:10.0.0.5"))
-    assert RULES.private_ok(ip("192.168.4.4"))  # in egress.private
-    assert RULES.private_ok(ip("::ffff:192.168.4.4"))  # mapped, inner address in the range
-    assert not RULES.private_ok(ip("10.0.0.6"))
-    assert not RULES.private_ok(ip("127.0.0.1"))
+    assert RULES.private_ok(ip("10.0.0.5"), 443)  # the address is listed
+    assert RULES.private_ok(ip("::ffff:10.0.0.5"), 443)
+    assert RULES.private_ok(ip("192.168.4.4"), 8081)  # in egress.private: any port
+    assert RULES.private_ok(ip("::ffff:192.168.4.4"), 443)  # mapped, inner address in the range
+    assert not RULES.private_ok(ip("10.0.0.6"), 443)
+    assert not RULES.private_ok(ip("127.0.0.1"), 443)
+
+
+def test_naming_a_private_host_opens_only_its_ports() -> None:
+    """A host named at one port is not named at another: a secret for a
+    local service must not open the broker's own admin API on that host."""
+    ip = ipaddress.ip_address
+    assert RULES.names("f.example.org", 8443) and not RULES.names("f.example.org", 443)
+    assert not RULES.names("10.0.0.5", 8081)
+    assert not RULES.private_ok(ip("10.0.0.5"), 8081)
 
 
 def test_no_egress_key_means_no_allowlist() -> None:
     rules = EgressRules.build(None, [("api.stripe.com", 443)])
-    assert rules.mode is None and rules.names("api.stripe.com")
+    assert rules.mode is None and rules.names("api.stripe.com", 443)

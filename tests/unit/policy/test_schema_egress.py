@@ -97,5 +97,5 @@ def test_secret_hosts_are_keyed_like_destinations() -> None:
     """A secret host written as an odd IPv4 spelling names that address."""
     secrets = {"s": {"backend": "b", "path": "p", "hosts": ["2130706433", "*.corp.example"]}}
     r = parse(policy(None, secrets=secrets)).tenants["acme"].egress_rules
-    assert r.names("127.0.0.1") and r.allows("127.0.0.1", 443)
-    assert r.allows("db.corp.example", 443) and not r.names("db.corp.example")
+    assert r.names("127.0.0.1", 443) and r.allows("127.0.0.1", 443)
+    assert r.allows("db.corp.example", 443) and not r.names("db.corp.example", 443)
