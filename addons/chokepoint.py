@@ -66,8 +66,14 @@ class Chokepoint:
     # -- the Guard the choke point asks --------------------------------------------------------
     def head(self, flow: http.HTTPFlow | None, response: http.Response) -> None:
         engine = self.flows._engine()
-        if engine is None:
-            return
+        st = self.flows.get(flow)
+        if engine is None or (
+            st is not None
+            and st.headers_scrubbed
+            and flow is not None
+            and flow.response is response
+        ):
+            return  # the hooks scrubbed this very head (reason phrase included): not twice
         pieces = [response.data.reason, *(p for f in response.headers.fields for p in f)]
         done = engine.scrub_many(pieces, self._tenant(flow))
         if not any(n for _, n in done):

@@ -138,3 +138,19 @@ def test_log_records_are_scrubbed_args_and_tracebacks_too(
     assert len(records) == 2
     assert all(VALUE not in r for r in records), records
     assert MARKER.decode() in records[0] and "ValueError" in records[1]
+
+
+def test_guard_does_not_rescan_a_head_the_hooks_scrubbed(kb: tuple[KeyBroker, Any]) -> None:
+    """CPU: a head the response hooks already scrubbed is not scanned again;
+    any other head (another object, no state) is."""
+    a, _ = kb
+    f = tflow.tflow(resp=True)
+    st = a.flows.start(f, None)
+    st.headers_scrubbed = True
+    assert f.response is not None
+    f.response.headers["x-echo"] = VALUE  # stands for a head the hooks saw (and scrubbed)
+    a.chokepoint.head(f, f.response)
+    assert f.response.headers["x-echo"] == VALUE  # skipped: the hooks' scan counts
+    other = http.Response.make(200, b"", {"x-echo": VALUE})
+    a.chokepoint.head(f, other)  # e.g. a response another addon put in its place
+    assert VALUE not in str(other.headers)
