@@ -104,3 +104,27 @@ def test_reload_applies_a_changed_upstream_ca_and_names_restart_fields(
         assert "listen changed" in out and "restart" in out
         # Each log line once: mitmproxy's termlog is the only handler of a serving process.
         assert out.count("upstream trust reloaded") == 1, out
+
+
+def test_doctor_upstream_names_an_untrusted_upstream(
+    sc: Scenario, upstream: Any, tmp_path: Path
+) -> None:
+    """`keybroker doctor --upstream` asks through the broker: the broker's
+    own trust decides, and doctor says what to do (issue 14.2)."""
+    import subprocess
+    import sys
+
+    from tests.support.proxy import REPO
+
+    with broker(sc, tmp_path, store(tmp_path), upstream_ca=None) as p:
+        out = subprocess.run(
+            [sys.executable, "-m", "broker.cli", "doctor", "--config", str(p.config),
+             "--tenant", "acme", "--token", sc.acme.token, "--listen", f"127.0.0.1:{p.port}",
+             "--upstream", f"127.0.0.1:{sc.upstream_port}"],
+            cwd=REPO, capture_output=True, text=True, timeout=90, check=False,
+            env={"PATH": "/usr/bin:/bin", "COLUMNS": "250", "NO_COLOR": "1"},
+        )  # fmt: skip
+    text = out.stdout + out.stderr
+    assert out.returncode == 1, text
+    assert f"✗   the broker does not trust 127.0.0.1:{sc.upstream_port}'s certificate" in text
+    assert "upstream_ca" in text
