@@ -7,16 +7,16 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from broker.audit.chain import worker_file
 from broker.audit.lock import AuditInUse
-from broker.audit.log import AuditLog, AuditUnavailable
-from broker.audit.record import AuditRecord, RecordSink, build_record, fingerprint
+from broker.audit.log import AuditLog
+from broker.audit.record import RecordSink, fingerprint
+from broker.audit.recorder import Recorder
 from broker.backends.base import Backend, BackendError
 from broker.backends.preload import Preloader, UnprotectableSecret
 from broker.backends.registry import build_backends, cache_ttls
@@ -60,16 +60,6 @@ class Outcome:
     """Extra audit fields (governance: who approved what)."""
 
 
-@dataclass(frozen=True)
-class _Open:
-    """An exchange whose ``sent`` record is written and ``done`` is not."""
-
-    decision: Decision
-    dest: Destination
-    started: float
-    fingerprints: Mapping[str, Any]
-
-
 class Engine:
     """Holds the live policy and the long-lived parts built from it."""
 
@@ -93,13 +83,13 @@ class Engine:
         self.scrubber = scrubber or Scrubber()
         self.feed = feed
         self._lock = threading.Lock()
-        self._open: dict[str, _Open] = {}
         self._retired: Mapping[str, Backend] = {}
         self.policy = policy
         self.resolver = self._make_resolver(policy)
         self.preloader = self._make_preloader(policy, self.resolver)
         self._hmac_key = self._audit_key(policy)
         self.audit = self._make_audit(policy, self._hmac_key)
+        self.recorder = Recorder(lambda: self.audit, self._clean, feed)
         self.governor = Governor(
             policy,
             self._env,
@@ -457,64 +447,7 @@ class Engine:
         fingerprints: Mapping[str, Any],
         extra: Mapping[str, Any] | None = None,
     ) -> str | None:
-        """Write-ahead (DESIGN.md §6): the ``sent`` record of a request that
-        carries a value, before the value leaves. Its id, or None when it could
-        not be written (the request must then be refused)."""
-        started = time.monotonic()
-        rec = self._build(decision, dest, None, 0, started, fingerprints, "sent", None)
-        written = self._write(_with(rec, extra))
-        if written is None:
-            return None
-        record_id: str = written["id"]
-        with self._lock:
-            self._open[record_id] = _Open(decision, dest, started, fingerprints)
-        return record_id
-
-    def _write(self, rec: AuditRecord) -> AuditRecord | None:
-        """Append ``rec`` and show it in the feed; None when the audit is down."""
-        try:
-            rec = self.audit.append(rec)
-        except AuditUnavailable:
-            log.error("keybroker: audit record could not be written (%s)", self.policy.audit.path)
-            return None
-        if self.feed is not None:
-            self.feed.push(rec)
-        return rec
-
-    def _build(
-        self,
-        decision: Decision,
-        dest: Destination | None,
-        status: int | None,
-        scrubbed: int,
-        started: float,
-        fingerprints: Mapping[str, Any] | None,
-        phase: str,
-        record_id: str | None,
-    ) -> AuditRecord:
-        t = decision.tenant
-        fields = (dest.host, dest.path, dest.method) if dest else ("", "", "")
-        host, path, method, *secrets = self._clean(t, *fields, *decision.secrets, caseless=(0, 2))
-        rec = build_record(
-            tenant=decision.tenant,
-            decision=decision.verdict,
-            reason=decision.reason.value if decision.reason else None,
-            secrets=secrets,
-            method=method,
-            scheme=dest.scheme if dest else "",
-            host=host,
-            port=dest.port if dest else 0,
-            path=path,
-            status=status,
-            scrubbed=scrubbed,
-            duration_ms=(time.monotonic() - started) * 1000.0,
-            fingerprints=dict(fingerprints) if fingerprints else None,
-            phase=phase,
-            record_id=record_id,
-        )
-        if decision.report:
-            rec["report"] = True  # egress mode: report (forwarded, would be refused)
-        return rec
+        return self.recorder.sent(decision, dest, fingerprints, extra)
 
     def record(
         self,
@@ -528,31 +461,24 @@ class Engine:
         record_id: str | None = None,
         extra: Mapping[str, Any] | None = None,
     ) -> None:
-        """Write the ``done`` audit record for a request (with the ``record_id``
-        of its ``sent`` record, if it had one), and show it in the feed.
-        ``extra``: fields beyond DESIGN.md §6 (the approval)."""
+        """Write the ``done`` audit record for a request (see
+        :class:`~broker.audit.recorder.Recorder`); an upstream 401 to an
+        allowed request also drops a minted token."""
         if status == 401 and decision.verdict == "allow":
             self.kinds.rejected(decision)
-        if record_id is not None:
-            with self._lock:
-                self._open.pop(record_id, None)
-        rec = self._build(
-            decision, dest, status, scrubbed, started, fingerprints, "done", record_id
+        self.recorder.done(
+            decision=decision,
+            dest=dest,
+            status=status,
+            scrubbed=scrubbed,
+            started=started,
+            fingerprints=fingerprints,
+            record_id=record_id,
+            extra=extra,
         )
-        self._write(_with(rec, extra))
 
     def interrupt_open(self) -> int:
-        """A stop: write ``done`` with reason ``interrupted`` for every exchange
-        still in flight; returns how many."""
-        with self._lock:
-            pending, self._open = self._open, {}
-        for record_id, ex in pending.items():
-            rec = self._build(
-                ex.decision, ex.dest, None, 0, ex.started, ex.fingerprints, "done", record_id
-            )
-            rec["reason"] = "interrupted"
-            self._write(rec)
-        return len(pending)
+        return self.recorder.interrupt_open()
 
     def close(self) -> None:
         self.preloader.stop()
@@ -563,13 +489,6 @@ class Engine:
         self.audit.close()
         if self.feed is not None:
             self.feed.close()
-
-
-def _with(rec: AuditRecord, extra: Mapping[str, Any] | None) -> AuditRecord:
-    """``rec`` plus extension fields (never replacing a §6 field)."""
-    if extra:
-        return cast(AuditRecord, {**{k: v for k, v in extra.items() if k not in rec}, **rec})
-    return rec
 
 
 def _close_governor(governor: Governor) -> None:

@@ -1,0 +1,155 @@
+"""The audit of exchanges (DESIGN.md §6): a ``sent`` record before a value
+leaves, a ``done`` record with the same ``id`` when the exchange ends, and
+``done``/``interrupted`` for every exchange still open when the broker stops.
+Each record is built from plain values, its agent-chosen text cleaned of
+any known value, appended to the live :class:`~broker.audit.log.AuditLog`
+and shown in the feed."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+from broker.audit.log import AuditLog, AuditUnavailable
+from broker.audit.record import AuditRecord, RecordSink, build_record
+from broker.request.decision import Decision, Destination
+
+log = logging.getLogger("keybroker")
+
+Clean = Callable[..., list[str]]
+"""``clean(tenant, *texts, caseless=(indexes,))``: the texts with known values replaced."""
+
+
+@dataclass(frozen=True)
+class _Open:
+    """An exchange whose ``sent`` record is written and ``done`` is not."""
+
+    decision: Decision
+    dest: Destination
+    started: float
+    fingerprints: Mapping[str, Any]
+
+
+class Recorder:
+    """Writes the records of exchanges to whichever audit log is live
+    (``current()``: a reload may swap it) and to the feed."""
+
+    def __init__(
+        self, current: Callable[[], AuditLog], clean: Clean, feed: RecordSink | None = None
+    ) -> None:
+        self._current, self._clean, self.feed = current, clean, feed
+        self._lock = threading.Lock()
+        self._open: dict[str, _Open] = {}
+
+    def sent(
+        self,
+        decision: Decision,
+        dest: Destination,
+        fingerprints: Mapping[str, Any],
+        extra: Mapping[str, Any] | None = None,
+    ) -> str | None:
+        """Write-ahead: the ``sent`` record of a request that carries a value,
+        before the value leaves. Its id, or None when it could not be written
+        (the request must then be refused)."""
+        started = time.monotonic()
+        rec = self._build(decision, dest, None, 0, started, fingerprints, "sent", None)
+        written = self.write(_with(rec, extra))
+        if written is None:
+            return None
+        record_id: str = written["id"]
+        with self._lock:
+            self._open[record_id] = _Open(decision, dest, started, fingerprints)
+        return record_id
+
+    def done(
+        self,
+        *,
+        decision: Decision,
+        dest: Destination | None,
+        status: int | None,
+        scrubbed: int,
+        started: float,
+        fingerprints: Mapping[str, Any] | None = None,
+        record_id: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        """The ``done`` record of a request (with the ``record_id`` of its
+        ``sent`` record, if it had one). ``extra``: fields beyond §6."""
+        if record_id is not None:
+            with self._lock:
+                self._open.pop(record_id, None)
+        rec = self._build(
+            decision, dest, status, scrubbed, started, fingerprints, "done", record_id
+        )
+        self.write(_with(rec, extra))
+
+    def interrupt_open(self) -> int:
+        """A stop: ``done`` with reason ``interrupted`` for every exchange
+        still in flight; returns how many."""
+        with self._lock:
+            pending, self._open = self._open, {}
+        for record_id, ex in pending.items():
+            rec = self._build(
+                ex.decision, ex.dest, None, 0, ex.started, ex.fingerprints, "done", record_id
+            )
+            rec["reason"] = "interrupted"
+            self.write(rec)
+        return len(pending)
+
+    def write(self, rec: AuditRecord) -> AuditRecord | None:
+        """Append ``rec`` and show it in the feed; None when the audit is down."""
+        audit = self._current()
+        try:
+            rec = audit.append(rec)
+        except AuditUnavailable:
+            log.error("keybroker: audit record could not be written (%s)", audit.path)
+            return None
+        if self.feed is not None:
+            self.feed.push(rec)
+        return rec
+
+    def _build(
+        self,
+        decision: Decision,
+        dest: Destination | None,
+        status: int | None,
+        scrubbed: int,
+        started: float,
+        fingerprints: Mapping[str, Any] | None,
+        phase: str,
+        record_id: str | None,
+    ) -> AuditRecord:
+        t = decision.tenant
+        fields = (dest.host, dest.path, dest.method) if dest else ("", "", "")
+        host, path, method, *secrets = self._clean(t, *fields, *decision.secrets, caseless=(0, 2))
+        rec = build_record(
+            tenant=decision.tenant,
+            decision=decision.verdict,
+            reason=decision.reason.value if decision.reason else None,
+            secrets=secrets,
+            method=method,
+            scheme=dest.scheme if dest else "",
+            host=host,
+            port=dest.port if dest else 0,
+            path=path,
+            status=status,
+            scrubbed=scrubbed,
+            duration_ms=(time.monotonic() - started) * 1000.0,
+            fingerprints=dict(fingerprints) if fingerprints else None,
+            phase=phase,
+            record_id=record_id,
+        )
+        if decision.report:
+            rec["report"] = True  # egress mode: report (forwarded, would be refused)
+        return rec
+
+
+def _with(rec: AuditRecord, extra: Mapping[str, Any] | None) -> AuditRecord:
+    """``rec`` plus extension fields (never replacing a §6 field)."""
+    if extra:
+        return cast(AuditRecord, {**{k: v for k, v in extra.items() if k not in rec}, **rec})
+    return rec
