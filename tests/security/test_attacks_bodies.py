@@ -129,11 +129,14 @@ def test_huge_header(sbroker: Proxy, sec: Sec, upstream: Upstream, where: str) -
     name = "Authorization" if where == "allowed" else "X-Padding"
     upstream.clear()
     with acme_tunnel(sbroker, sec) as w:
-        w.send(request("GET", "/echo/hh", "x", [(name, "p" * 262_144 + "<<secret:stripe>>")]))
+        try:
+            w.send(request("GET", "/echo/hh", "x", [(name, "p" * 262_144 + "<<secret:stripe>>")]))
+        except OSError:  # the broker answered an oversized head and closed mid-send
+            pass
         try:
             resp = w.response()
             status, reason, raw = resp.status, resp.reason, resp.raw
-        except EOFError:
+        except (EOFError, OSError):
             status, reason, raw = 499, None, b""
     assert_no_leak(raw, sec)
     if where == "not-allowed":
