@@ -68,7 +68,7 @@ PENDING = (
     _NOW
     + """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-return redis.call('ZRANGE', KEYS[1], 0, 999)
+return redis.call('ZRANGE', KEYS[1], 0, -1)
 """
 )
 
