@@ -32,7 +32,8 @@ from addons.scrubbing import ResponsePath
 from addons.upstream_trust import after_reload
 from addons.wire import head_problem, install, trailer_problem
 from addons.wire_http1 import TOO_LARGE, set_request_limit
-from broker.engine import Engine, Outcome
+from broker.engine import Engine
+from broker.pipeline import Outcome
 from broker.policy.load import PolicyError
 from broker.request.auth import WHOAMI_HOST
 from broker.request.codings import DecodeError

@@ -1,6 +1,6 @@
-"""The broker's request pipeline on plain values: authenticate, scan, decide,
-guard raw egress, resolve, substitute, scrub and audit. The mitmproxy addon
-only translates flows to these calls (DESIGN.md §10)."""
+"""The engine: the live policy and the long-lived parts built from it
+(backends, scrubber, audit, governance, credential kinds), reloaded whole.
+The request path is :mod:`broker.pipeline`; the addon only translates (§10)."""
 
 from __future__ import annotations
 
@@ -8,56 +8,35 @@ import logging
 import os
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from broker.audit.chain import worker_file
+from broker import pipeline
 from broker.audit.lock import AuditInUse
 from broker.audit.log import AuditLog
-from broker.audit.record import RecordSink, fingerprint
-from broker.audit.recorder import Recorder
-from broker.backends.base import Backend, BackendError
+from broker.audit.record import RecordSink
+from broker.audit.recorder import Recorder, audit_file, audit_key, open_audit
+from broker.backends.base import Backend
 from broker.backends.preload import Preloader, UnprotectableSecret
 from broker.backends.registry import build_backends, cache_ttls
 from broker.backends.resolver import Resolver
 from broker.credentials.capture_scrub import ChainedStream
-from broker.credentials.errors import CredentialError
-from broker.credentials.kinds import CredentialKinds, without
-from broker.egress.check import check as egress_check
+from broker.credentials.kinds import CredentialKinds
 from broker.egress.resolve import Lookup, Pins, system_lookup
-from broker.egress.rules import host_key
 from broker.governance.governor import Governor
+from broker.pipeline import Outcome, refuse
 from broker.policy.load import PolicyError, load_policy
 from broker.policy.schema import Policy
-from broker.request import cookies, locations
 from broker.request.auth import authenticate, still_valid
-from broker.request.decision import Decision, Destination, Reason, decide, failure
-from broker.request.locations import Occurrence, RequestParts, SubstitutionError
+from broker.request.decision import Decision, Destination, Reason
+from broker.request.locations import RequestParts
 from broker.request.placeholders import placeholder
-from broker.request.responses import Reply, reply_for
 from broker.scrub import rawegress
-from broker.scrub.ranges import strip_ranges
 from broker.scrub.scrubber import Scrubber, StreamScrubber
 from broker.scrub.strength import weakness
 from broker.secret import SecretValue
 
 log = logging.getLogger("keybroker")
-
-
-@dataclass
-class Outcome:
-    decision: Decision
-    parts: RequestParts | None = None
-    """The request with values written in (allow only)."""
-    reply: Reply | None = None
-    """The response to give the agent instead of forwarding (deny/error)."""
-    fingerprints: dict[str, dict[str, str | None]] = field(default_factory=dict)
-    record_id: str | None = None
-    """The ``id`` of the ``sent`` audit record (allow only): the ``done``
-    record of the exchange carries it too."""
-    audit: dict[str, Any] = field(default_factory=dict)
-    """Extra audit fields (governance: who approved what)."""
 
 
 class Engine:
@@ -87,8 +66,8 @@ class Engine:
         self.policy = policy
         self.resolver = self._make_resolver(policy)
         self.preloader = self._make_preloader(policy, self.resolver)
-        self._hmac_key = self._audit_key(policy)
-        self.audit = self._make_audit(policy, self._hmac_key)
+        self._hmac_key = audit_key(policy, self._env)
+        self.audit = open_audit(policy, self._hmac_key, worker)
         self.recorder = Recorder(lambda: self.audit, self._clean, feed)
         self.governor = Governor(
             policy,
@@ -101,15 +80,13 @@ class Engine:
             remember=self._remember,
             record=self.record,
             policy=lambda: self.policy,
-            record_sent=self._record_sent,
+            record_sent=self.recorder.sent,
         )
         self.kinds.keep_minted(policy.certs_dir, self._remember, compact=not worker)
 
-    # -- construction and reload -------------------------------------------------
     @classmethod
     def from_file(cls, path: str | Path, **kw: Any) -> Engine:
-        p = Path(path).resolve()
-        return cls(load_policy(p), source=p, **kw)
+        return cls(load_policy(Path(path).resolve()), source=Path(path).resolve(), **kw)
 
     def _make_resolver(self, policy: Policy) -> Resolver:
         self._backends = build_backends(policy.backends, self._env)
@@ -126,23 +103,8 @@ class Engine:
         for b in backends.values():
             b.close()
 
-    def _audit_key(self, policy: Policy) -> bytes | None:
-        name = policy.audit.hmac_key_env
-        if not name:
-            return None
-        key = self._env.get(name)
-        if not key:
-            raise PolicyError([f"audit.hmac_key_env: environment variable {name} is not set"])
-        return key.encode("utf-8")
-
     def audit_path(self, policy: Policy) -> Path:
-        p = policy.audit.path
-        return p if self.worker is None else worker_file(p, self.worker)
-
-    def _make_audit(self, policy: Policy, key: bytes | None) -> AuditLog:
-        return AuditLog(
-            self.audit_path(policy), hmac_key=key, rotate_bytes=policy.audit.rotate_bytes
-        )
+        return audit_file(policy, self.worker)
 
     def reload(self) -> list[str]:
         """Re-read the policy file. A bad file keeps the last good policy;
@@ -154,11 +116,11 @@ class Engine:
         new_audit: AuditLog | None = None
         try:
             policy = load_policy(self.source)
-            key = self._audit_key(policy)
+            key = audit_key(policy, self._env)
             commit_governance = self.governor.reload(policy)
             resolver = self._make_resolver(policy)
             if self.audit_path(policy) != self.audit.path:
-                new_audit = self._make_audit(policy, key)  # AuditInUse: another broker's
+                new_audit = open_audit(policy, key, self.worker)  # AuditInUse: another broker's
         except PolicyError as exc:
             return exc.errors
         except AuditInUse as exc:
@@ -169,7 +131,7 @@ class Engine:
             if policy.audit != self.policy.audit:
                 if new_audit is None:  # the same file: our open holds its lock, hand it over
                     old_audit.close()
-                    new_audit = self._make_audit(policy, key)
+                    new_audit = open_audit(policy, key, self.worker)
                 self.audit = new_audit
                 old_audit.close()
             self.policy, self.resolver, self._hmac_key = policy, resolver, key
@@ -197,8 +159,8 @@ class Engine:
 
     # -- identity ------------------------------------------------------------------
     def authenticate(self, header: str | None) -> tuple[str, str] | None:
-        policy = self.policy
-        return authenticate(policy, header) or self.governor.authenticate(policy, header)
+        p = self.policy
+        return authenticate(p, header) or self.governor.authenticate(p, header)
 
     def still_valid(self, tenant: str, digest: str) -> bool:
         return self.identity_problem(tenant, digest) is None
@@ -211,50 +173,20 @@ class Engine:
             return self.governor.check(policy, tenant, digest)
         return None if still_valid(policy, tenant, digest) else Reason.UNAUTHENTICATED
 
-    def _announce(self, rec: Mapping[str, Any]) -> None:
+    def _announce(self, rec: Mapping[str, Any]) -> None:  # a held request, live
         if self.feed is not None:
             self.feed.push(rec)
 
     # -- the request path --------------------------------------------------------
-    def _raw_egress(
-        self, policy: Policy, tenant: str, dest: Destination, parts: RequestParts
-    ) -> Decision | None:
-        """A raw secret value (not a placeholder) going where it is not allowed."""
-        return rawegress.check(self.scrubber, policy, tenant, dest, parts)
-
     def check_connect(self, tenant: str, dest: Destination) -> Outcome | None:
         """A CONNECT whose target or SNI holds one of ``tenant``'s values is
         refused before any lookup or connection."""
         refusal = rawegress.check_destination(self.scrubber, self.policy, tenant, dest)
-        return None if refusal is None else self._reply(refusal, dest)
+        return None if refusal is None else refuse(self.policy, refusal, dest)
 
     def raw_in_message(self, tenant: str | None, data: bytes) -> bool:
         """A WebSocket message from the client holds one of its tenant's values."""
         return rawegress.in_message(self.scrubber, tenant, data)
-
-    def _reply(self, decision: Decision, dest: Destination) -> Outcome:
-        # The agent is told a secret's name only when its tenant defines it:
-        # a name it made up (perhaps a value, `<<secret:VALUE>>`) is not
-        # echoed, whatever it holds, so the reply depends on no value.
-        t = self.policy.tenants.get(decision.tenant or "")
-        shown = decision
-        if decision.secret is not None and (t is None or decision.secret not in t.secrets):
-            shown = replace(decision, secret=None)
-        return Outcome(
-            decision,
-            reply=reply_for(shown, dest),
-        )
-
-    async def _values_unknown(self, dest: Destination) -> bool:
-        """A response from ``dest`` could echo a value the scrubber does not
-        know yet (preload unfinished or its backend unreachable)."""
-        preloader = self.preloader
-        if not preloader.blocks(dest.host, dest.port):
-            return False
-        await preloader.wait_first_pass()
-        if self.policy.preload_unknown == "serve":
-            return False  # the operator chose availability (policy extension)
-        return preloader.blocks(dest.host, dest.port)
 
     async def process(
         self,
@@ -264,136 +196,15 @@ class Engine:
         *,
         pins: Pins | None = None,
     ) -> Outcome:
-        """``pins``: the client connection's resolved destinations (a fresh
-        table, so one lookup per call, when the caller keeps none)."""
-        policy, resolver = self.policy, self.resolver
-        t = policy.tenants.get(tenant or "")
-        dropped: list[str] = []
-        if t is not None and t.on_mismatch == "deny":  # a scrubbed cookie echoed back
-            allowed = cookies.allowed_in_cookie(t, dest)
-            if self.kinds.captures.active and tenant is not None:  # a captured session cookie
-                allowed = self.kinds.captures.or_captured(allowed, tenant, dest)
-            parts, dropped = cookies.drop_refused(parts, allowed)
-        found = locations.scan(parts)
-        held: tuple[Occurrence, ...] = ()
-        if self.kinds.captures.active and tenant is not None:
-            found, held = self.kinds.captures.split(tenant, found)
-        decision = decide(policy, tenant, dest, found)
-        captured: dict[str, SecretValue] = {}
-        if held and tenant is not None and decision.verdict in ("allow", "pass"):
-            decision, captured = self.kinds.captures.merge(decision, tenant, held, dest)
-        if decision.verdict in ("deny", "error"):
-            return self._reply(decision, dest)
-        assert tenant is not None
-        if await self._values_unknown(dest):
-            pending = self.preloader.pending  # name the caller's own unknown secret, if any
-            own = next((n for n in decision.secrets if (tenant, n) in pending), None)
-            own = own or (decision.secrets[0] if decision.secrets else None)
-            return self._reply(
-                failure(Reason.BACKEND_UNAVAILABLE, tenant, own, decision.secrets), dest
-            )
-        egress = self._raw_egress(policy, tenant, dest, parts)
-        if egress is not None:
-            return self._reply(egress, dest)
-        reach = policy.tenants[tenant].egress_rules
-        where = await egress_check(
-            reach,
-            host_key(dest.host),
-            dest.port,
-            Pins() if pins is None else pins,
-            self.lookup,
-            tuple(host_key(n) for n in dest.names) if reach.mode else (),
-        )
-        if where.refused:
-            assert where.reason is not None
-            return self._reply(failure(where.reason, tenant, None, decision.secrets), dest)
-        if where.report:
-            decision = replace(decision, reason=where.reason, report=True)
-        unranged = strip_ranges(policy, dest, parts)  # no 206 pieces from hosts that know values
-        if unranged is not None:
-            parts = unranged
-        if decision.verdict == "pass":
-            if dropped:
-                return Outcome(decision, parts=parts, audit={"cookies_dropped": dropped})
-            if unranged is not None:
-                return Outcome(decision, parts=parts)
-            return Outcome(decision)
-        if not self.audit.healthy():
-            return self._reply(
-                failure(Reason.AUDIT_UNAVAILABLE, tenant, None, decision.secrets), dest
-            )
-        admission = await self.governor.admit(
-            policy, tenant, dest, without(decision, captured) if captured else decision, parts
-        )
-        extra = {**admission.audit, "cookies_dropped": dropped} if dropped else admission.audit
-        if admission.refusal is not None:
-            out = self._reply(admission.refusal, dest)
-            if out.reply is not None:
-                out.reply.headers.update(admission.headers)
-            out.audit = admission.audit
-            return out
-        rules = policy.tenants[tenant].secrets
-        values: dict[str, SecretValue] = dict(captured)
-        signed: list[str] = []  # aws_sigv4: re-signed after substitution
-        for name in decision.secrets:
-            if name in values:
-                continue
-            rule = rules[name]
-            try:
-                if rule.kind == "static":
-                    values[name] = await resolver.aresolve(tenant, name, rule)
-                elif rule.kind == "aws_sigv4":
-                    signed.append(name)
-                else:
-                    values[name] = await self.kinds.token(resolver, tenant, name, rule)
-            except (BackendError, CredentialError) as exc:
-                log.warning("keybroker: secret %r of tenant %r: %s", name, tenant, exc)
-                await self.governor.refund(admission)
-                return self._reply(
-                    failure(Reason(exc.reason), tenant, name, decision.secrets), dest
-                )
+        """One request (:mod:`broker.pipeline`). ``pins``: the client
+        connection's resolved destinations (a fresh table, so one lookup per
+        call, when the caller keeps none)."""
+        return await pipeline.process(self, tenant, dest, parts, pins)
 
-        def approve(name: str, location: str) -> str | None:
-            if (name, location) in decision.substitute and name in values:
-                return values[name].reveal()
-            return None
-
-        try:
-            new_parts = locations.substitute(parts, approve)
-        except SubstitutionError:
-            await self.governor.refund(admission)
-            return self._reply(failure(Reason.INTERNAL_ERROR, tenant, None, decision.secrets), dest)
-        if signed:
-            try:
-                new_parts = await self.kinds.sign(resolver, tenant, dest, new_parts, signed, rules)
-            except (BackendError, CredentialError) as exc:
-                await self.governor.refund(admission)
-                return self._reply(
-                    failure(Reason(exc.reason), tenant, signed[0], decision.secrets), dest
-                )
-        fingerprints = self._fingerprints(values)
-        record_id = self._record_sent(decision, dest, fingerprints, extra)
-        if record_id is None:
-            await self.governor.refund(admission)
-            return self._reply(
-                failure(Reason.AUDIT_UNAVAILABLE, tenant, None, decision.secrets), dest
-            )
-        return Outcome(
-            decision,
-            parts=new_parts,
-            fingerprints=fingerprints,
-            record_id=record_id,
-            audit=extra,
-        )
-
-    def _fingerprints(self, values: Mapping[str, SecretValue]) -> dict[str, dict[str, str | None]]:
-        key = self._hmac_key
-        if key is None or not self.policy.audit.fingerprints:
-            return {}
-        return {
-            n: {"fp": fingerprint(key, v.reveal_bytes()), "version": v.version}
-            for n, v in values.items()
-        }
+    @property
+    def hmac_key(self) -> bytes | None:
+        """The audit's HMAC key (also keys value fingerprints), if any."""
+        return self._hmac_key
 
     # -- the response path -------------------------------------------------------
     # ``tenant`` is the reader: its own values become their placeholders,
@@ -440,15 +251,6 @@ class Engine:
                     out[i] = data.decode("utf-8", "replace")
         return out
 
-    def _record_sent(
-        self,
-        decision: Decision,
-        dest: Destination,
-        fingerprints: Mapping[str, Any],
-        extra: Mapping[str, Any] | None = None,
-    ) -> str | None:
-        return self.recorder.sent(decision, dest, fingerprints, extra)
-
     def record(
         self,
         *,
@@ -477,12 +279,9 @@ class Engine:
             extra=extra,
         )
 
-    def interrupt_open(self) -> int:
-        return self.recorder.interrupt_open()
-
     def close(self) -> None:
         self.preloader.stop()
-        self.interrupt_open()
+        self.recorder.interrupt_open()
         _close_governor(self.governor)
         self._close_backends(self._backends)
         self._close_backends(self._retired)

@@ -12,16 +12,44 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
+from broker.audit.chain import worker_file
 from broker.audit.log import AuditLog, AuditUnavailable
 from broker.audit.record import AuditRecord, RecordSink, build_record
+from broker.policy.load import PolicyError
+from broker.policy.schema import Policy
 from broker.request.decision import Decision, Destination
 
 log = logging.getLogger("keybroker")
 
 Clean = Callable[..., list[str]]
 """``clean(tenant, *texts, caseless=(indexes,))``: the texts with known values replaced."""
+
+
+def audit_key(policy: Policy, env: Mapping[str, str]) -> bytes | None:
+    """The HMAC key the policy names (``audit.hmac_key_env``), if any."""
+    name = policy.audit.hmac_key_env
+    if not name:
+        return None
+    key = env.get(name)
+    if not key:
+        raise PolicyError([f"audit.hmac_key_env: environment variable {name} is not set"])
+    return key.encode("utf-8")
+
+
+def audit_file(policy: Policy, worker: int | None) -> Path:
+    """The chain this process writes: with ``--workers N``, one per worker."""
+    p = policy.audit.path
+    return p if worker is None else worker_file(p, worker)
+
+
+def open_audit(policy: Policy, key: bytes | None, worker: int | None) -> AuditLog:
+    """Raises :class:`~broker.audit.lock.AuditInUse` when another broker writes it."""
+    return AuditLog(
+        audit_file(policy, worker), hmac_key=key, rotate_bytes=policy.audit.rotate_bytes
+    )
 
 
 @dataclass(frozen=True)

@@ -241,10 +241,10 @@ def test_a_stop_closes_every_open_exchange_as_interrupted(engine: Engine, tmp_pa
         started=0.0,
         record_id=first.record_id,
     )
-    assert engine.interrupt_open() == 1
+    assert engine.recorder.interrupt_open() == 1
     last = _records(tmp_path)[-1]
     assert (last["id"], last["phase"], last["reason"]) == (second.record_id, "done", "interrupted")
-    assert engine.interrupt_open() == 0  # each exchange is closed once
+    assert engine.recorder.interrupt_open() == 0  # each exchange is closed once
 
 
 def test_sent_record_unwritable_refuses_the_request(engine: Engine, monkeypatch: Any) -> None:
