@@ -37,7 +37,8 @@ from broker.backends.base import BackendError, SecretNotFound
 from broker.backends.resolver import Resolver
 from broker.credentials.fields import secret_fields
 from broker.policy.hosts import host_matches
-from broker.policy.schema import Policy, SecretRule
+from broker.policy.schema import Policy
+from broker.policy.secret_rule import SecretRule
 
 __all__ = ["FIRST_PASS_WAIT", "Preloader", "UnprotectableSecret"]
 

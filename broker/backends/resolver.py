@@ -22,7 +22,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from broker.backends.base import Backend, BackendError
-from broker.policy.schema import SecretRule
+from broker.policy.secret_rule import SecretRule
 from broker.secret import SecretValue
 
 OnValue = Callable[[str, str, SecretValue], None]

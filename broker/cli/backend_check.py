@@ -29,7 +29,8 @@ from broker.policy.backend_config import (
     EnvBackend,
     ExecBackend,
 )
-from broker.policy.schema import Policy, SecretRule
+from broker.policy.schema import Policy
+from broker.policy.secret_rule import SecretRule
 
 WHERE_BROKER_RUNS = "run `keybroker doctor` in the broker's environment to check it"
 

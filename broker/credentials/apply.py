@@ -11,7 +11,7 @@ from broker.credentials import aws_sigv4
 from broker.credentials.aws_vending import check_expires, check_vending
 from broker.credentials.errors import CredentialError
 from broker.credentials.minter import Minter, Resolve
-from broker.policy.schema import SecretRule
+from broker.policy.secret_rule import SecretRule
 from broker.request.decision import Destination
 from broker.request.locations import RequestParts
 

@@ -25,7 +25,8 @@ from functools import lru_cache
 from broker.credentials.capture_parse import CaptureRefused, body_values, cookie_values
 from broker.credentials.capture_scrub import ChainedStream, TenantScrubbers
 from broker.policy.hosts import host_matches
-from broker.policy.schema import CaptureRule, glob_to_regex
+from broker.policy.schema import CaptureRule
+from broker.policy.secret_rule import glob_to_regex
 from broker.request.decision import Decision, Destination, Reason, failure
 from broker.request.locations import Occurrence, ScanResult
 from broker.scrub.scrubber import StreamScrubber

@@ -4,7 +4,7 @@ GitHub App id are not: scrubbing "4242" would rewrite unrelated bytes."""
 
 from __future__ import annotations
 
-from broker.policy.schema import SecretRule
+from broker.policy.secret_rule import SecretRule
 
 _FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # kind: (fields read, of which secret)

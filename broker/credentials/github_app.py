@@ -11,7 +11,7 @@ from datetime import datetime
 from broker.credentials import jwt_rs256
 from broker.credentials.errors import CredentialError
 from broker.credentials.http import MAX_ANSWER, Answer
-from broker.policy.schema import SecretRule
+from broker.policy.secret_rule import SecretRule
 from broker.secret import SecretValue
 
 DEFAULT_API = "https://api.github.com"

@@ -11,7 +11,7 @@ import time
 from urllib.parse import urlencode
 
 from broker.credentials import jwt_rs256
-from broker.policy.schema import SecretRule
+from broker.policy.secret_rule import SecretRule
 from broker.secret import SecretValue
 
 DEFAULT_TOKEN_URL = "https://oauth2.googleapis.com/token"

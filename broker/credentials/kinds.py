@@ -19,7 +19,8 @@ from broker.credentials.http import trust_context
 from broker.credentials.ledger import FILE_NAME as LEDGER_FILE
 from broker.credentials.ledger import MintLedger
 from broker.credentials.minter import MINTED, Minter, Remember, Resolve
-from broker.policy.schema import CaptureRule, Policy, SecretRule
+from broker.policy.schema import CaptureRule, Policy
+from broker.policy.secret_rule import SecretRule
 from broker.request.decision import Decision, Destination, Reason, failure
 from broker.request.locations import RequestParts
 from broker.secret import SecretValue

@@ -21,7 +21,7 @@ from broker.credentials.fields import fields_of, secret_fields
 from broker.credentials.http import Answer, post
 from broker.credentials.ledger import MintLedger
 from broker.credentials.tokens import Token, TokenCache
-from broker.policy.schema import SecretRule
+from broker.policy.secret_rule import SecretRule
 from broker.scrub.strength import weakness
 from broker.secret import SecretValue
 

@@ -11,7 +11,7 @@ from urllib.parse import quote, urlencode
 
 from broker.credentials.errors import CredentialError
 from broker.credentials.http import MAX_ANSWER, Answer
-from broker.policy.schema import SecretRule
+from broker.policy.secret_rule import SecretRule
 from broker.secret import SecretValue
 
 DEFAULT_LIFETIME = 60.0

@@ -22,7 +22,7 @@ from typing import Any
 
 from broker.governance.config import ApprovalsConfig
 from broker.governance.state import StateStore
-from broker.policy.schema import SecretRule
+from broker.policy.secret_rule import SecretRule
 from broker.request.decision import Destination, Reason
 
 POLL = 0.1

@@ -18,7 +18,7 @@ from typing import Any
 
 from broker.governance.config import parse_rate
 from broker.governance.state import Charge, Refusal, StateStore
-from broker.policy.schema import SecretRule
+from broker.policy.secret_rule import SecretRule
 
 
 @lru_cache(maxsize=1024)

@@ -13,7 +13,8 @@ from typing import Literal
 from urllib.parse import unquote
 
 from broker.policy.hosts import HostError, host_matches, normalize_host
-from broker.policy.schema import Policy, SecretRule, glob_to_regex
+from broker.policy.schema import Policy
+from broker.policy.secret_rule import SecretRule, glob_to_regex
 from broker.request.locations import ScanResult
 
 

@@ -17,7 +17,7 @@ from broker.backends.base import BackendError, SecretNotFound
 from broker.backends.resolver import Resolver
 from broker.backends.vault import VaultKVBackend
 from broker.policy.backend_config import VaultBackend
-from broker.policy.schema import SecretRule
+from broker.policy.secret_rule import SecretRule
 from broker.secret import SecretValue
 from tests.support.openbao import OpenBao
 

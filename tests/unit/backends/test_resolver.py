@@ -11,7 +11,7 @@ import pytest
 
 from broker.backends.base import BackendError, SecretNotFound
 from broker.backends.resolver import Resolver
-from broker.policy.schema import SecretRule
+from broker.policy.secret_rule import SecretRule
 from broker.secret import SecretValue
 
 WAIT = 5.0  # bound on every wait in this file

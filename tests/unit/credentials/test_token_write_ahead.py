@@ -15,7 +15,7 @@ from broker.credentials import minter as minter_mod
 from broker.credentials.errors import CredentialError
 from broker.credentials.http import Answer
 from broker.credentials.minter import Minter
-from broker.policy.schema import SecretRule
+from broker.policy.secret_rule import SecretRule
 from broker.secret import SecretValue
 
 RULE = SecretRule(

@@ -158,7 +158,7 @@ def test_google_service_account_assertion_claims() -> None:
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     from broker.credentials import google_sa
-    from broker.policy.schema import SecretRule
+    from broker.policy.secret_rule import SecretRule
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = key.private_bytes(

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from broker.policy.schema import glob_to_regex, parse_listen
+from broker.policy.schema import parse_listen
+from broker.policy.secret_rule import glob_to_regex
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from broker.policy.schema import CaptureRule, SecretRule
+from broker.policy.schema import CaptureRule
+from broker.policy.secret_rule import SecretRule
 
 BASE: dict[str, Any] = {"backend": "vault", "path": "p", "hosts": ["api.example.com"]}
 
