@@ -97,7 +97,7 @@ def run_doctor(
         return 1
     r.ok(1, f"policy {policy_path} loads ({len(policy.tenants)} tenant(s))")
 
-    from broker.cli.governance import check_session
+    from broker.cli.sessions import check_session
 
     session = check_session(policy, tenant, token, os.environ if environ is None else environ)
     problem = check_tenant_token(policy, tenant, token) if session is None else session[1]

@@ -204,7 +204,7 @@ def command(args: argparse.Namespace, token: Callable[[], str]) -> tuple[str, bo
         problem = check_tenant_token(policy, args.tenant, secret)
         if problem:
             raise ValueError(problem)
-        from broker.cli.governance import sandbox_token
+        from broker.cli.sessions import sandbox_token
 
         secret = sandbox_token(policy, args, secret)  # a session token, with sessions: (§13)
         files, _ = init_ca(policy.certs_dir)

@@ -1,12 +1,8 @@
 """The shared state store: Redis or Valkey through redis-py's asyncio client.
-
-Each operation that reads and writes is one Lua script, so it is atomic
-across brokers; windows use the store's clock (``TIME``), so brokers whose
-clocks differ still count one window. A dead store raises
-:class:`~broker.governance.state.StateUnavailable` within ``state.timeout``;
-redis-py reconnects on the next call, so the store coming back needs no
-restart. Keys cross slots: a single Redis/Valkey (with replicas or
-Sentinel), not Redis Cluster."""
+Each read-and-write is one Lua script (atomic across brokers), timed by the
+store's clock (``TIME``). A dead store raises ``StateUnavailable`` within
+``state.timeout``; redis-py reconnects by itself. Keys cross slots: a single
+Redis/Valkey (replicas or Sentinel), not Redis Cluster."""
 
 from __future__ import annotations
 

@@ -114,7 +114,7 @@ def test_revoke_refuses_junk(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 
 def test_doctor_step_2_with_a_session_token(tmp_path: Path) -> None:
-    from broker.cli.governance import check_session
+    from broker.cli.sessions import check_session
     from broker.policy.load import load_policy
 
     policy = load_policy(write_policy(tmp_path))
