@@ -54,3 +54,25 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         print(result.message, file=sys.stdout if result.ok else sys.stderr)
         ok &= result.ok
     return 0 if ok else 1
+
+
+def cmd_audit_suggest(args: argparse.Namespace) -> int:
+    from broker.egress import suggest
+
+    policy = load_policy(args.config)
+    tenant = policy.tenants.get(args.tenant)
+    if tenant is None:
+        print(f"keybroker audit suggest: no tenant {args.tenant!r} in the policy", file=sys.stderr)
+        return 1
+    try:
+        since = suggest.parse_since(args.since) if args.since else None
+    except ValueError as exc:
+        print(f"keybroker audit suggest: {exc}", file=sys.stderr)
+        return 2
+    files = suggest.audit_files(Path(args.file) if args.file else policy.audit.path)
+    listed = tenant.egress.allow if tenant.egress else ()
+    found = suggest.suggest(
+        suggest.read_records(files), args.tenant, tenant.egress_rules, listed, since
+    )
+    print(suggest.render(found, args.tenant, tenant.egress_rules.mode), end="")
+    return 0

@@ -25,7 +25,7 @@ from broker.cli.backend_check import backend_advice
 from broker.cli.probe import exchange, why
 from broker.cli.sandbox_env import check_tenant_token
 from broker.policy.load import PolicyError, load_policy
-from broker.policy.schema import Egress, parse_listen
+from broker.policy.schema import Egress, Policy, parse_listen
 from broker.request.auth import WHOAMI_HOST
 from broker.tls import ca, trust
 
@@ -97,17 +97,8 @@ def run_doctor(
         return 1
     r.ok(1, f"policy {policy_path} loads ({len(policy.tenants)} tenant(s))")
 
-    from broker.cli.sessions import check_session
-
-    session = check_session(policy, tenant, token, os.environ if environ is None else environ)
-    problem = check_tenant_token(policy, tenant, token) if session is None else session[1]
-    if session is not None and session[0]:
-        r.ok(2, session[1])
-    elif problem:
-        r.fail(2, _Fail(problem))
-    else:
-        r.ok(2, f"tenant {tenant!r} exists and the token matches its token_sha256")
-    r.advise(backend_advice(policy, tenant, os.environ if environ is None else environ))
+    env = os.environ if environ is None else environ
+    _identity(r, policy, tenant, token, env)
 
     files = ca.ca_files(policy.certs_dir)
     ca_bundle = bundle or files.bundle
@@ -130,22 +121,9 @@ def run_doctor(
         return 1
     r.ok(4, f"proxy reachable at {where}")
     with raw:
-        if not _step(r, 5, lambda: _check_connect(raw, tenant, token)):
-            r.skip_from(6, needs=5)
+        if not _tunnel(r, raw, tenant, token, ca_bundle if ca_ok else None, cfg):
             return 1
-        if not ca_ok:
-            r.skip_from(6, needs=3)
-            return 1
-        try:
-            tls = _tls(raw, ca_bundle, cfg)
-        except _Fail as err:
-            r.fail(6, err)
-            r.skip_from(7, needs=6)
-            return 1
-        r.ok(6, f"TLS to {WHOAMI_HOST} inside the tunnel verifies with {ca_bundle}")
-        with tls:
-            _step(r, 7, lambda: _check_whoami(tls, tenant))
-    r.advise(exposure.proxy_variables(os.environ if environ is None else environ, where))
+    r.advise(exposure.proxy_variables(env, where))
     r.advise(exposure.direct_egress(exposure.direct_targets(policy, tenant, upstream)))
     r.advise(exposure.node_advice(exposure.node_version()))
     if tenant in policy.tenants:
@@ -154,6 +132,44 @@ def run_doctor(
         r.advise([exposure.upstream_trust(upstream, proxy=(host, port), tenant=tenant,
                                           token=token, bundle=ca_bundle)])  # fmt: skip
     return 1 if r.failed else 0
+
+
+def _identity(r: _Report, policy: Policy, tenant: str, token: str, env: Mapping[str, str]) -> None:
+    """Step 2: the tenant and its token (or session token); the backends' advice."""
+    from broker.cli.sessions import check_session
+
+    session = check_session(policy, tenant, token, env)
+    problem = check_tenant_token(policy, tenant, token) if session is None else session[1]
+    if session is not None and session[0]:
+        r.ok(2, session[1])
+    elif problem:
+        r.fail(2, _Fail(problem))
+    else:
+        r.ok(2, f"tenant {tenant!r} exists and the token matches its token_sha256")
+    r.advise(backend_advice(policy, tenant, env))
+
+
+def _tunnel(
+    r: _Report, raw: socket.socket, tenant: str, token: str, ca_bundle: Path | None, cfg: str
+) -> bool:
+    """Steps 5-7 on the open connection to the proxy: CONNECT as the tenant,
+    TLS with our CA (``ca_bundle`` None: step 3 failed), /whoami."""
+    if not _step(r, 5, lambda: _check_connect(raw, tenant, token)):
+        r.skip_from(6, needs=5)
+        return False
+    if ca_bundle is None:
+        r.skip_from(6, needs=3)
+        return False
+    try:
+        tls = _tls(raw, ca_bundle, cfg)
+    except _Fail as err:
+        r.fail(6, err)
+        r.skip_from(7, needs=6)
+        return False
+    r.ok(6, f"TLS to {WHOAMI_HOST} inside the tunnel verifies with {ca_bundle}")
+    with tls:
+        _step(r, 7, lambda: _check_whoami(tls, tenant))
+    return True
 
 
 def _egress_mode(egress: Egress | None) -> str:

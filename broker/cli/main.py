@@ -7,6 +7,7 @@ import os
 import secrets
 import sys
 from pathlib import Path
+from typing import Any
 
 from broker.policy.load import PolicyError, load_policy
 from broker.policy.schema import parse_listen
@@ -14,13 +15,7 @@ from broker.tls.ca import CAError
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    try:
-        policy = load_policy(args.config)
-    except PolicyError as exc:
-        for e in exc.errors:
-            print(e, file=sys.stderr)
-        print(f"{args.config}: {len(exc.errors)} error(s)", file=sys.stderr)
-        return 1
+    policy = load_policy(args.config)  # a PolicyError is printed by main(), counted
     from broker.policy.environment import missing_variables
 
     n = sum(len(t.secrets) for t in policy.tenants.values())
@@ -39,12 +34,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    try:
-        load_policy(args.config)
-    except PolicyError as exc:
-        for e in exc.errors:
-            print(e, file=sys.stderr)
-        return 1
+    load_policy(args.config)  # every error before the proxy starts (printed by main())
     if args.listen:
         try:
             parse_listen(args.listen)
@@ -109,28 +99,6 @@ def cmd_env(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def cmd_audit_suggest(args: argparse.Namespace) -> int:
-    from broker.egress import suggest
-
-    policy = load_policy(args.config)
-    tenant = policy.tenants.get(args.tenant)
-    if tenant is None:
-        print(f"keybroker audit suggest: no tenant {args.tenant!r} in the policy", file=sys.stderr)
-        return 1
-    try:
-        since = suggest.parse_since(args.since) if args.since else None
-    except ValueError as exc:
-        print(f"keybroker audit suggest: {exc}", file=sys.stderr)
-        return 2
-    files = suggest.audit_files(Path(args.file) if args.file else policy.audit.path)
-    listed = tenant.egress.allow if tenant.egress else ()
-    found = suggest.suggest(
-        suggest.read_records(files), args.tenant, tenant.egress_rules, listed, since
-    )
-    print(suggest.render(found, args.tenant, tenant.egress_rules.mode), end="")
-    return 0
-
-
 def cmd_doctor(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -174,8 +142,6 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from broker.cli.audit_commands import cmd_audit_verify, cmd_tail
-
     p = argparse.ArgumentParser(
         prog="keybroker",
         description="keybroker: a credential broker for AI agents (a forward HTTPS proxy).",
@@ -183,7 +149,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"keybroker {_version()}")
     sub = p.add_subparsers(dest="cmd", required=True)
+    _add_broker_commands(sub)
+    _add_sandbox_commands(sub)
+    _add_audit_commands(sub)
+    from broker.cli import governance
 
+    governance.add_parsers(sub)
+    return p
+
+
+def _add_broker_commands(sub: Any) -> None:
+    """run, check, ca, token: the operator's side of the broker itself."""
     run = sub.add_parser("run", help="run the proxy in the foreground with the live feed")
     run.add_argument("--config", required=True)
     run.add_argument("--listen", help="HOST:PORT (overrides the policy's listen)")
@@ -218,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_token_new
     )
 
+
+def _add_sandbox_commands(sub: Any) -> None:
+    """env and doctor: what a sandbox loads, and the check from its side."""
     env = sub.add_parser("env", help="print proxy and CA variables for an agent sandbox")
     env.add_argument("--config", required=True)
     env.add_argument("--tenant", required=True)
@@ -230,6 +209,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--long-lived", action="store_true", help="hand the tenant token itself, not a session"
     )
     env.set_defaults(func=cmd_env)
+
+    doc = sub.add_parser("doctor", help="check the chain from an agent sandbox's side")
+    doc.add_argument("--config", required=True)
+    doc.add_argument("--tenant", required=True)
+    add_token_options(doc)
+    doc.add_argument("--listen")
+    doc.add_argument(
+        "--upstream",
+        metavar="HOST[:PORT]",
+        help="also check, through the broker, that it trusts this upstream's TLS certificate",
+    )
+    doc.set_defaults(func=cmd_doctor)
+
+
+def _add_audit_commands(sub: Any) -> None:
+    """tail, audit verify, audit suggest."""
+    from broker.cli.audit_commands import cmd_audit_suggest, cmd_audit_verify, cmd_tail
 
     tail = sub.add_parser("tail", help="render the audit as a live feed")
     tail.add_argument("file", nargs="?")
@@ -253,23 +249,6 @@ def build_parser() -> argparse.ArgumentParser:
     sug.add_argument("--file", help="read this audit file instead of the policy's")
     sug.set_defaults(func=cmd_audit_suggest)
 
-    doc = sub.add_parser("doctor", help="check the chain from an agent sandbox's side")
-    doc.add_argument("--config", required=True)
-    doc.add_argument("--tenant", required=True)
-    add_token_options(doc)
-    doc.add_argument("--listen")
-    doc.add_argument(
-        "--upstream",
-        metavar="HOST[:PORT]",
-        help="also check, through the broker, that it trusts this upstream's TLS certificate",
-    )
-    doc.set_defaults(func=cmd_doctor)
-
-    from broker.cli import governance
-
-    governance.add_parsers(sub)
-    return p
-
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
@@ -285,9 +264,11 @@ def main(argv: list[str] | None = None) -> int:
         raise
     try:
         return int(args.func(args))
-    except PolicyError as exc:
+    except PolicyError as exc:  # the one place a policy's errors are printed
         for e in exc.errors:
             print(e, file=sys.stderr)
+        if args.cmd == "check":
+            print(f"{args.config}: {len(exc.errors)} error(s)", file=sys.stderr)
         return 1
     except (CAError, OSError) as exc:
         print(f"keybroker: {exc}", file=sys.stderr)
