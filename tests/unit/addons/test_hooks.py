@@ -4,7 +4,6 @@ guards, restoring placeholders in stored flows, stream framing."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import json
 from collections.abc import Iterator
@@ -17,13 +16,14 @@ from mitmproxy.test import taddons, tflow
 from addons.keybroker import KeyBroker
 from broker.engine import Engine
 from broker.policy.load import parse_policy
+from tests.unit.conftest import basic
 
 TOKEN = "kb_test_token_for_addon"
 VALUE = "kbcanary_addon_0a1b2c3d4e5f60718293a4b5"
 
 
 def auth(tenant: str = "acme", token: str = TOKEN) -> str:
-    return "Basic " + base64.b64encode(f"{tenant}:{token}".encode()).decode()
+    return basic(tenant, token)
 
 
 @pytest.fixture

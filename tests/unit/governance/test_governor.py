@@ -5,7 +5,6 @@ state; session tokens as proxy passwords."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from broker.governance import sessions
 from broker.governance.state import MemoryStore, StateUnavailable
 from broker.policy.load import PolicyError, parse_policy
 from broker.request.decision import Destination, Reason
+from tests.unit.conftest import basic
 from tests.unit.test_engine import CountingResolver, parts
 
 DIGEST = "a" * 64
@@ -264,10 +264,6 @@ def test_limits_counted_after_approval(make: Any) -> None:
 
 
 # -- sessions -----------------------------------------------------------------------
-
-
-def basic(tenant: str, token: str) -> str:
-    return "Basic " + base64.b64encode(f"{tenant}:{token}".encode()).decode()
 
 
 def test_session_token_is_a_proxy_password(make: Any) -> None:

@@ -12,6 +12,7 @@ import pytest
 from broker.policy.load import parse_policy
 from broker.policy.schema import Policy
 from broker.request.auth import authenticate, parse_basic, still_valid, token_digest
+from tests.unit.conftest import basic
 
 ACME_TOKEN = "kb_acme_test_token"
 GLOBEX_TOKEN = "kb_globex:with:colons"
@@ -29,10 +30,6 @@ def make_policy(tenants: dict[str, str]) -> Policy:
 POLICY = make_policy(
     {"acme": token_digest(ACME_TOKEN), "globex": "sha256:" + token_digest(GLOBEX_TOKEN)}
 )
-
-
-def basic(user: str, token: str, scheme: str = "Basic") -> str:
-    return f"{scheme} " + base64.b64encode(f"{user}:{token}".encode()).decode()
 
 
 def test_token_digest_is_sha256_hex() -> None:
