@@ -8,33 +8,22 @@ what ``doppler secrets get --plain`` prints.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from broker.backends.base import BackendError, SecretNotFound
-from broker.backends.rest import Answer, RestBackend, status_error, text
-from broker.policy.backend_config import DopplerBackend
+from broker.backends.rest import Answer, BearerBackend, status_error, text
 from broker.secret import SecretValue
 
 
-class Doppler(RestBackend):
+class Doppler(BearerBackend):
     """A :class:`broker.backends.base.Backend` over Doppler's API."""
-
-    def __init__(self, name: str, config: DopplerBackend, env: Mapping[str, str]) -> None:
-        self._token_env = config.token_env
-        super().__init__(
-            name, config.url, config.ca_cert, config.timeout,
-            {config.token_env: env.get(config.token_env)},
-        )  # fmt: skip
 
     def read(self, path: str, field: str) -> SecretValue:
         where = f"doppler backend {self.name!r} ({path}/{field})"
         project, _, config = path.partition("/")
         if not project or not config or "/" in config:
             raise SecretNotFound(f"{where}: path must be PROJECT/CONFIG")
-        token = self._creds.get(self._token_env, "")
         answer = self._send(
             where, "GET", "/v3/configs/config/secret",
-            headers={"authorization": f"Bearer {token}"},
+            headers=self._bearer(),
             params={"project": project, "config": config, "name": field},
         )  # fmt: skip
         if answer.status != 200:

@@ -12,28 +12,17 @@ vaults, items or field labels is refused rather than guessed.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from urllib.parse import quote
 
 from broker.backends.base import BackendError, SecretNotFound
-from broker.backends.rest import Answer, RestBackend, status_error, text
-from broker.policy.backend_config import OnePasswordConnectBackend
+from broker.backends.rest import Answer, BearerBackend, status_error, text
 from broker.secret import SecretValue
 
 _ID_RE = re.compile(r"^[a-z0-9]{26}$")
 
 
-class OnePasswordConnect(RestBackend):
+class OnePasswordConnect(BearerBackend):
     """A :class:`broker.backends.base.Backend` over one Connect server."""
-
-    def __init__(
-        self, name: str, config: OnePasswordConnectBackend, env: Mapping[str, str]
-    ) -> None:
-        self._token_env = config.token_env
-        super().__init__(
-            name, config.url, config.ca_cert, config.timeout,
-            {config.token_env: env.get(config.token_env)},
-        )  # fmt: skip
 
     def read(self, path: str, field: str) -> SecretValue:
         where = f"onepassword_connect backend {self.name!r} ({path})"
@@ -49,10 +38,9 @@ class OnePasswordConnect(RestBackend):
     # -- requests ----------------------------------------------------------------
 
     def _get(self, where: str, url: str, what: str, filter_: str | None = None) -> object:
-        token = self._creds.get(self._token_env, "")
         answer = self._send(
             where, "GET", url,
-            headers={"authorization": f"Bearer {token}"},
+            headers=self._bearer(),
             params={"filter": filter_} if filter_ else None,
         )  # fmt: skip
         if 200 <= answer.status < 300:

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import ssl
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -189,3 +190,26 @@ class RestBackend:
         else:
             return answer
         raise err  # outside the handler: nothing chained
+
+
+class BearerConfig(Protocol):
+    """What a bearer-token REST backend's config holds (Doppler, 1Password Connect)."""
+
+    url: str
+    ca_cert: Path | None
+    timeout: float
+    token_env: str
+
+
+class BearerBackend(RestBackend):
+    """A REST backend authenticated by one token read from ``token_env``."""
+
+    def __init__(self, name: str, config: BearerConfig, env: Mapping[str, str]) -> None:
+        self._token_env = config.token_env
+        super().__init__(
+            name, config.url, config.ca_cert, config.timeout,
+            {config.token_env: env.get(config.token_env)},
+        )  # fmt: skip
+
+    def _bearer(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self._creds.get(self._token_env, '')}"}
