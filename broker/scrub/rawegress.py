@@ -63,12 +63,15 @@ def pieces(dest: Destination, parts: RequestParts) -> list[Piece]:
     return out
 
 
-def own_names(scrubber: Scrubber, tenant: str, data: bytes, *, caseless: bool = False) -> set[str]:
+def own_names(
+    scrubber: Scrubber, tenant: str, data: bytes, *, caseless: bool = False, spellings: bool = True
+) -> set[str]:
     """Names of ``tenant``'s secrets whose value ``data`` holds, in any
-    spelling, as written or once decoded (and in any case, if ``caseless``)."""
+    spelling, as written or once decoded (and the raw value in any case, if
+    ``caseless``; ``spellings=False`` looks for that alone)."""
     names: set[str] = set()
     for view in views(data):
-        found = scrubber.owners_in(view)
+        found = scrubber.owners_in(view) if spellings else set()
         if caseless:
             found |= scrubber.owners_in_caseless(view)
         names.update(n for t, n in found if t == tenant)
@@ -86,8 +89,10 @@ def _check_pieces(
         return None
     joined = b"\n".join(data for _, data in found)
     short = b"\n".join(data for location, data in found if location in _CASELESS)
+    # One scan of everything for every spelling, and the short case-insensitive
+    # fields once more for the raw value in another case (a tiny automaton).
     if not own_names(scrubber, tenant, joined) and not own_names(
-        scrubber, tenant, short, caseless=True
+        scrubber, tenant, short, caseless=True, spellings=False
     ):
         return None  # the common case: one scan per view, no value anywhere
     rules = policy.tenants[tenant].secrets
