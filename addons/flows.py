@@ -22,7 +22,7 @@ from broker.request.auth import claimed_tenant
 from broker.request.decision import Decision, Destination, Reason, failure
 from broker.request.locations import RequestParts
 from broker.request.responses import Reply, reply_for
-from broker.scrub.scrubber import StreamScrubber
+from broker.scrub.stream import StreamScrubber
 
 __all__ = [
     "FlowState",

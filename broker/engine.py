@@ -32,7 +32,8 @@ from broker.request.decision import Decision, Destination, Reason
 from broker.request.locations import RequestParts
 from broker.request.placeholders import placeholder
 from broker.scrub import rawegress
-from broker.scrub.scrubber import Scrubber, StreamScrubber
+from broker.scrub.scrubber import Scrubber
+from broker.scrub.stream import StreamScrubber
 from broker.scrub.strength import weakness
 from broker.secret import SecretValue
 

@@ -29,7 +29,7 @@ from broker.policy.schema import CaptureRule
 from broker.policy.secret_rule import glob_to_regex
 from broker.request.decision import Decision, Destination, Reason, failure
 from broker.request.locations import Occurrence, ScanResult
-from broker.scrub.scrubber import StreamScrubber
+from broker.scrub.stream import StreamScrubber
 from broker.secret import SecretValue
 
 __all__ = ["MAX_HELD", "MAX_PER_TENANT", "CaptureRefused", "CaptureStore", "matching"]

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import threading
 
-from broker.scrub.scrubber import Scrubber, StreamScrubber, _Snapshot
+from broker.scrub.layers import Snapshot
+from broker.scrub.scrubber import Scrubber
+from broker.scrub.stream import StreamScrubber
 
 __all__ = ["ChainedStream", "TenantScrubbers"]
 
@@ -76,7 +78,7 @@ class _Live(Scrubber):
     def __init__(self, owner: TenantScrubbers, tenant: str) -> None:
         self._owner, self._tenant_name = owner, tenant
 
-    def _current(self) -> _Snapshot:
+    def _current(self) -> Snapshot:
         return (self._owner.get(self._tenant_name) or _EMPTY)._current()
 
 

@@ -24,16 +24,23 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from broker.scrub import matcher, views
 from broker.scrub import spellings as encodings
+from broker.scrub.layers import (
+    Entry,
+    Layer,
+    Owner,
+    Snapshot,
+    build_layer,
+    cover,
+    replacement_for,
+)
+from broker.scrub.stream import StreamScrubber
 
-__all__ = ["DELTA_VALUES", "MARKER", "MAX_VALUES", "Scrubber", "ScrubberFull", "StreamScrubber"]
+__all__ = ["DELTA_VALUES", "MAX_VALUES", "Scrubber", "ScrubberFull"]
 
 log = logging.getLogger("keybroker")
-Owner = tuple[str, str]
-_Entry = tuple[bytes, dict[Owner, bytes], list[bytes]]  # value, owners, variants
 
 MAX_VALUES = 100_000
 """Bound on distinct values. A value yields about 12 patterns (more with
@@ -53,78 +60,9 @@ MERGE_AFTER = 2.0
 
 _clock = time.monotonic
 
-MARKER = b"<<redacted>>"
-"""What replaces a value the reader's tenant does not own: it names no secret
-and no tenant (issue 12 item 4), and it is not a placeholder, so an agent
-that sends it back does not trip ``malformed_placeholder``."""
-
 
 class ScrubberFull(RuntimeError):
     """The registry holds :data:`MAX_VALUES` values; no new value can be added."""
-
-
-@dataclass(frozen=True)
-class _Layer:
-    matcher: matcher.Matcher
-    replacements: tuple[bytes, ...]  # per pattern: the placeholder to write
-    owners: tuple[frozenset[Owner], ...]  # per pattern: whose values produce it
-
-
-Occurrence = tuple[int, int, bytes, frozenset[Owner], str | None]
-"""start, end, placeholder, owners, and the codec the placeholder is written
-in (None: as is; ``utf-16-le``/``-be`` for a match in a UTF-16 view)."""
-
-
-@dataclass(frozen=True)
-class _Snapshot:
-    layers: tuple[_Layer, ...]
-    max_len: int
-    has_newline: bool
-    generation: int
-    ranks: dict[Owner, int]
-
-    def occurrences(self, data: bytes) -> list[Occurrence]:
-        """Every occurrence in every layer, by start, longest first: in the
-        data as it is, and in the decoded views its triggers call for."""
-        found: list[Occurrence] = []
-        mask = 0
-        for layer in self.layers:
-            matches, triggered = layer.matcher.scan(data)
-            mask |= triggered
-            found += [(a, b, layer.replacements[i], layer.owners[i], None) for a, b, i in matches]
-        if mask:
-            layers = self.layers
-
-            def find(view: bytes) -> list[tuple[int, int, int]]:
-                return [
-                    (a, b, n << 32 | i)
-                    for n, layer in enumerate(layers)
-                    for a, b, i in layer.matcher.find_all(view)
-                ]
-
-            for a, b, key, codec in views.view_matches(data, mask, find):
-                layer, i = layers[key >> 32], key & 0xFFFFFFFF
-                found.append((a, b, layer.replacements[i], layer.owners[i], codec))
-        if len(self.layers) > 1 or mask:
-            found.sort(key=lambda m: (m[0], -m[1]))
-        return found
-
-
-def _build_layer(entries: Iterable[_Entry], engine: str) -> _Layer | None:
-    patterns: dict[bytes, tuple[bytes, set[Owner]]] = {}
-    for _value, owners, forms in sorted(entries, key=lambda e: e[0]):
-        placeholder = owners[min(owners)]  # deterministic across owners
-        for form in forms:
-            patterns.setdefault(form, (placeholder, set()))[1].update(owners)
-    if not patterns:
-        return None
-    keys = list(patterns)
-    shared: dict[frozenset[Owner], frozenset[Owner]] = {}  # one set per owner group, not per form
-    return _Layer(
-        matcher=matcher.build(keys, engine, views.TRIGGERS),
-        replacements=tuple(patterns[k][0] for k in keys),
-        owners=tuple(shared.setdefault(o, o) for o in (frozenset(patterns[k][1]) for k in keys)),
-    )
 
 
 class Scrubber:
@@ -144,11 +82,11 @@ class Scrubber:
         self._max_len = 0
         self._has_newline = False
         self._generation = 0
-        self._base: _Layer | None = None
+        self._base: Layer | None = None
         self._changed: dict[bytes, int] = {}  # value -> generation, changes the base lacks
         self._changed_at = 0.0  # _clock() of the last change
         self._rebuild: threading.Thread | None = None
-        self._snapshot: _Snapshot | None = None
+        self._snapshot: Snapshot | None = None
 
     def add(self, value: bytes, placeholder: bytes, owner: tuple[str, str], rank: int = 0) -> None:
         """Register ``value`` (owned by ``(tenant, secret_name)``) to be written
@@ -185,7 +123,7 @@ class Scrubber:
         tenant owns becomes its placeholder and any other value :data:`MARKER`
         (another tenant's secret is never named); without, the placeholder of
         the first owner (tools and tests)."""
-        out, count, _rest = _cover(self._current(), data, 0, len(data), tenant)
+        out, count, _rest = cover(self._current(), data, 0, len(data), tenant)
         return out, count
 
     def scrub_many(self, pieces: list[bytes], tenant: str | None = None) -> list[tuple[bytes, int]]:
@@ -218,7 +156,7 @@ class Scrubber:
         pieces, cursor = [], 0
         for start, end, i in found:
             placeholder = b"<<secret:" + min(owners[i])[1].encode() + b">>"
-            pieces += [out[cursor:start], _replacement(snap, placeholder, owners[i], tenant)]
+            pieces += [out[cursor:start], replacement_for(snap, placeholder, owners[i], tenant)]
             cursor = end
         pieces.append(out[cursor:])
         return b"".join(pieces), count + len(found)
@@ -293,10 +231,10 @@ class Scrubber:
         with self._lock:
             return len(self._values)
 
-    def _entries(self, values: Iterable[bytes]) -> list[_Entry]:
+    def _entries(self, values: Iterable[bytes]) -> list[Entry]:
         return [(v, dict(self._values[v]), self._variants[v]) for v in values]
 
-    def _current(self) -> _Snapshot:
+    def _current(self) -> Snapshot:
         with self._lock:
             snap = self._snapshot
             if snap is not None and snap.generation == self._generation:
@@ -310,12 +248,12 @@ class Scrubber:
             if len(self._changed) > DELTA_VALUES and self._rebuild is None:
                 self._start_rebuild()
             delta = (
-                _build_layer(self._entries(self._changed), self._engine) if self._changed else None
+                build_layer(self._entries(self._changed), self._engine) if self._changed else None
             )
             layers = tuple(layer for layer in (self._base, delta) if layer is not None)
             if not layers:
-                layers = (_Layer(matcher.build([], self._engine, views.TRIGGERS), (), ()),)
-            self._snapshot = _Snapshot(
+                layers = (Layer(matcher.build([], self._engine, views.TRIGGERS), (), ()),)
+            self._snapshot = Snapshot(
                 layers, self._max_len, self._has_newline, self._generation, self._rank
             )
             return self._snapshot
@@ -330,12 +268,12 @@ class Scrubber:
         entries, generation = self._entries(self._values), self._generation
         most = 2 * len(self._changed) > len(self._values)
         if not self._background or (most and not idle):
-            self._install(_build_layer(entries, self._engine), generation)
+            self._install(build_layer(entries, self._engine), generation)
             return
 
         def run() -> None:
             try:
-                layer = _build_layer(entries, self._engine)
+                layer = build_layer(entries, self._engine)
             except Exception:  # the delta still covers every value: scans stay correct
                 log.exception("keybroker: scrubber rebuild failed; will retry")
                 with self._lock:
@@ -349,119 +287,8 @@ class Scrubber:
         self._rebuild = threading.Thread(target=run, name="keybroker-scrub-build", daemon=True)
         self._rebuild.start()
 
-    def _install(self, base: _Layer | None, generation: int) -> None:
+    def _install(self, base: Layer | None, generation: int) -> None:
         """Swap in a base covering every change up to ``generation``; lock held."""
         self._base = base
         self._changed = {v: g for v, g in self._changed.items() if g > generation}
         self._snapshot = None
-
-
-def _replacement(
-    snap: _Snapshot, placeholder: bytes, owners: frozenset[Owner], tenant: str | None
-) -> bytes:
-    if tenant is None:
-        return placeholder
-    own = [o for o in owners if o[0] == tenant]
-    if not own:
-        return MARKER
-    name = min(own, key=lambda o: (snap.ranks.get(o, 0), o[1]))[1]
-    return b"<<secret:" + name.encode() + b">>"
-
-
-def _cover(
-    snap: _Snapshot, data: bytes, begin: int, cut: int, tenant: str | None = None
-) -> tuple[bytes, int, int]:
-    """Scrub ``data[begin:]`` up to ``cut``; return the scrubbed bytes, the
-    count of placeholders written, and where the unreleased rest begins.
-
-    Every byte inside any occurrence is replaced, not only those of a
-    leftmost-longest choice: when a spelling of one secret overlaps the start
-    of another (``hex(a)`` ending where ``b`` begins), a non-overlapping choice
-    would replace the first and release the tail of the second. An occurrence
-    that starts inside an already replaced one has its remainder replaced by
-    its own placeholder. Bytes before ``begin`` are context only: they were
-    released already, but occurrences starting there still cover what follows.
-    """
-    pieces: list[bytes] = []
-    cursor = begin
-    count = 0
-    for start, end, replacement, owners, codec in snap.occurrences(data):
-        if end <= cursor:
-            continue
-        first = max(start, cursor)
-        if first >= cut:
-            break
-        written = _replacement(snap, replacement, owners, tenant)
-        if codec is not None:  # a match in a UTF-16 view: the placeholder in UTF-16 too
-            written = written.decode("ascii").encode(codec)
-        pieces += [data[cursor:first], written]
-        cursor = end
-        count += 1
-    rest = max(cut, cursor)
-    if not count:
-        return data[begin:cut], 0, cut
-    pieces.append(data[cursor:rest])
-    return b"".join(pieces), count, rest
-
-
-class StreamScrubber:
-    """Scrubs a stream chunk by chunk, with the same result as scrubbing the
-    whole stream at once. What it holds back never depends on secret content
-    (DESIGN.md §7.6): with W = longest pattern - 1, when no pattern contains a
-    newline everything up to the last newline is released and at most W bytes
-    of the unterminated tail are held; otherwise the last W bytes are held. It
-    never waits for more bytes because the tail looks like part of a secret.
-
-    The pattern set is read at every feed, so a value added mid-stream is
-    scrubbed from every byte not yet released. One per stream; not shared
-    between threads."""
-
-    def __init__(self, scrubber: Scrubber, tenant: str | None = None) -> None:
-        self._scrubber = scrubber
-        self._tenant = tenant
-        self._context = b""  # up to W released bytes before the carry, as received
-        self._carry = b""  # received, not yet released
-        self.count = 0
-
-    @property
-    def held(self) -> int:
-        """Bytes received but not yet released."""
-        return len(self._carry)
-
-    def feed(self, chunk: bytes) -> bytes:
-        """Bytes safe to release now (possibly ``b""``)."""
-        return self._step(chunk, final=False)
-
-    def flush(self) -> bytes:
-        """End of stream: scrub and release everything held."""
-        return self._step(b"", final=True)
-
-    def _step(self, chunk: bytes, final: bool) -> bytes:
-        snap = self._scrubber._current()
-        begin = len(self._context)
-        buf = self._context + self._carry + chunk
-        window = max(snap.max_len - 1, 0)
-        cut = len(buf) if final else len(buf) - window
-        if not snap.has_newline:
-            line_end = buf.rfind(b"\n") + 1
-            # After a line of wrapped base64 the value may go on past the break:
-            # the fixed window decides (a rule on the data's shape, never on
-            # secret content).
-            if line_end and not views.wrapped_line_end(buf, line_end):
-                cut = max(cut, line_end)
-        cut = max(cut, begin)
-        # The occurrences that decide the output before `cut` are all in buf:
-        # - an occurrence covering a byte at or after `begin` starts at or after
-        #   begin - W (its length is <= max_len), so the context holds its start;
-        # - an occurrence starting before len(buf) - W has >= max_len bytes of
-        #   buf from its start, so it lies wholly inside buf, however long;
-        # - if `cut` came from the newline rule, an occurrence starting before
-        #   it starts at or before the last newline and, containing none, ends
-        #   there; later bytes cannot form one that starts earlier.
-        # So an occurrence beginning before `cut` is replaced whole even when it
-        # runs past `cut`, and nothing later can change what was released.
-        out, count, rest = _cover(snap, buf, begin, cut, self._tenant)
-        self._carry = buf[rest:]
-        self._context = buf[max(rest - window, 0) : rest]
-        self.count += count
-        return out

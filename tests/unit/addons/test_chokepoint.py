@@ -21,7 +21,7 @@ from addons import logscrub
 from addons.keybroker import KeyBroker
 from broker.engine import Engine
 from broker.policy.load import parse_policy
-from broker.scrub.scrubber import MARKER
+from broker.scrub.layers import MARKER
 
 TOKEN = "kb_test_token_for_chokepoint"
 VALUE = "kbcanary_choke_5f4e3d2c1b0a99887766"

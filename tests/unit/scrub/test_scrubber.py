@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from broker.scrub import scrubber as scrub
+from broker.scrub.layers import MARKER
 from broker.scrub.scrubber import Scrubber, ScrubberFull
 from broker.scrub.spellings import variants
 from tests.support.leaks import assert_no_leak, contains_leak, leak_forms
@@ -133,13 +134,13 @@ def test_rebuilds_once_per_change_not_per_scan(monkeypatch: pytest.MonkeyPatch) 
 def _record_layer_builds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Sizes (values) of the layers built, with deltas capped at 4 values."""
     sizes: list[int] = []
-    real = scrub._build_layer
+    real = scrub.build_layer
 
     def build(entries: list[scrub._Entry], engine: str) -> scrub._Layer | None:
         sizes.append(len(entries))
         return real(entries, engine)
 
-    monkeypatch.setattr(scrub, "_build_layer", build)
+    monkeypatch.setattr(scrub, "build_layer", build)
     monkeypatch.setattr(scrub, "DELTA_VALUES", 4)
     monkeypatch.setattr(scrub, "_clock", lambda: 0.0)  # no idle merge unless a test moves time
     return sizes
@@ -184,14 +185,14 @@ def test_scans_stay_correct_while_a_background_rebuild_runs(
 ) -> None:
     sizes = _record_layer_builds(monkeypatch)
     release = threading.Event()
-    build = scrub._build_layer
+    build = scrub.build_layer
 
     def slow(entries: list[scrub._Entry], engine: str) -> scrub._Layer | None:
         if threading.current_thread().name == "keybroker-scrub-build":
             assert release.wait(30), "the test never released the rebuild"
         return build(entries, engine)
 
-    monkeypatch.setattr(scrub, "_build_layer", slow)
+    monkeypatch.setattr(scrub, "build_layer", slow)
     s = Scrubber()
     _add_and_check_each(s)  # background rebuilds are held: the delta covers the rest
     held = s.delta_size
@@ -208,14 +209,14 @@ def test_a_failed_background_rebuild_leaves_the_delta_in_charge(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     _record_layer_builds(monkeypatch)
-    build = scrub._build_layer
+    build = scrub.build_layer
 
     def failing(entries: list[scrub._Entry], engine: str) -> scrub._Layer | None:
         if threading.current_thread().name == "keybroker-scrub-build":
             raise RuntimeError("kb-test: rebuild refused")
         return build(entries, engine)
 
-    monkeypatch.setattr(scrub, "_build_layer", failing)
+    monkeypatch.setattr(scrub, "build_layer", failing)
     s = Scrubber()
     for i, value in enumerate(VALUES):
         s.add(value, f"<<secret:v{i}>>".encode(), ("t", f"v{i}"))
@@ -257,13 +258,13 @@ def test_an_idle_merge_never_builds_on_the_scanning_thread(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     threads: list[str] = []
-    build = scrub._build_layer
+    build = scrub.build_layer
 
     def recording(entries: list[scrub._Entry], engine: str) -> scrub._Layer | None:
         threads.append(threading.current_thread().name)
         return build(entries, engine)
 
-    monkeypatch.setattr(scrub, "_build_layer", recording)
+    monkeypatch.setattr(scrub, "build_layer", recording)
     now = [0.0]
     monkeypatch.setattr(scrub, "_clock", lambda: now[0])
     s = Scrubber()
@@ -283,7 +284,7 @@ def test_a_failed_merge_is_retried_after_a_pause(
     _record_layer_builds(monkeypatch)
     s, now = _settled_with_a_delta(monkeypatch)
     attempts: list[int] = []
-    build = scrub._build_layer
+    build = scrub.build_layer
 
     def failing(entries: list[scrub._Entry], engine: str) -> scrub._Layer | None:
         if threading.current_thread().name == "keybroker-scrub-build":
@@ -291,7 +292,7 @@ def test_a_failed_merge_is_retried_after_a_pause(
             raise RuntimeError("kb-test: merge refused")
         return build(entries, engine)
 
-    monkeypatch.setattr(scrub, "_build_layer", failing)
+    monkeypatch.setattr(scrub, "build_layer", failing)
     now[0] += scrub.MERGE_AFTER
     for _ in range(5):  # one attempt, not one per scan
         assert s.scrub(VALUES[6]) == (b"<<secret:v6>>", 1)
@@ -491,12 +492,12 @@ def test_a_reader_sees_its_own_placeholder_and_a_name_free_marker_for_others() -
     s.add(mine, b"<<secret:mine>>", ("acme", "mine"))
     s.add(theirs, b"<<secret:stripe_live>>", ("globex", "stripe_live"))
     data = b"a " + mine + b" b " + theirs + b" c"
-    assert s.scrub(data, "acme") == (b"a <<secret:mine>> b " + scrub.MARKER + b" c", 2)
+    assert s.scrub(data, "acme") == (b"a <<secret:mine>> b " + MARKER + b" c", 2)
     out, n = s.scrub(data, "globex")
-    assert n == 2 and b"mine" not in out and out.count(scrub.MARKER) == 1
+    assert n == 2 and b"mine" not in out and out.count(MARKER) == 1
     stream = s.stream("initech")
     got = stream.feed(data[:10]) + stream.feed(data[10:]) + stream.flush()
-    assert got == b"a " + scrub.MARKER + b" b " + scrub.MARKER + b" c"
+    assert got == b"a " + MARKER + b" b " + MARKER + b" c"
     assert b"stripe_live" not in s.scrub_many([data], "acme")[0][0]
 
 
@@ -517,6 +518,6 @@ def test_case_insensitive_fields_are_matched_in_any_case() -> None:
     assert s.owners_in(host) == set()  # not a scrub pattern: that would slow every scan
     assert s.owners_in_caseless(host) == {("acme", "k")}
     assert s.scrub_caseless(host, "acme") == (b"x.<<secret:k>>.evil.test", 1)
-    assert s.scrub_caseless(value.upper(), "globex") == (scrub.MARKER, 1)
+    assert s.scrub_caseless(value.upper(), "globex") == (MARKER, 1)
     s.add(b"kbcanary-added-later-55e1", b"<<secret:l>>", ("acme", "l"))  # rebuilt on change
     assert s.owners_in_caseless(b"KBCANARY-ADDED-LATER-55E1") == {("acme", "l")}
