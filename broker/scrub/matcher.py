@@ -113,7 +113,9 @@ def build(
     elif engine == "hyperscan":
         matcher = _Hyperscan(patterns, triggers)
     elif engine == "ahocorasick":
-        matcher = _AhoCorasick(patterns)
+        from broker.scrub.aho import AhoCorasick  # the fallback where Hyperscan is missing
+
+        matcher = AhoCorasick(patterns)
     else:
         matcher = _Python(patterns)
     if triggers and not isinstance(matcher, _Hyperscan):
@@ -143,14 +145,14 @@ class Matcher(ABC):
         longest first."""
 
 
-def _first_index(patterns: Sequence[bytes]) -> dict[bytes, int]:
+def first_index(patterns: Sequence[bytes]) -> dict[bytes, int]:
     first: dict[bytes, int] = {}
     for index, pattern in enumerate(patterns):
         first.setdefault(pattern, index)
     return first
 
 
-def _ordered(candidates: list[Match]) -> list[Match]:
+def ordered(candidates: list[Match]) -> list[Match]:
     candidates.sort(key=lambda m: (m[0], -m[1], m[2]))
     return candidates
 
@@ -179,7 +181,7 @@ class _Keyed(Matcher):
 
     def __init__(self, patterns: Sequence[bytes]) -> None:
         groups: dict[bytes, list[tuple[bytes, int, int]]] = {}
-        for pattern, index in _first_index(patterns).items():
+        for pattern, index in first_index(patterns).items():
             key, offset = _key(pattern)
             groups.setdefault(key, []).append((pattern, index, offset))
         self._keys = list(groups)
@@ -195,7 +197,7 @@ class _Keyed(Matcher):
                 start = key_start - offset
                 if start >= 0 and data.startswith(pattern, start):
                     candidates.append((start, start + len(pattern), index))
-        return _ordered(candidates)
+        return ordered(candidates)
 
 
 class _Hyperscan(_Keyed):
@@ -291,38 +293,3 @@ class _Python(_Keyed):
                 hits.append((key_id, start))
                 start = data.find(key, start + 1)
         return self._confirm(data, hits) if hits else []
-
-
-class _AhoCorasick(Matcher):
-    engine = "ahocorasick"
-
-    def __init__(self, patterns: Sequence[bytes]) -> None:
-        import ahocorasick_rs
-
-        self._ac = ahocorasick_rs
-        first = _first_index(patterns)
-        self._unique = list(first)
-        self._indexes = list(first.values())
-        self._longest = ahocorasick_rs.BytesAhoCorasick(
-            self._unique, matchkind=ahocorasick_rs.MatchKind.LeftmostLongest
-        )
-        self._standard: ahocorasick_rs.BytesAhoCorasick | None = None
-        self._lock = threading.Lock()
-
-    def find(self, data: bytes) -> list[Match]:
-        indexes = self._indexes
-        return [
-            (start, end, indexes[pid])
-            for pid, start, end in self._longest.find_matches_as_indexes(data)
-        ]
-
-    def find_all(self, data: bytes) -> list[Match]:
-        with self._lock:
-            if self._standard is None:
-                self._standard = self._ac.BytesAhoCorasick(
-                    self._unique, matchkind=self._ac.MatchKind.Standard
-                )
-            standard = self._standard
-        indexes = self._indexes
-        found = standard.find_matches_as_indexes(data, overlapping=True)
-        return _ordered([(start, end, indexes[pid]) for pid, start, end in found])
