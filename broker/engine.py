@@ -158,7 +158,6 @@ class Engine:
         rank = list(t.secrets).index(name) if t is not None and name in t.secrets else 0
         self.scrubber.add(raw, placeholder(name).encode(), (tenant, name), rank)
 
-    # -- identity ------------------------------------------------------------------
     def authenticate(self, header: str | None) -> tuple[str, str] | None:
         p = self.policy
         return authenticate(p, header) or self.governor.authenticate(p, header)
