@@ -60,6 +60,9 @@ class _Open:
     dest: Destination
     started: float
     fingerprints: Mapping[str, Any]
+    cleaned: tuple[str, ...]
+    """The sent record's cleaned host, path, method and secrets: the done
+    record of the same exchange reuses them (one cleaning scan, not two)."""
 
 
 class Recorder:
@@ -84,13 +87,14 @@ class Recorder:
         before the value leaves. Its id, or None when it could not be written
         (the request must then be refused)."""
         started = time.monotonic()
-        rec = self._build(decision, dest, None, 0, started, fingerprints, "sent", None)
+        cleaned = self._cleaned(decision, dest)
+        rec = self._build(decision, dest, None, 0, started, fingerprints, "sent", None, cleaned)
         written = self.write(_with(rec, extra))
         if written is None:
             return None
         record_id: str = written["id"]
         with self._lock:
-            self._open[record_id] = _Open(decision, dest, started, fingerprints)
+            self._open[record_id] = _Open(decision, dest, started, fingerprints, cleaned)
         return record_id
 
     def done(
@@ -107,11 +111,14 @@ class Recorder:
     ) -> None:
         """The ``done`` record of a request (with the ``record_id`` of its
         ``sent`` record, if it had one). ``extra``: fields beyond §6."""
+        ex = None
         if record_id is not None:
             with self._lock:
-                self._open.pop(record_id, None)
+                ex = self._open.pop(record_id, None)
+        same = ex is not None and ex.dest is dest and ex.decision.secrets == decision.secrets
+        cleaned = ex.cleaned if ex is not None and same else self._cleaned(decision, dest)
         rec = self._build(
-            decision, dest, status, scrubbed, started, fingerprints, "done", record_id
+            decision, dest, status, scrubbed, started, fingerprints, "done", record_id, cleaned
         )
         self.write(_with(rec, extra))
 
@@ -122,11 +129,18 @@ class Recorder:
             pending, self._open = self._open, {}
         for record_id, ex in pending.items():
             rec = self._build(
-                ex.decision, ex.dest, None, 0, ex.started, ex.fingerprints, "done", record_id
-            )
+                ex.decision, ex.dest, None, 0, ex.started, ex.fingerprints, "done", record_id,
+                ex.cleaned,
+            )  # fmt: skip
             rec["reason"] = "interrupted"
             self.write(rec)
         return len(pending)
+
+    def _cleaned(self, decision: Decision, dest: Destination | None) -> tuple[str, ...]:
+        """Host, path, method and secret names as the audit may hold them."""
+        fields = (dest.host, dest.path, dest.method) if dest else ("", "", "")
+        texts = self._clean(decision.tenant, *fields, *decision.secrets, caseless=(0, 2))
+        return tuple(texts)
 
     def write(self, rec: AuditRecord) -> AuditRecord | None:
         """Append ``rec`` and show it in the feed; None when the audit is down."""
@@ -150,10 +164,9 @@ class Recorder:
         fingerprints: Mapping[str, Any] | None,
         phase: str,
         record_id: str | None,
+        cleaned: tuple[str, ...],
     ) -> AuditRecord:
-        t = decision.tenant
-        fields = (dest.host, dest.path, dest.method) if dest else ("", "", "")
-        host, path, method, *secrets = self._clean(t, *fields, *decision.secrets, caseless=(0, 2))
+        host, path, method, *secrets = cleaned
         rec = build_record(
             tenant=decision.tenant,
             decision=decision.verdict,

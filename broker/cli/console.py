@@ -126,6 +126,8 @@ class Feed:
         self._thread.start()
 
     def push(self, rec: Mapping[str, Any]) -> None:
+        if rec.get("phase") == "sent":
+            return  # live, an exchange is shown once, when it ends (tail shows both phases)
         with self._lock:
             if len(self._pending) >= self._max:  # the console is stuck: don't grow
                 self._dropped += 1

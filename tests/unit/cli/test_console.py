@@ -408,3 +408,12 @@ def test_egress_report_records_are_marked() -> None:
         assert "egress_denied (report)" in line
     plain = rec(decision="deny", reason="private_address", status=403)
     assert "(report)" not in render_plain(plain) and "private_address" in render_plain(plain)
+
+
+def test_the_live_feed_shows_an_exchange_once_when_it_ends() -> None:
+    """Write-ahead: the live feed skips the sent record (tail shows both)."""
+    feed = Feed(Console(file=io.StringIO(), force_terminal=False), plain=True, interval=60)
+    feed.push(rec(phase="sent", status=None))
+    feed.push(rec(phase="done", status=200))
+    assert len(feed._pending) == 1 and feed._pending[0]["phase"] == "done"
+    feed.close()
