@@ -4,7 +4,6 @@ addon tests), the choke point's answers and the log filter
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Iterator
@@ -20,8 +19,8 @@ from mitmproxy.test import taddons, tflow
 from addons import logscrub
 from addons.keybroker import KeyBroker
 from broker.engine import Engine
-from broker.policy.load import parse_policy
 from broker.scrub.layers import MARKER
+from tests.unit.conftest import one_secret_policy
 
 TOKEN = "kb_test_token_for_chokepoint"
 VALUE = "kbcanary_choke_5f4e3d2c1b0a99887766"
@@ -29,24 +28,7 @@ VALUE = "kbcanary_choke_5f4e3d2c1b0a99887766"
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
-    policy = parse_policy(
-        {
-            "version": 1,
-            "certs_dir": str(tmp_path / "certs"),
-            "audit": {"path": str(tmp_path / "audit.jsonl")},
-            "backends": {"local": {"type": "env"}},
-            "tenants": {
-                "acme": {
-                    "token_sha256": hashlib.sha256(TOKEN.encode()).hexdigest(),
-                    "secrets": {
-                        "api": {"backend": "local", "path": "API_KEY", "hosts": ["api.example.com"]}
-                    },
-                }
-            },
-        },
-        "t.yaml",
-        tmp_path,
-    )
+    policy = one_secret_policy(tmp_path, TOKEN)
     e = Engine(policy, env={"API_KEY": VALUE})
     e.scrubber.add(VALUE.encode(), b"<<secret:api>>", ("acme", "api"))
     e.scrubber.settle(5)

@@ -4,7 +4,6 @@ guards, restoring placeholders in stored flows, stream framing."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +14,7 @@ from mitmproxy.test import taddons, tflow
 
 from addons.keybroker import KeyBroker
 from broker.engine import Engine
-from broker.policy.load import parse_policy
-from tests.unit.conftest import basic
+from tests.unit.conftest import basic, one_secret_policy
 
 TOKEN = "kb_test_token_for_addon"
 VALUE = "kbcanary_addon_0a1b2c3d4e5f60718293a4b5"
@@ -28,24 +26,7 @@ def auth(tenant: str = "acme", token: str = TOKEN) -> str:
 
 @pytest.fixture
 def addon(tmp_path: Path) -> Iterator[KeyBroker]:
-    policy = parse_policy(
-        {
-            "version": 1,
-            "certs_dir": str(tmp_path / "certs"),
-            "audit": {"path": str(tmp_path / "audit.jsonl")},
-            "backends": {"local": {"type": "env"}},
-            "tenants": {
-                "acme": {
-                    "token_sha256": hashlib.sha256(TOKEN.encode()).hexdigest(),
-                    "secrets": {
-                        "api": {"backend": "local", "path": "API_KEY", "hosts": ["api.example.com"]}
-                    },
-                }
-            },
-        },
-        "t.yaml",
-        tmp_path,
-    )
+    policy = one_secret_policy(tmp_path, TOKEN)
     engine = Engine(policy, env={"API_KEY": VALUE})
     a = KeyBroker(engine)
     with taddons.context(a):
