@@ -94,27 +94,34 @@ def test_http2_oversized_content_length_answered_before_body(
     assert upstream.received == []
 
 
+def _h2_post_with_trailer(
+    sbroker: Proxy, sec: Sec, path: str, trailer: tuple[str, str]
+) -> dict[str, Any]:
+    """POST ``hello`` over HTTP/2 to ``path``, ending the stream with ``trailer``."""
+    c = h2_tunnel(sbroker, sec, "acme")
+    try:
+        headers = h2_get(sec, path)
+        headers[0] = (":method", "POST")
+        sid = c.conn.get_next_available_stream_id()
+        c.conn.send_headers(sid, headers, end_stream=False)
+        c.conn.send_data(sid, b"hello")
+        c.conn.send_headers(sid, [trailer], end_stream=True)
+        c.responses[sid] = {"status": None, "headers": [], "body": b"", "reset": False}
+        c.flush()
+        c.w.sock.settimeout(10.0)
+        c.pump([sid])
+        return c.responses[sid]
+    finally:
+        c.w.close()
+
+
 def test_http2_trailers_reach_http1_upstream(sbroker: Proxy, sec: Sec, upstream: Upstream) -> None:
     """An HTTP/2 POST with request trailers, to an HTTP/1.1 upstream: HTTP/1.1
     carries trailers only in a chunked body, so the request goes chunked.
     Expected: answered 200 (no hang, no crash), the upstream receives the
     body chunked and the value substituted in the header."""
     upstream.clear()
-    c = h2_tunnel(sbroker, sec, "acme")
-    try:
-        headers = h2_get(sec, "/echo/h2trailers")
-        headers[0] = (":method", "POST")
-        sid = c.conn.get_next_available_stream_id()
-        c.conn.send_headers(sid, headers, end_stream=False)
-        c.conn.send_data(sid, b"hello")
-        c.conn.send_headers(sid, [("x-checksum", "1")], end_stream=True)
-        c.responses[sid] = {"status": None, "headers": [], "body": b"", "reset": False}
-        c.flush()
-        c.w.sock.settimeout(10.0)
-        c.pump([sid])
-        r = c.responses[sid]
-    finally:
-        c.w.close()
+    r = _h2_post_with_trailer(sbroker, sec, "/echo/h2trailers", ("x-checksum", "1"))
     assert r["status"] == 200, r
     got = upstream.last
     assert got is not None and got.path == "/echo/h2trailers" and got.body == b"hello"
@@ -128,21 +135,7 @@ def test_http2_forbidden_trailer_refused(sbroker: Proxy, sec: Sec, upstream: Ups
     (a Host after the body, naming another server).
     Expected: 400 malformed_request; nothing upstream."""
     upstream.clear()
-    c = h2_tunnel(sbroker, sec, "acme")
-    try:
-        headers = h2_get(sec, "/echo/h2badtrailer")
-        headers[0] = (":method", "POST")
-        sid = c.conn.get_next_available_stream_id()
-        c.conn.send_headers(sid, headers, end_stream=False)
-        c.conn.send_data(sid, b"hello")
-        c.conn.send_headers(sid, [("authorization", "Bearer x")], end_stream=True)
-        c.responses[sid] = {"status": None, "headers": [], "body": b"", "reset": False}
-        c.flush()
-        c.w.sock.settimeout(10.0)
-        c.pump([sid])
-        r = c.responses[sid]
-    finally:
-        c.w.close()
+    r = _h2_post_with_trailer(sbroker, sec, "/echo/h2badtrailer", ("authorization", "Bearer x"))
     assert r["reset"] or r["status"] == 400, r
     assert upstream.received == []
 
