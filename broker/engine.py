@@ -8,10 +8,12 @@ import logging
 import os
 import threading
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from broker import pipeline
+from broker.audit.cleaning import clean_texts
 from broker.audit.lock import AuditInUse
 from broker.audit.log import AuditLog
 from broker.audit.record import RecordSink
@@ -69,12 +71,12 @@ class Engine:
         self.preloader = self._make_preloader(policy, self.resolver)
         self._hmac_key = audit_key(policy, self._env)
         self.audit = open_audit(policy, self._hmac_key, worker)
-        self.recorder = Recorder(lambda: self.audit, self._clean, feed)
+        self.recorder = Recorder(lambda: self.audit, partial(clean_texts, self), feed)
         self.governor = Governor(
             policy,
             self._env,
             announce=self._announce,
-            clean=lambda s: self._clean(None, s)[0],
+            clean=lambda s: clean_texts(self, None, s)[0],
             workers=worker is not None,  # one of --workers N: no per-process state
         )
         self.kinds = CredentialKinds(
@@ -232,25 +234,6 @@ class Engine:
         return self.kinds.captures.stream(self.scrubber.stream(tenant), tenant)
 
     # -- audit -------------------------------------------------------------------
-    def _clean(self, tenant: str | None, *texts: str, caseless: tuple[int, ...] = ()) -> list[str]:
-        """Agent-chosen text for the audit, with any known value replaced by
-        its placeholder (a raw value in an allowed path must not land here),
-        or by the marker for another tenant's value. Host names and methods
-        reach here case-folded: the scrubber knows those spellings too."""
-        done = self.scrub_many([t.encode("utf-8", "surrogateescape") for t in texts], tenant or "")
-        out = [
-            data.decode("utf-8", "replace") if n else t
-            for (data, n), t in zip(done, texts, strict=True)
-        ]
-        if len(self.scrubber):  # host names and methods: in any case
-            for i in caseless:
-                data, n = self.scrubber.scrub_caseless(
-                    out[i].encode("utf-8", "surrogateescape"), tenant or ""
-                )
-                if n:
-                    out[i] = data.decode("utf-8", "replace")
-        return out
-
     def record(
         self,
         *,

@@ -74,6 +74,8 @@ class _Screened:
     parts: RequestParts
     dropped: list[str]
     captured: dict[str, SecretValue]
+    clean_at: int | None = None
+    """See :attr:`broker.scrub.rawegress.RawScan.clean_at`."""
 
 
 async def process(
@@ -116,7 +118,8 @@ async def process(
         return obtained
     new_parts, values = obtained
     fingerprints = _fingerprints(engine, values)
-    record_id = engine.recorder.sent(decision, dest, fingerprints, extra)
+    clean = screened.clean_at == engine.scrubber.generation and not engine.kinds.captures.active
+    record_id = engine.recorder.sent(decision, dest, fingerprints, extra, clean=clean)
     if record_id is None:
         await engine.governor.refund(admission)
         return refuse(
@@ -170,9 +173,11 @@ async def _guard(
         return refuse(
             policy, failure(Reason.BACKEND_UNAVAILABLE, tenant, own, decision.secrets), dest
         )
-    raw = rawegress.check(engine.scrubber, policy, tenant, dest, screened.parts)
-    if raw is not None:
-        return refuse(policy, raw, dest)
+    also = (dest.path, *decision.secrets)  # what else the audit record will hold
+    raw = rawegress.scan(engine.scrubber, policy, tenant, dest, screened.parts, also)
+    if raw.refusal is not None:
+        return refuse(policy, raw.refusal, dest)
+    screened.clean_at = raw.clean_at
     reach = policy.tenants[tenant].egress_rules
     where = await egress_check(
         reach,

@@ -82,12 +82,19 @@ class Recorder:
         dest: Destination,
         fingerprints: Mapping[str, Any],
         extra: Mapping[str, Any] | None = None,
+        *,
+        clean: bool = False,
     ) -> str | None:
         """Write-ahead: the ``sent`` record of a request that carries a value,
         before the value leaves. Its id, or None when it could not be written
-        (the request must then be refused)."""
+        (the request must then be refused). ``clean``: the caller has just
+        scanned the host, path, method and secret names, in every spelling,
+        and found no known value (the texts need no cleaning)."""
         started = time.monotonic()
-        cleaned = self._cleaned(decision, dest)
+        if clean:
+            cleaned = (dest.host, dest.path, dest.method, *decision.secrets)
+        else:
+            cleaned = self._cleaned(decision, dest)
         rec = self._build(decision, dest, None, 0, started, fingerprints, "sent", None, cleaned)
         written = self.write(_with(rec, extra))
         if written is None:
@@ -139,7 +146,7 @@ class Recorder:
     def _cleaned(self, decision: Decision, dest: Destination | None) -> tuple[str, ...]:
         """Host, path, method and secret names as the audit may hold them."""
         fields = (dest.host, dest.path, dest.method) if dest else ("", "", "")
-        texts = self._clean(decision.tenant, *fields, *decision.secrets, caseless=(0, 2))
+        texts = self._clean(decision.tenant, *fields, *decision.secrets, caseless=(0, 2), decoded=1)
         return tuple(texts)
 
     def write(self, rec: AuditRecord) -> AuditRecord | None:

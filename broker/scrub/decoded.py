@@ -100,3 +100,16 @@ def views(data: bytes) -> list[bytes]:
             break
         frontier = next_frontier
     return out
+
+
+def scrub_decoded(data: bytes, scrub: Callable[[bytes], tuple[bytes, int]]) -> bytes | None:
+    """For the audit: ``data`` as the upstream may decode it, scrubbed, when a
+    decoding holds a known value that ``scrub`` does not find in ``data``
+    itself (``%6b…`` in a path); None when no decoding does. The deepest
+    such decoding is written; should a value still show in a decoding of
+    that, the whole text becomes a name-free marker."""
+    held = [view for view in views(data)[1:] if scrub(view)[1]]
+    if not held:
+        return None
+    out = scrub(held[-1])[0]
+    return out if not any(scrub(view)[1] for view in views(out)) else b"<<redacted>>"

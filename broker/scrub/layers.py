@@ -97,7 +97,12 @@ def replacement_for(
 
 
 def cover(
-    snap: Snapshot, data: bytes, begin: int, cut: int, tenant: str | None = None
+    snap: Snapshot,
+    data: bytes,
+    begin: int,
+    cut: int,
+    tenant: str | None = None,
+    found: list[Occurrence] | None = None,
 ) -> tuple[bytes, int, int]:
     """Scrub ``data[begin:]`` up to ``cut``; return the scrubbed bytes, the
     count of placeholders written, and where the unreleased rest begins.
@@ -109,11 +114,14 @@ def cover(
     that starts inside an already replaced one has its remainder replaced by
     its own placeholder. Bytes before ``begin`` are context only: they were
     released already, but occurrences starting there still cover what follows.
+    ``found``: ``snap.occurrences(data)``, when the caller has them already.
     """
     pieces: list[bytes] = []
     cursor = begin
     count = 0
-    for start, end, replacement, owners, codec in snap.occurrences(data):
+    for start, end, replacement, owners, codec in (
+        snap.occurrences(data) if found is None else found
+    ):
         if end <= cursor:
             continue
         first = max(start, cursor)

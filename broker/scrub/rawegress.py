@@ -29,15 +29,19 @@ value gains nothing from the broker by sending it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 from broker.policy.schema import Policy
 from broker.request.decision import Decision, Destination, Reason, check_rule, failure
 from broker.request.locations import RequestParts
 from broker.scrub.decoded import views
 from broker.scrub.scrubber import Scrubber
 
-__all__ = ["check", "check_destination", "in_message", "own_names", "pieces"]
+__all__ = ["RawScan", "check", "check_destination", "in_message", "own_names", "pieces", "scan"]
 
 Piece = tuple[str, bytes]
+Owner = tuple[str, str]
 _CASELESS = ("method", "host", "header-name")
 
 
@@ -63,38 +67,65 @@ def pieces(dest: Destination, parts: RequestParts) -> list[Piece]:
     return out
 
 
+def _owners(
+    scrubber: Scrubber, data: bytes, *, caseless: bool = False, spellings: bool = True
+) -> set[Owner]:
+    """Owners (any tenant) of the values ``data`` holds, in any spelling, as
+    written or once decoded (and the raw value in any case, if ``caseless``;
+    ``spellings=False`` looks for that alone)."""
+    found: set[Owner] = set()
+    for view in views(data):
+        if spellings:
+            found |= scrubber.owners_in(view)
+        if caseless:
+            found |= scrubber.owners_in_caseless(view)
+    return found
+
+
 def own_names(
     scrubber: Scrubber, tenant: str, data: bytes, *, caseless: bool = False, spellings: bool = True
 ) -> set[str]:
-    """Names of ``tenant``'s secrets whose value ``data`` holds, in any
-    spelling, as written or once decoded (and the raw value in any case, if
-    ``caseless``; ``spellings=False`` looks for that alone)."""
-    names: set[str] = set()
-    for view in views(data):
-        found = scrubber.owners_in(view) if spellings else set()
-        if caseless:
-            found |= scrubber.owners_in_caseless(view)
-        names.update(n for t, n in found if t == tenant)
-    return names
+    """Names of ``tenant``'s secrets whose value ``data`` holds (see :func:`_owners`)."""
+    return {
+        n for t, n in _owners(scrubber, data, caseless=caseless, spellings=spellings) if t == tenant
+    }
 
 
 def _refuse(tenant: str) -> Decision:
     return failure(Reason.RAW_SECRET_EGRESS, tenant, None)
 
 
+@dataclass(frozen=True)
+class RawScan:
+    refusal: Decision | None
+    """``raw_secret_egress``, or None when the request may go."""
+    clean_at: int | None = None
+    """The scrubber generation at which no value of *any* tenant was found
+    in any field (nor in the ``also`` texts), in any spelling, view or case;
+    None when one was. Until a value is added, cleaning those texts for the
+    audit would change nothing (:meth:`broker.audit.recorder.Recorder.sent`).
+    Only ever used to skip that work: the refusal looks at the caller's own
+    values alone."""
+
+
 def _check_pieces(
-    scrubber: Scrubber, policy: Policy, tenant: str, dest: Destination, found: list[Piece]
-) -> Decision | None:
+    scrubber: Scrubber,
+    policy: Policy,
+    tenant: str,
+    dest: Destination,
+    found: list[Piece],
+    also: Sequence[bytes] = (),
+) -> RawScan:
+    generation = scrubber.generation  # before the scan: a value added during it is not "clean"
     if not len(scrubber):
-        return None
-    joined = b"\n".join(data for _, data in found)
+        return RawScan(None, generation)
+    joined = b"\n".join([*(data for _, data in found), *also])
     short = b"\n".join(data for location, data in found if location in _CASELESS)
     # One scan of everything for every spelling, and the short case-insensitive
     # fields once more for the raw value in another case (a tiny automaton).
-    if not own_names(scrubber, tenant, joined) and not own_names(
-        scrubber, tenant, short, caseless=True, spellings=False
-    ):
-        return None  # the common case: one scan per view, no value anywhere
+    everyone = _owners(scrubber, joined) | _owners(scrubber, short, caseless=True, spellings=False)
+    if not any(t == tenant for t, _ in everyone):  # the common case: one scan per view
+        return RawScan(None, None if everyone else generation)
     rules = policy.tenants[tenant].secrets
     for location, data in found:
         if not data:
@@ -103,12 +134,27 @@ def _check_pieces(
         if not names:
             continue
         if location in _CASELESS or dest.fronted:
-            return _refuse(tenant)
+            return RawScan(_refuse(tenant))
         # Several secrets may share a value: it may go here when one of this
         # tenant's secrets holding it allows this place.
         if not any(n in rules and check_rule(rules[n], dest, location) is None for n in names):
-            return _refuse(tenant)
-    return None
+            return RawScan(_refuse(tenant))
+    return RawScan(None)
+
+
+def scan(
+    scrubber: Scrubber,
+    policy: Policy,
+    tenant: str,
+    dest: Destination,
+    parts: RequestParts,
+    also: Sequence[str] = (),
+) -> RawScan:
+    """Is one of ``tenant``'s raw values where it may not go? ``also``: texts
+    the audit will hold (the path, secret names), scanned in the same pass
+    so that :attr:`RawScan.clean_at` covers them."""
+    extra = [_b(text) for text in also]
+    return _check_pieces(scrubber, policy, tenant, dest, pieces(dest, parts), extra)
 
 
 def check(
@@ -116,7 +162,7 @@ def check(
 ) -> Decision | None:
     """A refusal when the request carries one of ``tenant``'s raw values
     where it may not go, else None."""
-    return _check_pieces(scrubber, policy, tenant, dest, pieces(dest, parts))
+    return scan(scrubber, policy, tenant, dest, parts).refusal
 
 
 def check_destination(
@@ -124,7 +170,7 @@ def check_destination(
 ) -> Decision | None:
     """The CONNECT target (before any request in the tunnel): a value in the
     host, SNI or method is refused before a name lookup or a connection."""
-    return _check_pieces(scrubber, policy, tenant, dest, _destination_pieces(dest))
+    return _check_pieces(scrubber, policy, tenant, dest, _destination_pieces(dest)).refusal
 
 
 def in_message(scrubber: Scrubber, tenant: str | None, data: bytes) -> bool:

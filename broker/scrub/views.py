@@ -106,7 +106,7 @@ def _utf16(data: bytes, find: Find) -> list[ViewMatch]:
     for k in (0, 1):
         for s, e, index in find(data[k::2]):
             a, b = 2 * s + k, 2 * e + k  # the characters' own bytes: a, a+2, ..., b-2
-            if a + 1 < n and data[a + 1] == 0 and data[b - 1] == 0:
+            if b - 1 < n and data[a + 1] == 0 and data[b - 1] == 0:
                 out.append((a, b, index, "utf-16-le"))  # each character, then its NUL
             elif a >= 1 and data[a - 1] == 0:
                 out.append((a - 1, b - 1, index, "utf-16-be"))  # NUL, then the character

@@ -301,3 +301,48 @@ def test_method_and_mixed_case_host_holding_a_value_stay_out_of_the_audit(
     engine.record(decision=out.decision, dest=dest, status=403, scrubbed=0, started=0.0)
     text = (tmp_path / "audit.jsonl").read_text().lower()
     assert VALUE.lower() not in text and text.count("<<secret:api>>") >= 4
+
+
+GLOBEX_VALUE = "kbcanary_globex_9d8c7b6a5f4e3d2c1b0a9988"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"/v1/{GLOBEX_VALUE}",
+        f"/v1/%{ord(GLOBEX_VALUE[0]):02x}{GLOBEX_VALUE[1:]}",  # one character escaped
+        f"/v1/%25{ord(GLOBEX_VALUE[0]):02x}{GLOBEX_VALUE[1:]}",  # escaped twice
+        "/v1/plain",
+    ],
+    ids=["raw", "escaped", "escaped-twice", "none"],
+)
+def test_another_tenants_value_in_an_allowed_request_stays_out_of_its_records(
+    tmp_path: Path, path: str
+) -> None:
+    """Not refused (that would be an oracle), and never in the audit: the
+    sent record skips its cleaning scan only when the egress scan found no
+    value of any tenant in any view; the path is also cleaned as decoded."""
+    e = Engine(make_policy(tmp_path), env={"API_KEY": VALUE, "OTHER_KEY": GLOBEX_VALUE})
+    try:
+        run(e.process("globex", DEST, parts()))  # the scrubber learns globex's value
+        dest = Destination.of("https", "api.example.com", 443, "GET", path)
+        out = run(e.process("acme", dest, parts(path=path)))
+        assert out.parts is not None and out.record_id is not None
+        e.recorder.done(
+            decision=out.decision,
+            dest=dest,
+            status=200,
+            scrubbed=0,
+            started=0.0,
+            record_id=out.record_id,
+        )
+        records = [r for r in _records(tmp_path) if r["tenant"] == "acme"]
+        assert [r["phase"] for r in records] == ["sent", "done"]
+        text = json.dumps(records).lower()
+        assert GLOBEX_VALUE.lower() not in text and GLOBEX_VALUE[1:].lower() not in text
+        if path == "/v1/plain":
+            assert all(r["path"] == path for r in records)
+        else:
+            assert all(r["path"] == "/v1/<<redacted>>" for r in records)
+    finally:
+        e.close()
