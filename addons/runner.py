@@ -24,6 +24,7 @@ from mitmproxy.addons import (
 from mitmproxy.master import Master
 from mitmproxy.options import Options
 
+from addons.dispatch import fast_dispatch
 from addons.keybroker import KeyBroker
 from addons.mitmshim import enable_reuse_port
 from addons.upstream_trust import upstream_options
@@ -70,6 +71,7 @@ def proxy_master(opts: Options) -> Master:
       which mitmproxy cannot inspect.
     """
     master = Master(opts, with_termlog=True)
+    fast_dispatch(master.addons)  # the same hooks, without mitmproxy's per-event walk
     master.addons.add(
         core.Core(),
         errorcheck.ErrorCheck(),
