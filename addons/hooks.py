@@ -250,9 +250,10 @@ class KeyBroker:
             reply = outcome.reply
             flow.response = http.Response.make(reply.status, reply.body, reply.headers)
             return
-        frame_body(req)
         if outcome.parts is not None:
-            write_parts(flow, st, parts, outcome.parts)
+            write_parts(flow, st, parts, outcome.parts)  # frames the body it writes
+        else:
+            frame_body(req)
 
     @guarded
     def error(self, flow: http.HTTPFlow) -> None:
