@@ -118,6 +118,7 @@ async def process(
         return obtained
     new_parts, values = obtained
     fingerprints = _fingerprints(engine, values)
+    engine.kinds.sync_minted()  # one minted since the scan: the generation moves, no skip
     clean = screened.clean_at == engine.scrubber.generation and not engine.kinds.captures.active
     record_id = engine.recorder.sent(decision, dest, fingerprints, extra, clean=clean)
     if record_id is None:
@@ -173,6 +174,7 @@ async def _guard(
         return refuse(
             policy, failure(Reason.BACKEND_UNAVAILABLE, tenant, own, decision.secrets), dest
         )
+    engine.kinds.sync_minted()  # tokens another worker minted are values to look for too
     also = (dest.path, *decision.secrets)  # what else the audit record will hold
     raw = rawegress.scan(engine.scrubber, policy, tenant, dest, screened.parts, also)
     if raw.refusal is not None:

@@ -346,3 +346,31 @@ def test_another_tenants_value_in_an_allowed_request_stays_out_of_its_records(
             assert all(r["path"] == "/v1/<<redacted>>" for r in records)
     finally:
         e.close()
+
+
+@pytest.mark.parametrize("owner", ["acme", "globex"])
+def test_a_token_another_worker_minted_stays_out_of_the_audit(tmp_path: Path, owner: str) -> None:
+    """``--workers N``: a token worker B minted reaches this worker through the
+    shared ledger. The raw-value scan and the audit see it: the caller's own
+    is refused, another tenant's is cleaned from the sent record."""
+    import time
+
+    from broker.credentials.ledger import FILE_NAME, MintLedger
+
+    token = "ghs_minted_by_worker_b_7c1d2e3f4a5b6c7d8e9f"
+    e = Engine(make_policy(tmp_path), env={"API_KEY": VALUE, "OTHER_KEY": GLOBEX_VALUE})
+    try:
+        run(e.process("acme", DEST, parts()))
+        time.sleep(0.25)  # past the ledger's sync interval
+        ledger = MintLedger(tmp_path / "certs" / FILE_NAME, lambda *a: None)
+        ledger.record(owner, "api", SecretValue(token), 3600)  # as worker B does
+        path = f"/v1/{token}"
+        dest = Destination.of("https", "api.example.com", 443, "GET", path)
+        out = run(e.process("acme", dest, parts(path=path)))
+        if owner == "acme":
+            assert out.reply is not None and out.decision.reason == "raw_secret_egress"
+        else:
+            assert out.parts is not None
+        assert token not in (tmp_path / "audit.jsonl").read_text().lower()
+    finally:
+        e.close()
