@@ -68,6 +68,7 @@ class Snapshot:
 
 
 def build_layer(entries: Iterable[Entry], engine: str) -> Layer | None:
+    entries = list(entries)
     patterns: dict[bytes, tuple[bytes, set[Owner]]] = {}
     for _value, owners, forms in sorted(entries, key=lambda e: e[0]):
         placeholder = owners[min(owners)]  # deterministic across owners
@@ -76,9 +77,10 @@ def build_layer(entries: Iterable[Entry], engine: str) -> Layer | None:
     if not patterns:
         return None
     keys = list(patterns)
+    wide = any(not value.isascii() for value, _owners, _forms in entries)
     shared: dict[frozenset[Owner], frozenset[Owner]] = {}  # one set per owner group, not per form
     return Layer(
-        matcher=matcher.build(keys, engine, views.TRIGGERS),
+        matcher=matcher.build(keys, engine, views.triggers(wide)),
         replacements=tuple(patterns[k][0] for k in keys),
         owners=tuple(shared.setdefault(o, o) for o in (frozenset(patterns[k][1]) for k in keys)),
     )

@@ -1,8 +1,10 @@
 """Spellings no list of patterns can hold (issue 12 item 6), found in decoded
 *views* of the data and mapped back onto its bytes:
 
-- JSON ``\\uXXXX`` escapes of *any subset* of a value's ASCII characters (a
-  client's JSON parser rejoins them): the view decodes each ``\\u00XX``. Its
+- JSON ``\\uXXXX`` escapes of *any subset* of a value's characters (a
+  client's JSON parser rejoins them): the view decodes each ``\\u00XX``, and,
+  when a value holds a non-ASCII character, every ``\\uXXXX`` and surrogate
+  pair (to UTF-8). Its
   trigger leaves out Go's HTML escapes of ``<``, ``>``, ``&`` (Go writes them
   in every string; a JSON API in Go would build the view for every body): a
   value whose only escaped characters are among those three, some but not
@@ -26,7 +28,17 @@ import bisect
 import re
 from collections.abc import Callable
 
-__all__ = ["JSON", "TRIGGERS", "UTF16", "WRAP", "ViewMatch", "view_matches", "wrapped_line_end"]
+__all__ = [
+    "JSON",
+    "JSON_WIDE",
+    "TRIGGERS",
+    "UTF16",
+    "WRAP",
+    "ViewMatch",
+    "triggers",
+    "view_matches",
+    "wrapped_line_end",
+]
 
 TRIGGERS = (
     # Any ASCII \u00XX escape except Go's HTML ones (\u003c \u003e \u0026, which
@@ -35,7 +47,21 @@ TRIGGERS = (
     rb"[A-Za-z0-9+/_-]{64}\r?\n[A-Za-z0-9+/_-]",
     rb"[\x20-\x7e]\x00[\x20-\x7e]\x00[\x20-\x7e]\x00[\x20-\x7e]\x00",
 )
-JSON, WRAP, UTF16 = 1, 2, 4
+JSON, WRAP, UTF16, JSON_WIDE = 1, 2, 4, 8
+
+WIDE_TRIGGER = (
+    rb"\\u(?:00[89a-fA-F][0-9a-fA-F]|0[1-9a-fA-F][0-9a-fA-F]{2}|[1-9a-fA-F][0-9a-fA-F]{3})"
+)
+"""A JSON escape of a non-ASCII character (bit :data:`JSON_WIDE`). Only a
+layer holding a value with a non-ASCII character asks for it
+(:func:`triggers`): JSON written by Python escapes every non-ASCII
+character, and a set of ASCII values has nothing to find in that view."""
+
+
+def triggers(wide: bool) -> tuple[bytes, ...]:
+    """The trigger expressions of a layer; ``wide``: some value is not ASCII."""
+    return (*TRIGGERS, WIDE_TRIGGER) if wide else TRIGGERS
+
 
 ViewMatch = tuple[int, int, int, str | None]
 """start and end in the data, the pattern index, and the codec of the
@@ -43,6 +69,20 @@ replacement (None: ASCII as is)."""
 Find = Callable[[bytes], list[tuple[int, int, int]]]
 
 _JSON_ASCII = re.compile(rb"\\u00([0-7][0-9a-fA-F])")
+_JSON_ANY = re.compile(
+    rb"\\u([dD][89abAB][0-9a-fA-F]{2})\\u([dD][c-fC-F][0-9a-fA-F]{2})|\\u([0-9a-fA-F]{4})"
+)
+
+
+def _json_char(m: re.Match[bytes]) -> bytes:
+    """One escape (a surrogate pair as one character) as UTF-8."""
+    if m.group(1) is not None:
+        code = 0x10000 + ((int(m.group(1), 16) - 0xD800) << 10) + (int(m.group(2), 16) - 0xDC00)
+    else:
+        code = int(m.group(3), 16)
+    return chr(code).encode("utf-8", "surrogatepass")
+
+
 _WRAP_BREAK = re.compile(rb"(?<=[A-Za-z0-9+/_-]{64})\r?\n(?=[A-Za-z0-9+/_-])")
 _WRAPPED_LINE = re.compile(rb"[A-Za-z0-9+/_-]{64}\r?\n\Z")
 
@@ -116,7 +156,10 @@ def _utf16(data: bytes, find: Find) -> list[ViewMatch]:
 def view_matches(data: bytes, mask: int, find: Find) -> list[ViewMatch]:
     """Matches of ``find`` in the views ``mask`` calls for, mapped onto ``data``."""
     out: list[ViewMatch] = []
-    if mask & JSON:
+    if mask & JSON_WIDE:  # every escape, ASCII ones included
+        view, offsets = _rewrite(data, _JSON_ANY, _json_char)
+        out += _mapped(data, view, offsets, find)
+    elif mask & JSON:
         view, offsets = _rewrite(data, _JSON_ASCII, lambda m: bytes([int(m.group(1), 16)]))
         out += _mapped(data, view, offsets, find)
     if mask & WRAP:

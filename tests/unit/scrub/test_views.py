@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 
 import pytest
 
@@ -94,3 +95,54 @@ def test_plain_data_builds_no_view(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.scrub(b"plain text, no escapes, no NUL, short lines\n" * 100, "acme")[1] == 0
     assert calls == []
     assert s.scrub(b"x \\u0041 y", "acme")[1] == 0 and calls == [1]
+
+
+WIDE = "kbcanary-ñandú-€uro-😀-7Rq2Xw".encode()  # 2-, 3- and 4-byte characters
+
+
+def _escape_some(text: str, every: int) -> str:
+    """JSON with every ``every``-th UTF-16 unit escaped (a surrogate pair as two)."""
+    out = []
+    for i, c in enumerate(text):
+        if i % every != every - 1:
+            out.append(c)
+            continue
+        units = c.encode("utf-16-be")
+        out += [f"\\u{int.from_bytes(units[k : k + 2]):04x}" for k in range(0, len(units), 2)]
+    return "".join(out)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("every", [1, 2, 3, 4, 9])
+@pytest.mark.parametrize("case", [str.lower, str.upper])
+def test_json_escapes_of_any_subset_of_non_ascii_characters(
+    engine: str, every: int, case: object
+) -> None:
+    s = Scrubber(engine, background=False)
+    s.add(WIDE, b"<<secret:w>>", ("acme", "w"))
+    escaped = _escape_some(WIDE.decode(), every)
+    if case is str.upper:  # upper-case hex digits
+        escaped = re.sub(r"\\u([0-9a-f]{4})", lambda m: "\\u" + m.group(1).upper(), escaped)
+    body = f'{{"note": "héllo \\u00e9", "key": "{escaped}", "n": 1}}'.encode()
+    assert json.loads(body)["key"] == WIDE.decode()  # what a client reads
+    out, n = s.scrub(body, "acme")
+    assert n >= 1
+    decoded = json.loads(out)["key"]
+    assert WIDE.decode() not in decoded and "<<secret:w>>" in decoded
+    for size in (1, 5, 64):  # streamed alike, whatever the chunking
+        stream = s.stream("acme")
+        got = b"".join(stream.feed(body[i : i + size]) for i in range(0, len(body), size))
+        assert got + stream.flush() == out, size
+
+
+def test_non_ascii_escapes_build_a_view_only_for_non_ascii_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[int] = []
+    real = views.view_matches
+    monkeypatch.setattr(views, "view_matches", lambda *a: calls.append(a[1]) or real(*a))
+    body = b'{"text": "\\u00e9t\\u00e9 \\u20ac"}'  # Python's json.dumps of non-English text
+    assert make(ENGINES[0]).scrub(body, "acme")[1] == 0 and calls == []  # ASCII values only
+    s = make(ENGINES[0])
+    s.add(WIDE, b"<<secret:w>>", ("acme", "w"))
+    assert s.scrub(body, "acme")[1] == 0 and calls == [views.JSON_WIDE]
