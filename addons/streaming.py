@@ -1,6 +1,7 @@
 """Streamed responses (DESIGN.md §7.6): scrubbed chunk by chunk, never a
 compressed stream passed through unscanned, cut rather than completed when
-anything goes wrong."""
+anything goes wrong. Server-sent events also have their LLM deltas joined
+per channel and scrubbed (:mod:`broker.scrub.deltas`) before the bytes are."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from addons.flows import Flows, FlowState
 from addons.mitmshim import cut_client
 from broker.request.codings import DecodeError, IncrementalDecoder
 from broker.request.decision import Reason, failure
+from broker.scrub.deltas import DeltaError, DeltaStream, is_event_stream
 
 __all__ = ["abort_stream", "start_stream"]
 
@@ -29,6 +31,10 @@ def start_stream(flows: Flows, flow: http.HTTPFlow, st: FlowState, coding: str |
     limit = engine.policy.limits.max_decoded_response
     decoder = IncrementalDecoder(coding, limit) if coding else None
     scrubber = engine.stream_scrubber(st.tenant or "")
+    deltas = None
+    if is_event_stream(resp.headers.get("content-type")):
+        sources = [engine.scrubber, *engine.kinds.captures.live(st.tenant)]
+        deltas = DeltaStream(sources, st.tenant or "")
     resp.headers.pop("content-encoding", None)
     resp.headers.pop("content-length", None)
     if resp.http_version.startswith("HTTP/1"):
@@ -44,18 +50,26 @@ def start_stream(flows: Flows, flow: http.HTTPFlow, st: FlowState, coding: str |
         if failed:
             return []
         try:
+            # Deltas first: the bytes they release (some events written
+            # again) all pass the byte scrubber, which holds no event back.
             if chunk:
                 data = decoder.feed(chunk) if decoder else chunk
-                out = scrubber.feed(data)
+                out = scrubber.feed(deltas.feed(data) if deltas else data)
             else:
                 tail = decoder.finish() if decoder else b""
+                if deltas:
+                    tail = deltas.feed(tail) + deltas.flush()
                 out = scrubber.feed(tail) + scrubber.flush()
-            st.scrubbed = base + scrubber.count
+            st.scrubbed = base + scrubber.count + (deltas.count if deltas else 0)
             return [out] if out else []
         except Exception as exc:
             failed = True
-            undecodable = isinstance(exc, DecodeError)  # a bomb included, as when buffered
-            reason = Reason.UNDECODABLE_BODY if undecodable else Reason.INTERNAL_ERROR
+            if isinstance(exc, DecodeError):  # a bomb included, as when buffered
+                reason = Reason.UNDECODABLE_BODY
+            elif isinstance(exc, DeltaError):  # text that cannot be scanned before release
+                reason = Reason.UPSTREAM_PROTOCOL_ERROR
+            else:
+                reason = Reason.INTERNAL_ERROR
             abort_stream(flow, st, reason, exc)
             return []
 

@@ -29,6 +29,7 @@ from broker.policy.schema import CaptureRule
 from broker.policy.secret_rule import glob_to_regex
 from broker.request.decision import Decision, Destination, Reason, failure
 from broker.request.locations import Occurrence, ScanResult
+from broker.scrub.scrubber import Scrubber
 from broker.scrub.stream import StreamScrubber
 from broker.secret import SecretValue
 
@@ -161,6 +162,13 @@ class CaptureStore:
         if not self.active or tenant is None:
             return first
         return ChainedStream(first, self.scrubbers.stream(tenant))
+
+    def live(self, tenant: str | None) -> list[Scrubber]:
+        """The tenant's captured values, as a scrubber that follows them (for
+        :class:`~broker.scrub.deltas.DeltaStream`); none while nothing is captured."""
+        if not self.active or tenant is None:
+            return []
+        return [self.scrubbers.live(tenant)]
 
     # -- the request path -------------------------------------------------------------
     def split(self, tenant: str, found: ScanResult) -> tuple[ScanResult, tuple[Occurrence, ...]]:

@@ -62,7 +62,11 @@ class TenantScrubbers:
 
     def stream(self, tenant: str) -> StreamScrubber:
         """A stream scrubber that always uses the tenant's current captured values."""
-        return StreamScrubber(_Live(self, tenant), tenant)
+        return StreamScrubber(self.live(tenant), tenant)
+
+    def live(self, tenant: str) -> Scrubber:
+        """Stands for the tenant's current captured values at every scan."""
+        return _Live(self, tenant)
 
     def count(self, tenant: str) -> int:
         with self._lock:

@@ -1,0 +1,263 @@
+"""A value streamed a few characters per SSE delta (DESIGN.md §7.3) is found
+in the text the client reassembles, and never reaches it (issue 12).
+
+An LLM API streams its answer as JSON events, each with a few characters of
+text; the SDK joins them per *channel* (:mod:`broker.scrub.delta_formats`).
+Each event scrubbed on its own holds no value, the joined text can. So each
+channel's joined text is scanned with every spelling the scrubber knows, and
+a value found in it is cut out of the events that carry its pieces before
+they are released: the piece where it starts gets the placeholder (or the
+marker, for another tenant's value), later pieces lose the rest of it, and
+those events are written again as JSON.
+
+**Hold-back, never on secret content** (DESIGN.md §7.6). An event that
+carries channel text is released once each of its channels has received at
+least W = (longest pattern - 1) bytes after its piece, or has been closed by
+the format (``finish_reason``, ``content_block_stop``, ``[DONE]``, ...), or
+the stream ends. An occurrence touching a released byte then starts at or
+before it and, at most the longest pattern long, lies wholly in text already
+received: what is released never changes later, whatever comes. The rule
+counts bytes of channel text, never looks at what they are. Other events
+(pings, metadata, any stream that is not LLM deltas) are not held at all,
+except behind a held event, whose order they keep.
+
+**Fail closed.** :class:`DeltaError` (the caller cuts the stream) when text
+arrives for a channel already closed (it would join text released without
+look-ahead), when an event of a delta stream is not JSON (its text cannot be
+read, and a lenient client might), or when more than :data:`MAX_HELD` bytes
+are held."""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from broker.scrub.delta_formats import Found, Key, Path, read
+from broker.scrub.layers import Snapshot, replacement_for
+from broker.scrub.sse import Event, EventSplitter, rebuild
+
+if TYPE_CHECKING:
+    from broker.scrub.scrubber import Scrubber
+
+__all__ = ["MAX_HELD", "DeltaError", "DeltaStream", "is_event_stream"]
+
+MAX_HELD = 8 << 20
+"""Bytes a stream may hold (an unfinished event plus the events held)."""
+
+_MARKERS = (b'"delta"', b'"choices"', b'"candidates"', b'"content_block')
+"""An unparsable event holding one of these is taken for a delta event."""
+
+Edit = tuple[
+    int, int, bytes | None
+]  # remove [start, end), write bytes at start (None: written before)
+
+
+def is_event_stream(content_type: str | None) -> bool:
+    """The test :func:`broker.request.framing.should_stream` streams SSE by."""
+    return "text/event-stream" in (content_type or "").lower()
+
+
+class DeltaError(Exception):
+    """The stream cannot go on without releasing unscanned text: cut it."""
+
+
+class _Channel:
+    def __init__(self, key: Key) -> None:
+        self.key = key
+        self.context = b""  # up to W released bytes, as received
+        self.pending: list[_Piece] = []
+        self.total = 0  # bytes received
+
+
+@dataclass(eq=False)
+class _Piece:
+    channel: _Channel
+    path: Path
+    start: int  # offset in the channel's text
+    raw: bytes
+    out: bytes | None = None  # rewritten, when released with a change
+
+
+@dataclass(eq=False)
+class _Held:
+    event: Event
+    obj: Any
+    pieces: list[_Piece]
+
+
+class DeltaStream:
+    """One per ``text/event-stream`` response; bytes in, bytes out, like
+    :class:`~broker.scrub.stream.StreamScrubber` (whose input it feeds).
+    ``sources``: the scrubbers whose values the tenant's responses lose."""
+
+    def __init__(self, sources: Sequence[Scrubber], tenant: str | None) -> None:
+        self._sources = sources
+        self._tenant = tenant
+        self._split = EventSplitter()
+        self._queue: deque[_Held] = deque()
+        self._queued = 0  # bytes of the events in the queue
+        self._channels: dict[Key, _Channel] = {}
+        self._closed: set[Key] = set()
+        self._recognised = False
+        self.count = 0
+
+    @property
+    def held(self) -> int:
+        return self._split.held + self._queued
+
+    def feed(self, chunk: bytes) -> bytes:
+        return self._step(chunk, final=False)
+
+    def flush(self) -> bytes:
+        """End of stream: every channel ends, everything is released."""
+        return self._step(b"", final=True)
+
+    def _step(self, chunk: bytes, final: bool) -> bytes:
+        snaps = [source._current() for source in self._sources]
+        window = max(max((s.max_len for s in snaps), default=0) - 1, 0)
+        for event in self._split.feed(chunk, final):
+            self._add(event)
+        if self.held > MAX_HELD:
+            raise DeltaError("an SSE stream held more than MAX_HELD bytes")
+        return self._release(snaps, window, final)
+
+    # -- events in ------------------------------------------------------------------
+    def _add(self, event: Event) -> None:
+        data, obj, found = event.data, None, Found()
+        if data is not None and data.strip() == b"[DONE]":
+            found.closes.append(())
+        elif data is not None:
+            try:
+                obj = json.loads(data.decode("utf-8", "replace"))
+            except (ValueError, RecursionError):
+                if self._recognised or any(m in data for m in _MARKERS):
+                    raise DeltaError("an event of an LLM delta stream is not JSON") from None
+            else:
+                found = read(obj)
+        self._recognised = self._recognised or found.recognised
+        pieces = []
+        for key, path, text in found.pieces:
+            if self._is_closed(key):
+                raise DeltaError("text for a channel the stream closed")
+            channel = self._channels.get(key)
+            if channel is None:
+                channel = self._channels[key] = _Channel(key)
+            raw = text.encode("utf-8", "surrogatepass")
+            piece = _Piece(channel, path, channel.total, raw)
+            channel.total += len(raw)
+            channel.pending.append(piece)
+            pieces.append(piece)
+        self._closed.update(found.closes)
+        self._queue.append(_Held(event, obj, pieces))
+        self._queued += len(event.raw)
+
+    def _is_closed(self, key: Key) -> bool:
+        return any(key[:i] in self._closed for i in range(len(key) + 1))
+
+    def _ready(self, piece: _Piece, window: int) -> bool:
+        channel = piece.channel
+        return channel.total >= piece.start + len(piece.raw) + window or self._is_closed(
+            channel.key
+        )
+
+    # -- events out -----------------------------------------------------------------
+    def _release(self, snaps: list[Snapshot], window: int, final: bool) -> bytes:
+        n = 0
+        for held in self._queue:  # stops at the first event that must wait
+            if not final and not all(self._ready(p, window) for p in held.pieces):
+                break
+            n += 1
+        batch = [self._queue.popleft() for _ in range(n)]
+        released: dict[_Channel, int] = {}
+        for held in batch:
+            self._queued -= len(held.event.raw)
+            for piece in held.pieces:
+                released[piece.channel] = released.get(piece.channel, 0) + 1
+        for channel, k in released.items():
+            self._settle(channel, k, snaps, window)
+        return b"".join(map(_render, batch))
+
+    def _settle(self, channel: _Channel, k: int, snaps: list[Snapshot], window: int) -> None:
+        """Scan the channel's text and fix the output of its first ``k`` pending pieces."""
+        pieces, channel.pending = channel.pending[:k], channel.pending[k:]
+        begin = len(channel.context)
+        data = channel.context + b"".join(p.raw for p in (*pieces, *channel.pending))
+        edits = self._edits(snaps, data, begin)
+        offset = begin
+        for piece in pieces:
+            end = offset + len(piece.raw)
+            if edits:
+                piece.out = self._apply(data, offset, end, edits)
+            offset = end
+        channel.context = data[max(offset - window, 0) : offset] if window else b""
+
+    def _edits(self, snaps: list[Snapshot], data: bytes, begin: int) -> list[Edit]:
+        """As :func:`broker.scrub.layers.cover` chooses them: every byte of every
+        occurrence removed; each replacement written where its removal starts,
+        unless that was released before (``begin``: where this release starts)."""
+        found: list[tuple[int, int, bytes]] = []
+        for snap in snaps:
+            for start, end, placeholder, owners, codec in snap.occurrences(data):
+                written = replacement_for(snap, placeholder, owners, self._tenant)
+                if codec is not None:
+                    written = written.decode("ascii").encode(codec)
+                found.append((start, end, written))
+        found.sort(key=lambda m: (m[0], -m[1]))
+        edits: list[Edit] = []
+        cursor = 0
+        for start, end, written in found:
+            if end <= cursor:
+                continue
+            first = max(start, cursor)
+            edits.append((first, end, written if first >= begin else None))
+            cursor = end
+        return edits
+
+    def _apply(self, data: bytes, a: int, b: int, edits: list[Edit]) -> bytes | None:
+        """``data[a:b]`` (one piece) with the edits that touch it, or None if none does."""
+        out: list[bytes] = []
+        cursor = a
+        for first, end, written in edits:  # sorted, disjoint
+            if end <= a:
+                continue
+            if first >= b:
+                break
+            out.append(data[cursor : max(first, a)])
+            if written is not None and first >= a:
+                out.append(written)
+                self.count += 1
+            cursor = min(end, b)
+        if cursor == a and not out:
+            return None
+        out.append(data[cursor:b])
+        return b"".join(out)
+
+
+def _render(held: _Held) -> bytes:
+    changed = [p for p in held.pieces if p.out is not None]
+    if not changed:
+        return held.event.raw
+    for piece in changed:
+        assert piece.out is not None
+        _put(held.obj, piece.path, _text(piece.out))
+    try:
+        data = json.dumps(held.obj, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:  # a lone surrogate: escape it, as the upstream must have
+        data = json.dumps(held.obj, separators=(",", ":")).encode()
+    return rebuild(held.event, data)
+
+
+def _text(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:  # a value cut inside a character: what is left of it
+        return raw.decode("utf-8", "replace")
+
+
+def _put(obj: Any, path: Path, text: str) -> None:
+    for step in path[:-1]:
+        obj = obj[step]
+    obj[path[-1]] = text
