@@ -1,0 +1,168 @@
+"""A hostile upstream streams the value it was sent split across LLM deltas
+(issue 12, "leak-proof by construction"; DESIGN.md §7.3): a few characters
+per event, in the OpenAI Chat Completions, Responses, Anthropic Messages and
+Gemini stream formats, its bytes cut anywhere. Under ``keybroker run``, the
+agent reassembles the deltas as its SDK would (the real OpenAI SDK for
+OpenAI's formats; tests/support/llm_stream.py for the others) and finds
+neither the value nor its lower- or upper-case form, nor do the audit and
+the console; the text around it arrives with the placeholder in its place."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import ssl
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+
+from tests.support.leaks import find_leak
+from tests.support.llm_stream import FORMATS, reassemble, stream_of
+from tests.support.openai_stub import HTTPSServer, TLSServer
+from tests.support.proxy import Proxy
+from tests.support.tlsca import TestCA
+
+TOKEN = "kb_deltas_" + secrets.token_urlsafe(16)
+VALUE = "KbDeltas_" + secrets.token_hex(10) + "Qz"
+PLACEHOLDER = "<<secret:llm>>"
+PATHS = {"/v1/chat/completions": "chat", "/v1/responses": "responses"}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Streams a text holding the bearer value twice as ``fmt``'s deltas of
+    ``piece`` characters, written ``chunk`` bytes at a time."""
+
+    protocol_version = "HTTP/1.1"
+    server: TLSServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        url = urlsplit(self.path)
+        q = {k: v[0] for k, v in parse_qs(url.query).items()}
+        fmt = PATHS.get(url.path) or q.get("fmt", "chat")
+        value = (self.headers.get("authorization") or "").removeprefix("Bearer ")
+        text = f'Your key is {value}. Again, quoted: "{value}"!'
+        k = int(q.get("piece", "3"))
+        data = stream_of(fmt, [text[i : i + k] for i in range(0, len(text), k)])
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        n = int(q.get("chunk", "7"))
+        for i in range(0, len(data), n):
+            part = data[i : i + n]
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+            self.wfile.flush()
+            time.sleep(0.001)
+        self.wfile.write(b"0\r\n\r\n")
+        self.close_connection = True
+
+
+class HostileLLM(HTTPSServer):
+    handler = _Handler
+
+    def __init__(self, ca: TestCA) -> None:
+        self.ca = ca
+        super().__init__(ca)
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostileLLM]:
+    with HostileLLM(TestCA(tmp_path_factory.mktemp("deltas-ca"))) as up:
+        yield up
+
+
+@pytest.fixture(scope="module")
+def broker(upstream: HostileLLM, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
+    base = tmp_path_factory.mktemp("deltas")
+    policy = {
+        "version": 1,
+        "certs_dir": str(base / "certs"),
+        "upstream_ca": str(upstream.ca.ca_path),
+        "audit": {"path": str(base / "audit.jsonl")},
+        "backends": {"local": {"type": "env"}},
+        "tenants": {
+            "acme": {
+                "token_sha256": hashlib.sha256(TOKEN.encode()).hexdigest(),
+                "secrets": {
+                    "llm": {
+                        "backend": "local",
+                        "path": "KB_DELTAS_VALUE",
+                        "hosts": ["127.0.0.1"],
+                        "ports": [upstream.port],
+                    }
+                },
+            }
+        },
+    }
+    with Proxy(policy, base, env={"KB_DELTAS_VALUE": VALUE}) as proxy:
+        yield proxy
+    assert_clean(proxy.output().encode(), "the console")
+
+
+def assert_clean(data: bytes, what: str) -> None:
+    hit = find_leak(data, VALUE.encode())
+    assert hit is None, f"{what} holds the value as {hit}"
+    assert VALUE.lower().encode() not in data.lower(), f"{what} holds it in another case"
+
+
+def _client(broker: Proxy) -> httpx.Client:
+    ctx = ssl.create_default_context(cafile=str(broker.ca_path))
+    return httpx.Client(proxy=broker.url("acme", TOKEN), verify=ctx, timeout=30, trust_env=False)
+
+
+def _audit_clean(broker: Proxy) -> None:
+    time.sleep(0.2)  # the done record follows the stream's end
+    text = broker.audit_path.read_bytes()
+    assert_clean(text, "the audit")
+    assert json.loads(text.splitlines()[-1])["scrubbed"] >= 2
+
+
+@pytest.mark.parametrize("piece", [1, 4])
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_value_split_across_deltas_is_not_reassembled(
+    broker: Proxy, upstream: HostileLLM, fmt: str, piece: int
+) -> None:
+    with _client(broker) as c:
+        r = c.post(
+            upstream.url(f"/stream?fmt={fmt}&piece={piece}&chunk=5"),
+            headers={"Authorization": "Bearer <<secret:llm>>"},
+            content=b"{}",
+        )
+    assert r.status_code == 200, r.text[:300]
+    joined = reassemble(r.content)
+    assert joined, "no deltas reached the agent"
+    for key, text in joined.items():
+        assert_clean(text.encode(), f"{fmt} channel {key}")
+    assert_clean(r.content, f"{fmt}: the bytes")
+    if fmt != "anthropic_json":  # its text is JSON: the quotes are escaped
+        want = f'Your key is {PLACEHOLDER}. Again, quoted: "{PLACEHOLDER}"!'
+        assert want in joined.values(), joined
+    _audit_clean(broker)
+
+
+def test_openai_sdk_reassembles_no_value(broker: Proxy, upstream: HostileLLM) -> None:
+    """The real OpenAI SDK, streaming chat completions and responses."""
+    from openai import OpenAI
+
+    with _client(broker) as http:
+        sdk = OpenAI(
+            api_key="<<secret:llm>>", base_url=upstream.url("/v1"), http_client=http, max_retries=0
+        )
+        chat = sdk.chat.completions.create(model="m", messages=[], stream=True)
+        text = "".join(c.choices[0].delta.content or "" for c in chat if c.choices)
+        events = sdk.responses.create(model="m", input="hi", stream=True)
+        deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    for what, got in (("chat", text), ("responses", deltas)):
+        assert_clean(got.encode(), f"the SDK's {what} text")
+        assert got == f'Your key is {PLACEHOLDER}. Again, quoted: "{PLACEHOLDER}"!', what
+    _audit_clean(broker)
