@@ -32,7 +32,9 @@ def start_stream(flows: Flows, flow: http.HTTPFlow, st: FlowState, coding: str |
     decoder = IncrementalDecoder(coding, limit) if coding else None
     scrubber = engine.stream_scrubber(st.tenant or "")
     deltas = None
-    if is_event_stream(resp.headers.get("content-type")):
+    tenant = engine.policy.tenants.get(st.tenant or "")
+    joined = tenant is None or tenant.stream_deltas == "scan"
+    if joined and is_event_stream(resp.headers.get("content-type")):
         sources = [engine.scrubber, *engine.kinds.captures.live(st.tenant)]
         deltas = DeltaStream(sources, st.tenant or "")
     resp.headers.pop("content-encoding", None)

@@ -100,6 +100,12 @@ class Tenant(_Model):
     on_mismatch: Literal["deny", "forward"] = "deny"
     capture: tuple[CaptureRule, ...] = ()
     egress: Egress | None = None
+    stream_deltas: Literal["scan", "off"] = "scan"
+    """Extension (issue 12): ``scan`` joins the LLM deltas of this tenant's
+    SSE responses per channel and scrubs the joined text, holding each delta
+    until the longest pattern's length of text followed it
+    (:mod:`broker.scrub.deltas`); ``off`` scrubs each event on its own, with
+    no hold (a value split across deltas then reaches the agent in pieces)."""
     _egress_rules: EgressRules = PrivateAttr()
 
     def model_post_init(self, _context: object) -> None:

@@ -91,8 +91,8 @@ def broker(upstream: HostileLLM, tmp_path_factory: pytest.TempPathFactory) -> It
         "audit": {"path": str(base / "audit.jsonl")},
         "backends": {"local": {"type": "env"}},
         "tenants": {
-            "acme": {
-                "token_sha256": hashlib.sha256(TOKEN.encode()).hexdigest(),
+            name: {
+                "token_sha256": hashlib.sha256(f"{name}{TOKEN}".encode()).hexdigest(),
                 "secrets": {
                     "llm": {
                         "backend": "local",
@@ -101,7 +101,9 @@ def broker(upstream: HostileLLM, tmp_path_factory: pytest.TempPathFactory) -> It
                         "ports": [upstream.port],
                     }
                 },
+                **extra,
             }
+            for name, extra in (("acme", {}), ("optout", {"stream_deltas": "off"}))
         },
     }
     with Proxy(policy, base, env={"KB_DELTAS_VALUE": VALUE}) as proxy:
@@ -115,9 +117,11 @@ def assert_clean(data: bytes, what: str) -> None:
     assert VALUE.lower().encode() not in data.lower(), f"{what} holds it in another case"
 
 
-def _client(broker: Proxy) -> httpx.Client:
+def _client(broker: Proxy, tenant: str = "acme") -> httpx.Client:
     ctx = ssl.create_default_context(cafile=str(broker.ca_path))
-    return httpx.Client(proxy=broker.url("acme", TOKEN), verify=ctx, timeout=30, trust_env=False)
+    return httpx.Client(
+        proxy=broker.url(tenant, tenant + TOKEN), verify=ctx, timeout=30, trust_env=False
+    )
 
 
 def _audit_clean(broker: Proxy) -> None:
@@ -166,3 +170,20 @@ def test_openai_sdk_reassembles_no_value(broker: Proxy, upstream: HostileLLM) ->
         assert_clean(got.encode(), f"the SDK's {what} text")
         assert got == f'Your key is {PLACEHOLDER}. Again, quoted: "{PLACEHOLDER}"!', what
     _audit_clean(broker)
+
+
+def test_a_tenant_that_opts_out_gets_each_event_scrubbed_alone(
+    broker: Proxy, upstream: HostileLLM
+) -> None:
+    """``stream_deltas: off`` (the extension): no hold, no joining; the
+    documented price is that the pieces reach the agent. Its console, audit
+    and every single event stay clean."""
+    with _client(broker, "optout") as c:
+        r = c.post(
+            upstream.url("/stream?fmt=anthropic&piece=4&chunk=5"),
+            headers={"Authorization": "Bearer <<secret:llm>>"},
+            content=b"{}",
+        )
+    assert r.status_code == 200
+    assert VALUE in reassemble(r.content)[("anthropic", 0, "text")]
+    assert find_leak(r.content, VALUE.encode()) is None

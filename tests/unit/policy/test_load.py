@@ -92,6 +92,7 @@ def test_base_is_valid_with_documented_defaults() -> None:
     assert rule.paths is None
     assert rule.locations == ("header:authorization",)
     assert policy.tenants["acme"].on_mismatch == "deny"
+    assert policy.tenants["acme"].stream_deltas == "scan"
     assert policy.listen == "127.0.0.1:8080"
     assert policy.certs_dir == Path("/certs")  # "../certs" from /policy-dir
     vault = policy.backends["vault"]
@@ -306,6 +307,12 @@ ERROR_CASES = [
         "tenants.acme.on_mismatch",
         "'forward'",
         id="on-mismatch",
+    ),
+    pytest.param(
+        [("tenants.acme.stream_deltas", "later")],
+        "tenants.acme.stream_deltas",
+        "'off'",
+        id="stream-deltas",
     ),
     # ports, schemes, methods
     pytest.param([(f"{RULE}.ports", [0])], f"{RULE}.ports", "port 0", id="port-0"),
