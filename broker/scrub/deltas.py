@@ -67,7 +67,8 @@ class DeltaError(Exception):
 class _Channel:
     def __init__(self, key: Key) -> None:
         self.key = key
-        self.context = b""  # up to W released bytes, as received
+        self.text = b""  # up to W released bytes, then the pending pieces, as received
+        self.begin = 0  # where the pending pieces start in `text`
         self.pending: list[_Piece] = []
         self.total = 0  # bytes received
 
@@ -148,6 +149,7 @@ class DeltaStream:
             raw = text.encode("utf-8", "surrogatepass")
             piece = _Piece(channel, path, channel.total, raw)
             channel.total += len(raw)
+            channel.text += raw
             channel.pending.append(piece)
             pieces.append(piece)
         self._closed.update(found.closes)
@@ -183,8 +185,7 @@ class DeltaStream:
     def _settle(self, channel: _Channel, k: int, snaps: list[Snapshot], window: int) -> None:
         """Scan the channel's text and fix the output of its first ``k`` pending pieces."""
         pieces, channel.pending = channel.pending[:k], channel.pending[k:]
-        begin = len(channel.context)
-        data = channel.context + b"".join(p.raw for p in (*pieces, *channel.pending))
+        data, begin = channel.text, channel.begin
         edits = self._edits(snaps, data, begin)
         offset = begin
         for piece in pieces:
@@ -192,7 +193,8 @@ class DeltaStream:
             if edits:
                 piece.out = self._apply(data, offset, end, edits)
             offset = end
-        channel.context = data[max(offset - window, 0) : offset] if window else b""
+        keep = max(offset - window, 0)
+        channel.text, channel.begin = data[keep:], offset - keep
 
     def _edits(self, snaps: list[Snapshot], data: bytes, begin: int) -> list[Edit]:
         """As :func:`broker.scrub.layers.cover` chooses them: every byte of every
