@@ -21,6 +21,7 @@ from broker.request.codings import DecodeError, decode_body
 from broker.request.decision import Reason, failure
 from broker.request.framing import (
     Body,
+    asks_for_events,
     content_coding,
     should_stream,
     transfer_codings_ok,
@@ -85,8 +86,9 @@ class ResponsePath:
             self._upstream_failed(flow, st, Reason.UPSTREAM_PROTOCOL_ERROR, "responseheaders")
             return
         limits = engine.policy.limits
+        events = asks_for_events(flow.request.path, flow.request.raw_content or b"")
         body = should_stream(
-            flow.request.method, resp.status_code, headers, limits.stream_threshold
+            flow.request.method, resp.status_code, headers, limits.stream_threshold, events
         )
         rules = engine.kinds.capture_rules(st.tenant, st.dest)
         if rules and self._capture_headers(flow, st, rules, body is Body.NONE):
@@ -95,7 +97,7 @@ class ResponsePath:
             self.scrub_head(resp, st)
             st.headers_scrubbed = True
         if body is Body.STREAMED:
-            start_stream(self.flows, flow, st, content_coding(headers))
+            start_stream(self.flows, flow, st, content_coding(headers), events)
             st.body_scrubbed = True
         # Buffered: nothing leaves before `response`, which scans head and body at once.
 

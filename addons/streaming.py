@@ -21,10 +21,14 @@ __all__ = ["abort_stream", "start_stream"]
 log = logging.getLogger("keybroker")
 
 
-def start_stream(flows: Flows, flow: http.HTTPFlow, st: FlowState, coding: str | None) -> None:
+def start_stream(
+    flows: Flows, flow: http.HTTPFlow, st: FlowState, coding: str | None, events: bool = False
+) -> None:
     """Scrub ``flow``'s response as it streams: decode it incrementally (the
     agent gets it identity-encoded), scrub it with a stateful scrubber, and on
-    any failure cut the agent's connection (:func:`abort_stream`)."""
+    any failure cut the agent's connection (:func:`abort_stream`). SSE (by
+    Content-Type, or ``events``: the request asked for it, and its SDK parses
+    the answer as SSE whatever it says) also has its LLM deltas joined."""
     assert flow.response is not None
     engine = flows.engine
     resp = flow.response
@@ -34,7 +38,7 @@ def start_stream(flows: Flows, flow: http.HTTPFlow, st: FlowState, coding: str |
     deltas = None
     tenant = engine.policy.tenants.get(st.tenant or "")
     joined = tenant is None or tenant.stream_deltas == "scan"
-    if joined and is_event_stream(resp.headers.get("content-type")):
+    if joined and (events or is_event_stream(resp.headers.get("content-type"))):
         sources = [engine.scrubber, *engine.kinds.captures.live(st.tenant)]
         deltas = DeltaStream(sources, st.tenant or "")
     resp.headers.pop("content-encoding", None)

@@ -6,14 +6,17 @@ and calls these."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from enum import Enum
+from urllib.parse import parse_qs, urlsplit
 
 from broker.request.codings import TooLarge, decode_body, parse_encoding
 from broker.request.decision import Reason
 
 __all__ = [
     "Body",
+    "asks_for_events",
     "content_coding",
     "request_body",
     "should_stream",
@@ -60,14 +63,32 @@ class Body(Enum):
     """Scrubbed chunk by chunk as it arrives."""
 
 
-def should_stream(method: str, status: int, headers: Headers, threshold: int) -> Body:
-    """How a response body travels: server-sent events, bodies of unknown
-    length and bodies over ``threshold`` stream; the rest are buffered."""
+_STREAM_TRUE = re.compile(rb'"stream"\s*:\s*true\b')
+
+
+def asks_for_events(target: str, body: bytes) -> bool:
+    """The request asks for server-sent events, which the LLM SDKs parse as
+    such whatever Content-Type the answer carries: a JSON body with
+    ``"stream": true`` (OpenAI, Anthropic and the APIs that copy them) or
+    ``alt=sse`` in the query (Gemini). A compressed body is not looked into."""
+    if b'"stream"' in body and _STREAM_TRUE.search(body):
+        return True
+    query = urlsplit(target).query
+    return "alt" in query and "sse" in parse_qs(query).get("alt", ())
+
+
+def should_stream(
+    method: str, status: int, headers: Headers, threshold: int, events: bool = False
+) -> Body:
+    """How a response body travels: server-sent events (by Content-Type, or
+    ``events``: the request asked for them), bodies of unknown length and
+    bodies over ``threshold`` stream; the rest are buffered."""
     if method.upper() == "HEAD" or status < 200 or status in _NO_BODY_STATUS:
         return Body.NONE
     length = _get(headers, "content-length")
     if (
-        "text/event-stream" in (_get(headers, "content-type") or "").lower()
+        events
+        or "text/event-stream" in (_get(headers, "content-type") or "").lower()
         or length is None
         or not length.isdigit()
         or int(length) > threshold

@@ -43,18 +43,24 @@ def field(line: tuple[bytes, bytes]) -> tuple[bytes, bytes]:
 
 
 class EventSplitter:
-    """Bytes in, whole events out. Holds only the event not yet ended, and a
-    final CR that may be the first half of a CRLF; never anything else."""
+    """Bytes in, events out. Lines no client applies to an event (comments,
+    unknown fields: an NDJSON stream's every line) go out at once, each as an
+    event of its own with no data, so a stream that is not SSE is never held;
+    the lines of an event (``data``, ``event``, ``id``, ``retry``) are held
+    until its blank line, and a line's first bytes until its field name is
+    known (at most 6), and a final CR that may be the first half of a CRLF."""
 
     def __init__(self) -> None:
-        self._buf = b""
-        self._pos = 0  # start of the first line not yet split
-        self._lines: list[tuple[bytes, bytes]] = []
+        self._buf = b""  # the line not yet ended
+        self._lines: list[tuple[bytes, bytes]] = []  # the current event's lines
+        self._raw: list[bytes] = []
+        self._raw_len = 0
+        self._free = False  # inside a line that goes out as it comes
         self._started = False
 
     @property
     def held(self) -> int:
-        return len(self._buf)
+        return len(self._buf) + self._raw_len
 
     def feed(self, chunk: bytes, final: bool = False) -> list[Event]:
         buf = self._buf + chunk
@@ -64,28 +70,54 @@ class EventSplitter:
                 return []
             self._started = True
             if buf.startswith(_BOM):
-                buf = buf[len(_BOM) :]
-                self._buf, self._pos = b"", 0
-                return [Event(_BOM, [], b""), *self.feed(buf, final)]
-        events: list[Event] = []
-        pos, start = self._pos, 0
-        while pos < len(buf):  # each pass consumes one line: bounded by len(buf)
+                self._buf = b""
+                return [_passed(_BOM), *self.feed(buf[len(_BOM) :], final)]
+        out: list[Event] = []
+        pos = 0
+        while pos < len(buf):  # each pass consumes a line or ends the loop
             m = _EOL.search(buf, pos)
             if m is None or (m.group() == b"\r" and m.end() == len(buf) and not final):
-                break  # an unended line, or a CR whose LF may be in the next chunk
-            line, pos = buf[pos : m.start()], m.end()
-            if line:
-                self._lines.append((line, m.group()))
-                continue
-            events.append(Event(buf[start:pos], self._lines, m.group()))
-            self._lines, start = [], pos
-        self._buf, self._pos = buf[start:], pos - start
-        if final and self._buf:  # the stream ended inside an event
-            if self._pos < len(self._buf):
-                self._lines.append((self._buf[self._pos :], b""))
-            events.append(Event(self._buf, self._lines, b""))
-            self._buf, self._pos, self._lines = b"", 0, []
-        return events
+                end = m.start() if m else len(buf)  # a CR may be half a CRLF: not yet
+                if self._free or _free(buf[pos:end], complete=False):
+                    out += [_passed(buf[pos:end])] if end > pos else []
+                    self._free, pos = True, end
+                break
+            line, eol, pos = buf[pos : m.start()], m.group(), m.end()
+            if self._free or (line and _free(line, complete=True)):
+                out.append(_passed(line + eol))
+                self._free = False
+            elif line:
+                self._lines.append((line, eol))
+                self._raw.append(line + eol)
+                self._raw_len += len(line) + len(eol)
+            else:
+                out.append(Event(b"".join(self._raw) + eol, self._lines, eol))
+                self._lines, self._raw, self._raw_len = [], [], 0
+        self._buf = buf[pos:]
+        if final and (self._buf or self._lines):  # the stream ended inside an event
+            if self._buf:
+                self._lines.append((self._buf, b""))
+                self._raw.append(self._buf)
+            out.append(Event(b"".join(self._raw), self._lines, b""))
+            self._buf, self._lines, self._raw, self._raw_len = b"", [], [], 0
+        return out
+
+
+_FIELDS = (b"data", b"event", b"id", b"retry")
+_PREFIXES = frozenset(f[:i] for f in _FIELDS for i in range(len(f) + 1))
+
+
+def _free(start: bytes, complete: bool) -> bool:
+    """A line that begins with ``start`` (or is it, when ``complete``) is no
+    event field: no client applies it to an event, it may go anywhere."""
+    name, sep, _ = start.partition(b":")
+    if not sep and not complete and name in _PREFIXES:
+        return False  # it may still become a field name: wait
+    return name not in _FIELDS
+
+
+def _passed(data: bytes) -> Event:
+    return Event(data, [], b"")
 
 
 def rebuild(event: Event, data: bytes) -> bytes:

@@ -48,13 +48,21 @@ class _Handler(BaseHTTPRequestHandler):
         self.rfile.read(int(self.headers.get("content-length") or 0))
         url = urlsplit(self.path)
         q = {k: v[0] for k, v in parse_qs(url.query).items()}
-        fmt = PATHS.get(url.path) or q.get("fmt", "chat")
+        path = url.path
+        if path.startswith("/json/"):  # an SDK's URL cannot carry a query: label it by path
+            path, q["ctype"] = path[len("/json") :], "application/json"
+        fmt = PATHS.get(path) or q.get("fmt", "chat")
         value = (self.headers.get("authorization") or "").removeprefix("Bearer ")
         text = f'Your key is {value}. Again, quoted: "{value}"!'
         k = int(q.get("piece", "3"))
         data = stream_of(fmt, [text[i : i + k] for i in range(0, len(text), k)])
         self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Content-Type", q.get("ctype", "text/event-stream"))
+        if q.get("length"):  # with a length: buffered, unless the broker streams it
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         n = int(q.get("chunk", "7"))
@@ -166,7 +174,11 @@ def test_openai_sdk_reassembles_no_value(broker: Proxy, upstream: HostileLLM) ->
         text = "".join(c.choices[0].delta.content or "" for c in chat if c.choices)
         events = sdk.responses.create(model="m", input="hi", stream=True)
         deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
-    for what, got in (("chat", text), ("responses", deltas)):
+        # The SDK parses SSE whatever the label: a hostile upstream calls it JSON.
+        sdk = sdk.with_options(base_url=upstream.url("/json/v1"))
+        chat = sdk.chat.completions.create(model="m", messages=[], stream=True)
+        mislabelled = "".join(c.choices[0].delta.content or "" for c in chat if c.choices)
+    for what, got in (("chat", text), ("responses", deltas), ("mislabelled", mislabelled)):
         assert_clean(got.encode(), f"the SDK's {what} text")
         assert got == f'Your key is {PLACEHOLDER}. Again, quoted: "{PLACEHOLDER}"!', what
     _audit_clean(broker)
@@ -187,3 +199,27 @@ def test_a_tenant_that_opts_out_gets_each_event_scrubbed_alone(
     assert r.status_code == 200
     assert VALUE in reassemble(r.content)[("anthropic", 0, "text")]
     assert find_leak(r.content, VALUE.encode()) is None
+
+
+@pytest.mark.parametrize(
+    ("ctype", "length"),
+    [("application/json", ""), ("application/json", "1"), ("application/octet-stream", "")],
+    ids=["json-chunked", "json-with-length", "octet-stream"],
+)
+def test_a_stream_request_is_scanned_whatever_the_answer_is_labelled(
+    broker: Proxy, upstream: HostileLLM, ctype: str, length: str
+) -> None:
+    """The SDKs parse the answer to ``"stream": true`` as SSE whatever its
+    Content-Type (and with a length, which would otherwise be buffered)."""
+    with _client(broker) as c:
+        r = c.post(
+            upstream.url(f"/stream?fmt=anthropic&piece=3&ctype={ctype}&length={length}"),
+            headers={"Authorization": "Bearer <<secret:llm>>"},
+            content=b'{"model": "m", "stream": true}',
+        )
+    assert r.status_code == 200 and r.headers["content-type"] == ctype
+    joined = reassemble(r.content)
+    assert_clean(joined[("anthropic", 0, "text")].encode(), f"{ctype} channel")
+    assert PLACEHOLDER in joined[("anthropic", 0, "text")]
+    assert_clean(r.content, f"{ctype}: the bytes")
+    _audit_clean(broker)

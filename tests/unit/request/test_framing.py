@@ -10,6 +10,7 @@ from broker.request.codings import DecodeError, TooLarge
 from broker.request.decision import Reason
 from broker.request.framing import (
     Body,
+    asks_for_events,
     content_coding,
     request_body,
     should_stream,
@@ -74,6 +75,30 @@ def test_should_stream(
     method: str, status: int, headers: list[tuple[str, str]], expected: Body
 ) -> None:
     assert should_stream(method, status, headers, 10) is expected
+
+
+def test_a_request_for_events_streams_its_answer_whatever_it_is_labelled() -> None:
+    """The LLM SDKs parse the answer to ``stream: true`` as SSE whatever its
+    Content-Type: it must pass the delta scanner, so it streams."""
+    small_json = [("content-type", "application/json"), ("content-length", "5")]
+    assert should_stream("POST", 200, small_json, 10, events=True) is Body.STREAMED
+    assert should_stream("HEAD", 200, small_json, 10, events=True) is Body.NONE
+
+
+@pytest.mark.parametrize(
+    ("target", "body", "asked"),
+    [
+        pytest.param("/v1/chat/completions", b'{"model":"m","stream":true}', True, id="openai"),
+        pytest.param("/v1/messages", b'{"stream" :  true, "model": "c"}', True, id="spaced"),
+        pytest.param("/v1/chat/completions", b'{"stream": false}', False, id="false"),
+        pytest.param("/v1/chat/completions", b'{"streaming": true}', False, id="other-key"),
+        pytest.param("/v1beta/models/g:streamGenerateContent?alt=sse", b"{}", True, id="gemini"),
+        pytest.param("/v1beta/models/g:streamGenerateContent", b"{}", False, id="gemini-array"),
+        pytest.param("/x?salt=sse", b"", False, id="other-param"),
+    ],
+)
+def test_asks_for_events(target: str, body: bytes, asked: bool) -> None:
+    assert asks_for_events(target, body) is asked
 
 
 @pytest.mark.parametrize(
