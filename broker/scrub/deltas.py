@@ -25,7 +25,7 @@ except behind a held event, whose order they keep.
 arrives for a channel already closed (it would join text released without
 look-ahead), when an event of a delta stream is not JSON (its text cannot be
 read, and a lenient client might), or when more than :data:`MAX_HELD` bytes
-are held."""
+are held, or more than :data:`MAX_CHANNELS` channels named."""
 
 from __future__ import annotations
 
@@ -42,10 +42,12 @@ from broker.scrub.sse import Event, EventSplitter, rebuild
 if TYPE_CHECKING:
     from broker.scrub.scrubber import Scrubber
 
-__all__ = ["MAX_HELD", "DeltaError", "DeltaStream", "is_event_stream"]
+__all__ = ["MAX_CHANNELS", "MAX_HELD", "DeltaError", "DeltaStream", "is_event_stream"]
 
 MAX_HELD = 8 << 20
 """Bytes a stream may hold (an unfinished event plus the events held)."""
+MAX_CHANNELS = 4096
+"""Channels (and closes) one stream may name; each keeps up to W bytes."""
 
 _MARKERS = (b'"delta"', b'"choices"', b'"candidates"', b'"content_block')
 """An unparsable event holding one of these is taken for a delta event."""
@@ -145,6 +147,8 @@ class DeltaStream:
                 raise DeltaError("text for a channel the stream closed")
             channel = self._channels.get(key)
             if channel is None:
+                if len(self._channels) >= MAX_CHANNELS:
+                    raise DeltaError("an SSE stream named more than MAX_CHANNELS channels")
                 channel = self._channels[key] = _Channel(key)
             raw = text.encode("utf-8", "surrogatepass")
             piece = _Piece(channel, path, channel.total, raw)
@@ -153,6 +157,8 @@ class DeltaStream:
             channel.pending.append(piece)
             pieces.append(piece)
         self._closed.update(found.closes)
+        if len(self._closed) > MAX_CHANNELS:
+            raise DeltaError("an SSE stream closed more than MAX_CHANNELS channels")
         self._queue.append(_Held(event, obj, pieces))
         self._queued += len(event.raw)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -213,6 +214,22 @@ def test_held_bytes_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     d = DeltaStream([scrubber()], "acme")
     with pytest.raises(DeltaError):
         d.feed(b"data: " + b"x" * 2000)
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        lambda i: {"choices": [{"index": i, "delta": {"content": "x"}}]},
+        lambda i: {"type": "content_block_stop", "index": i},
+    ],
+    ids=["channels", "closes"],
+)
+def test_channels_are_bounded(monkeypatch: pytest.MonkeyPatch, event: Any) -> None:
+    monkeypatch.setattr(deltas_mod, "MAX_CHANNELS", 10)
+    d = DeltaStream([scrubber()], "acme")
+    with pytest.raises(DeltaError):
+        for i in range(11):
+            d.feed(b"data: " + json.dumps(event(i)).encode() + b"\n\n")
 
 
 def test_a_value_added_mid_stream_is_scrubbed_from_what_is_held() -> None:
