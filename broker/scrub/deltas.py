@@ -42,7 +42,14 @@ from broker.scrub.sse import Event, EventSplitter, rebuild
 if TYPE_CHECKING:
     from broker.scrub.scrubber import Scrubber
 
-__all__ = ["MAX_CHANNELS", "MAX_HELD", "DeltaError", "DeltaStream", "is_event_stream"]
+__all__ = [
+    "MAX_CHANNELS",
+    "MAX_HELD",
+    "DeltaError",
+    "DeltaStream",
+    "is_event_stream",
+    "join_whole",
+]
 
 MAX_HELD = 8 << 20
 """Bytes a stream may hold (an unfinished event plus the events held)."""
@@ -60,6 +67,15 @@ Edit = tuple[
 def is_event_stream(content_type: str | None) -> bool:
     """The test :func:`broker.request.framing.should_stream` streams SSE by."""
     return "text/event-stream" in (content_type or "").lower()
+
+
+def join_whole(sources: Sequence[Scrubber], tenant: str | None, body: bytes) -> tuple[bytes, int]:
+    """One whole body (a buffered answer) through a :class:`DeltaStream`: the
+    body with its deltas' values cut, and how many were. Raises
+    :class:`DeltaError` when the stream would be cut (an ambiguous event)."""
+    stream = DeltaStream(sources, tenant)
+    out = stream.feed(body) + stream.flush()
+    return out, stream.count
 
 
 class DeltaError(Exception):

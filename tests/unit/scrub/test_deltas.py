@@ -246,3 +246,20 @@ def test_a_value_added_mid_stream_is_scrubbed_from_what_is_held() -> None:
 def chat(text: str) -> bytes:
     obj = {"choices": [{"index": 0, "delta": {"content": text}}]}
     return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+
+def test_join_whole_scans_a_buffered_body() -> None:
+    from broker.scrub.deltas import join_whole
+
+    s = Scrubber(background=False)
+    value = "KbWhole_c41d9e07a3b2Qx"
+    s.add(value.encode(), b"<<secret:w>>", ("acme", "w"))
+    h = len(value) // 2
+    body = b"".join(
+        b"data: "
+        + json.dumps({"choices": [{"index": 0, "delta": {"content": p}}]}).encode()
+        + b"\n\n"
+        for p in (value[:h], value[h:])
+    )
+    out, n = join_whole([s], "acme", body)
+    assert n == 1 and value.encode() not in out and b"<<secret:w>>" in out
