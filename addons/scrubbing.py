@@ -14,7 +14,7 @@ from mitmproxy.net.http import status_codes
 
 from addons.capturing import hold_all, refuse, refuse_at_headers
 from addons.flows import Flows, FlowState, guarded
-from addons.streaming import start_stream
+from addons.streaming import delta_joiner, start_stream
 from broker.credentials.capture_parse import MAX_BODY, CaptureRefused
 from broker.policy.schema import CaptureRule
 from broker.request.codings import DecodeError, decode_body
@@ -27,6 +27,7 @@ from broker.request.framing import (
     transfer_codings_ok,
     valid_switch,
 )
+from broker.scrub.deltas import DeltaError
 
 log = logging.getLogger("keybroker")
 
@@ -174,6 +175,10 @@ class ResponsePath:
                 return
             resp.headers.pop("content-encoding", None)
             resp.set_content(raw)
+        joined = self._join_deltas(flow, st, raw)
+        if joined is None:
+            return
+        rewritten, raw = joined is not raw, joined
         if st.capture:  # a token answer to capture (DESIGN.md §11), by rule
             try:
                 self.flows.engine.kinds.capture(st.tenant, st.dest, st.capture, body=raw)
@@ -189,9 +194,28 @@ class ResponsePath:
         else:
             out = self.scrub_head(resp, st, raw)
             st.headers_scrubbed = True
-        if out is not None:
-            resp.set_content(out)
+        if out is not None or rewritten:
+            resp.set_content(raw if out is None else out)
         st.body_scrubbed = True
+
+    def _join_deltas(self, flow: http.HTTPFlow, st: FlowState, raw: bytes) -> bytes | None:
+        """A buffered body holding SSE data lines has its LLM deltas joined as
+        a stream's would be: an SDK that asked for a stream parses the answer
+        as SSE whatever its type or length, and a request keybroker cannot
+        read as asking for one (a compressed body) has its answer buffered.
+        ``raw`` itself when nothing was rewritten; None when refused."""
+        if b"data:" not in raw:
+            return raw
+        joiner = delta_joiner(self.flows, st)
+        if joiner is None:
+            return raw
+        try:
+            out = joiner.feed(raw) + joiner.flush()
+        except DeltaError:
+            self._upstream_failed(flow, st, Reason.UPSTREAM_PROTOCOL_ERROR, "response")
+            return None
+        st.scrubbed += joiner.count
+        return out if joiner.count else raw
 
     @guarded
     def websocket_message(self, flow: http.HTTPFlow) -> None:

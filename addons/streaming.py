@@ -16,7 +16,7 @@ from broker.request.codings import DecodeError, IncrementalDecoder
 from broker.request.decision import Reason, failure
 from broker.scrub.deltas import DeltaError, DeltaStream, is_event_stream
 
-__all__ = ["abort_stream", "start_stream"]
+__all__ = ["abort_stream", "delta_joiner", "start_stream"]
 
 log = logging.getLogger("keybroker")
 
@@ -36,11 +36,8 @@ def start_stream(
     decoder = IncrementalDecoder(coding, limit) if coding else None
     scrubber = engine.stream_scrubber(st.tenant or "")
     deltas = None
-    tenant = engine.policy.tenants.get(st.tenant or "")
-    joined = tenant is None or tenant.stream_deltas == "scan"
-    if joined and (events or is_event_stream(resp.headers.get("content-type"))):
-        sources = [engine.scrubber, *engine.kinds.captures.live(st.tenant)]
-        deltas = DeltaStream(sources, st.tenant or "")
+    if events or is_event_stream(resp.headers.get("content-type")):
+        deltas = delta_joiner(flows, st)
     resp.headers.pop("content-encoding", None)
     resp.headers.pop("content-length", None)
     if resp.http_version.startswith("HTTP/1"):
@@ -81,6 +78,17 @@ def start_stream(
 
     st.stream = scrubber
     resp.stream = stream
+
+
+def delta_joiner(flows: Flows, st: FlowState) -> DeltaStream | None:
+    """LLM deltas joined for the reading tenant, unless it turned that off
+    (``stream_deltas: off``)."""
+    engine = flows.engine
+    tenant = engine.policy.tenants.get(st.tenant or "")
+    if tenant is not None and tenant.stream_deltas != "scan":
+        return None
+    sources = [engine.scrubber, *engine.kinds.captures.live(st.tenant)]
+    return DeltaStream(sources, st.tenant or "")
 
 
 def abort_stream(flow: http.HTTPFlow, st: FlowState, reason: Reason, exc: BaseException) -> None:

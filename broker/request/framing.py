@@ -64,17 +64,36 @@ class Body(Enum):
 
 
 _STREAM_TRUE = re.compile(rb'"stream"\s*:\s*true\b')
+_FORM_STREAM = re.compile(rb"(?:^|&)stream=(?:true|1)(?:&|$)", re.IGNORECASE)
+_MULTIPART_STREAM = re.compile(
+    rb'name="?stream"?[^\r\n]*\r?\n(?:[^\r\n]+\r?\n)*\r?\n[ \t]*(?:true|1)[ \t]*\r?\n',
+    re.IGNORECASE,
+)
+_TRUE = ("true", "1")
 
 
 def asks_for_events(target: str, body: bytes) -> bool:
     """The request asks for server-sent events, which the LLM SDKs parse as
-    such whatever Content-Type the answer carries: a JSON body with
-    ``"stream": true`` (OpenAI, Anthropic and the APIs that copy them) or
-    ``alt=sse`` in the query (Gemini). A compressed body is not looked into."""
-    if b'"stream"' in body and _STREAM_TRUE.search(body):
+    such whatever Content-Type the answer carries: ``"stream": true`` in a
+    JSON body (OpenAI, Anthropic and the APIs that copy them), ``stream=true``
+    in the query (OpenAI's ``retrieve(..., stream=True)``), a form or a
+    multipart field (OpenAI's audio transcriptions), or ``alt=sse`` in the
+    query (Gemini). A compressed body is not looked into: its answer, when
+    buffered, still has its deltas joined (``addons/scrubbing.py``)."""
+    if b"stream" in body and (
+        _STREAM_TRUE.search(body) or _FORM_STREAM.search(body) or _MULTIPART_STREAM.search(body)
+    ):
         return True
-    query = urlsplit(target).query
-    return "alt" in query and "sse" in parse_qs(query).get("alt", ())
+    try:
+        query = urlsplit(target).query
+    except ValueError:  # not a URL a client would send: nothing asked
+        return False
+    if "alt" not in query and "stream" not in query:
+        return False
+    params = parse_qs(query)
+    return "sse" in params.get("alt", ()) or any(
+        v.lower() in _TRUE for v in params.get("stream", ())
+    )
 
 
 def should_stream(

@@ -230,3 +230,21 @@ def test_failing_buffered_response_hook_never_sends_unscrubbed_headers(
     addon.responses.response(f)
     assert f.response is not None and f.response.status_code == 502
     assert VALUE not in str(f.response.headers) and VALUE.encode() not in f.response.raw_content
+
+
+def test_a_buffered_answer_holding_sse_deltas_has_them_joined(addon: KeyBroker) -> None:
+    """An SDK that asked for a stream parses the answer as SSE whatever its
+    type and length; a request keybroker cannot read as asking for one (a
+    compressed body) gets that answer buffered: its deltas are joined too."""
+    from tests.support.llm_stream import reassemble, stream_of
+
+    pieces = [VALUE[i : i + 3] for i in range(0, len(VALUE), 3)]
+    body = stream_of("chat", pieces)
+    assert VALUE.encode() not in body  # no byte scan could find it
+    f = _echoing_response(addon, body, {"content-type": "application/json"})
+    addon.responses.responseheaders(f)
+    addon.responses.response(f)
+    assert f.response is not None
+    text = "".join(reassemble(f.response.content or b"").values())
+    assert VALUE not in text and "<<secret:api>>" in text
+    assert f.response.headers["content-length"] == str(len(f.response.content or b""))

@@ -95,6 +95,23 @@ def test_a_request_for_events_streams_its_answer_whatever_it_is_labelled() -> No
         pytest.param("/v1beta/models/g:streamGenerateContent?alt=sse", b"{}", True, id="gemini"),
         pytest.param("/v1beta/models/g:streamGenerateContent", b"{}", False, id="gemini-array"),
         pytest.param("/x?salt=sse", b"", False, id="other-param"),
+        pytest.param("/v1/responses/resp_1?stream=true", b"", True, id="retrieve-stream"),
+        pytest.param("/v1/responses/resp_1?stream=false", b"", False, id="retrieve-no-stream"),
+        pytest.param("/v1/x", b"model=m&stream=true", True, id="form"),
+        pytest.param("/v1/x", b"model=m&streams=true", False, id="form-other"),
+        pytest.param(
+            "/v1/audio/transcriptions",
+            b'--b\r\nContent-Disposition: form-data; name="stream"\r\n\r\ntrue\r\n--b--\r\n',
+            True,
+            id="multipart",
+        ),
+        pytest.param(
+            "/v1/audio/transcriptions",
+            b'--b\r\nContent-Disposition: form-data; name="stream"\r\n\r\nfalse\r\n--b--\r\n',
+            False,
+            id="multipart-false",
+        ),
+        pytest.param("//[x?alt=sse", b"", False, id="not-a-url"),
     ],
 )
 def test_asks_for_events(target: str, body: bytes, asked: bool) -> None:
