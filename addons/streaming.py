@@ -37,7 +37,7 @@ def start_stream(
     scrubber = engine.stream_scrubber(st.tenant or "")
     deltas = None
     if events or is_event_stream(resp.headers.get("content-type")):
-        deltas = delta_joiner(flows, st)
+        deltas = delta_joiner(flows, st, events)
     resp.headers.pop("content-encoding", None)
     resp.headers.pop("content-length", None)
     if resp.http_version.startswith("HTTP/1"):
@@ -80,15 +80,16 @@ def start_stream(
     resp.stream = stream
 
 
-def delta_joiner(flows: Flows, st: FlowState) -> DeltaStream | None:
+def delta_joiner(flows: Flows, st: FlowState, events: bool = False) -> DeltaStream | None:
     """LLM deltas joined for the reading tenant, unless it turned that off
-    (``stream_deltas: off``)."""
+    (``stream_deltas: off``); ``events``: the request asked for events (every
+    event must then be read, or the stream is cut)."""
     engine = flows.engine
     tenant = engine.policy.tenants.get(st.tenant or "")
     if tenant is not None and tenant.stream_deltas != "scan":
         return None
     sources = [engine.scrubber, *engine.kinds.captures.live(st.tenant)]
-    return DeltaStream(sources, st.tenant or "")
+    return DeltaStream(sources, st.tenant or "", events=events)
 
 
 def abort_stream(flow: http.HTTPFlow, st: FlowState, reason: Reason, exc: BaseException) -> None:

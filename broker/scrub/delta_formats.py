@@ -5,24 +5,25 @@ the string) and the channels it *closes*. A channel is what one SDK joins
 into one string: the text of one choice, one tool call's arguments, one
 content block, one candidate.
 
-- OpenAI Chat Completions: ``choices[i].delta.{content, refusal,
-  reasoning_content, reasoning}``, ``choices[i].delta.tool_calls[j].function
-  .arguments`` (keyed by the choice's ``index`` and the call's ``index``, as
-  the SDK merges them), legacy ``choices[i].text``; a non-null
-  ``finish_reason`` closes the choice, ``[DONE]`` everything.
-- OpenAI Responses: every ``response.*.delta`` event's ``delta``, keyed by
-  its type and ``output_index`` / ``content_index`` / ``summary_index``; the
-  matching ``.done``, ``response.output_item.done`` (the output) and
-  ``response.completed`` / ``incomplete`` / ``failed`` close.
-- Anthropic Messages: ``content_block_delta`` ``delta.{text, partial_json,
-  thinking}`` and the initial ``content_block.{text, thinking}`` of
-  ``content_block_start``, keyed by ``index``; ``content_block_stop`` closes
-  the block, ``message_stop`` everything.
-- Google Gemini: ``candidates[i].content.parts[j].text`` (thought parts apart,
-  as ``.text`` leaves them out), keyed by the candidate; ``finishReason``
-  closes it.
+A broker cannot model every SDK's quirks, so an event a client could read
+otherwise than this reader (an index that is no plain non-negative int, or
+names no entry the stream opened the way the SDK counts them, a decoy the
+SDK drops, a name that disagrees with the type) raises :class:`Ambiguous`:
+the stream is cut (:class:`~broker.scrub.deltas.DeltaError`).
 
-Identifiers sent once (role, ids, tool names, signatures) are not channels:
+- OpenAI Chat Completions (as ``accumulate_delta`` joins them): every string
+  leaf of ``choices[i].delta`` (list entries keyed by their ``index``, the
+  ``index`` and ``type`` keys apart), legacy ``choices[i].text``; ``role``,
+  ``id`` and ``name`` leaves are *once* pieces (not held; a second one whose
+  join holds a value cuts); a non-null ``finish_reason`` closes the choice,
+  ``[DONE]`` everything.
+- OpenAI Responses, Anthropic Messages: :mod:`broker.scrub.delta_events`.
+- OpenAI transcription: ``transcript.text.delta``; ``transcript.text.done``.
+- Google Gemini: ``candidates[i].content.parts[j].text`` (thought parts apart,
+  as ``.text`` leaves them out), keyed by the candidate, whose ``index`` must
+  be its position; ``finishReason`` closes it.
+
+Identifiers sent once (ids, tool names, signatures) are not held channels:
 held until more text followed, they would stall every later event."""
 
 from __future__ import annotations
@@ -30,26 +31,27 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Found", "read"]
+__all__ = ["Ambiguous", "Found", "Reader", "index_of", "read"]
 
 Key = tuple[object, ...]
 Path = tuple[str | int, ...]
 
-_CHAT_FIELDS = ("content", "refusal", "reasoning_content", "reasoning")
-_ANTHROPIC_DELTA = ("text", "partial_json", "thinking")
-_ANTHROPIC_START = ("text", "thinking")
-_RESPONSES_END = {"response.completed", "response.incomplete", "response.failed"}
+_ONCE = frozenset({"role", "id", "name"})
+_MISSING = object()
+
+
+class Ambiguous(ValueError):
+    """An event a client could read otherwise than this reader: cut the stream."""
 
 
 @dataclass
 class Found:
     pieces: list[tuple[Key, Path, str]] = field(default_factory=list)
+    once: list[tuple[Key, Path, str]] = field(default_factory=list)
+    """Pieces of channels never held (identifiers): their join is checked on arrival."""
     closes: list[Key] = field(default_factory=list)
     """Key prefixes closed after this event's pieces (``()``: every channel)."""
-
-    @property
-    def recognised(self) -> bool:
-        return bool(self.pieces or self.closes)
+    recognised: bool = False
 
     def text(self, key: Key, obj: Any, path: Path) -> None:
         value = obj.get(path[-1]) if isinstance(obj, dict) else None
@@ -57,88 +59,124 @@ class Found:
             self.pieces.append((key, path, value))
 
 
-def _index(obj: dict[str, Any], name: str, default: int | None) -> int | None:
+def index_of(obj: dict[str, Any], name: str, default: object = _MISSING) -> int:
+    """``obj[name]``, which must be a plain non-negative int (a bool, float,
+    negative or string index is read otherwise by some client)."""
     value = obj.get(name, default)
-    return value if type(value) is int else default
+    if type(value) is not int or value < 0:
+        raise Ambiguous(f"an LLM delta event with a {name} that is no plain index")
+    return value
 
 
-def _chat(choices: list[Any], found: Found) -> None:
-    for i, choice in enumerate(choices):
-        if not isinstance(choice, dict):
-            continue
-        n = _index(choice, "index", i)
-        delta = choice.get("delta")
-        base: Path = ("choices", i)
-        for name in _CHAT_FIELDS:
-            found.text(("chat", n, name), delta, (*base, "delta", name))
-        calls = delta.get("tool_calls") if isinstance(delta, dict) else None
-        for j, call in enumerate(calls if isinstance(calls, list) else ()):
-            if isinstance(call, dict):
-                path: Path = (*base, "delta", "tool_calls", j, "function", "arguments")
-                key = ("chat", n, "tool", _index(call, "index", j))
-                found.text(key, call.get("function"), path)
-        found.text(("chat", n, "text"), choice, (*base, "text"))
-        if choice.get("finish_reason") is not None:
-            found.closes.append(("chat", n))
+class Reader:
+    """The pieces and closes of each event of one stream, in order."""
 
+    def __init__(self) -> None:
+        from broker.scrub.delta_events import Anthropic, Responses
 
-def _responses(obj: dict[str, Any], kind: str, found: Found) -> None:
-    where = tuple(_index(obj, k, None) for k in ("content_index", "summary_index"))
-    output = _index(obj, "output_index", None)
-    if kind.endswith(".delta"):
-        found.text(("responses", output, kind[: -len(".delta")], *where), obj, ("delta",))
-    elif kind in _RESPONSES_END:
-        found.closes.append(())
-    elif kind == "response.output_item.done":
-        found.closes.append(("responses", output))
-    elif kind.endswith(".done"):
-        found.closes.append(("responses", output, kind[: -len(".done")], *where))
+        self._anthropic = Anthropic()
+        self._responses = Responses()
+        self._chat_started = False
+        self._lists: dict[Key, int] = {}  # chat list path -> entries opened
 
+    def read(self, obj: Any, name: str | None = None) -> Found:
+        """``obj``: one event's parsed JSON; ``name``: its SSE ``event`` field."""
+        found = Found()
+        if not isinstance(obj, dict):
+            return found
+        kind = obj.get("type")
+        if kind is None and name is not None and self._anthropic.names(name):
+            kind = name  # as the Anthropic SDK does
+        if isinstance(kind, str) and kind.startswith("response."):
+            self._responses.read(obj, kind, found)
+        elif isinstance(kind, str) and self._anthropic.names(kind):
+            self._anthropic.read(obj, kind, name, found)
+        elif kind == "transcript.text.delta":
+            found.text(("transcript",), obj, ("delta",))
+            found.recognised = True
+        elif kind == "transcript.text.done":
+            found.closes.append(("transcript",))
+        choices, candidates = obj.get("choices"), obj.get("candidates")
+        if isinstance(choices, list):
+            self._chat(choices, found)
+        if isinstance(candidates, list):
+            _gemini(candidates, found)
+        found.recognised = found.recognised or bool(found.pieces or found.closes or found.once)
+        return found
 
-def _anthropic(obj: dict[str, Any], kind: str, found: Found) -> None:
-    n = _index(obj, "index", None)
-    if kind == "content_block_delta":
-        for name in _ANTHROPIC_DELTA:
-            found.text(("anthropic", n, name), obj.get("delta"), ("delta", name))
-    elif kind == "content_block_start":
-        for name in _ANTHROPIC_START:
-            found.text(("anthropic", n, name), obj.get("content_block"), ("content_block", name))
-    elif kind == "content_block_stop":
-        found.closes.append(("anthropic", n))
-    elif kind == "message_stop":
-        found.closes.append(())
+    def _chat(self, choices: list[Any], found: Found) -> None:
+        first, self._chat_started = not self._chat_started, True
+        opened = self._lists.get((), 0)
+        for i, choice in enumerate(choices):
+            if not isinstance(choice, dict):
+                continue
+            found.recognised = True
+            n = index_of(choice, "index")
+            if (first and n != i) or n > opened:  # the SDK counts choices by position
+                raise Ambiguous("a chat choice index that names no choice the SDK has")
+            opened = max(opened, n + 1)
+            base: Path = ("choices", i)
+            delta = choice.get("delta")
+            if isinstance(delta, dict):
+                self._leaves(("chat", n), (*base, "delta"), delta, found)
+            found.text(("chat", n, "text"), choice, (*base, "text"))
+            if choice.get("finish_reason") is not None:
+                found.closes.append(("chat", n))
+        self._lists[()] = opened
+
+    def _leaves(self, key: Key, path: Path, obj: dict[str, Any], found: Found) -> None:
+        """Every string leaf of a chat delta, as ``accumulate_delta`` joins them."""
+        for name, value in obj.items():
+            if name in ("index", "type"):  # replaced, never joined
+                continue
+            if isinstance(value, str) and value:
+                where = found.once if name in _ONCE else found.pieces
+                where.append(((*key, name), (*path, name), value))
+            elif isinstance(value, dict):
+                self._leaves((*key, name), (*path, name), value, found)
+            elif isinstance(value, list) and any(isinstance(v, dict) for v in value):
+                self._entries((*key, name), (*path, name), value, found)
+
+    def _entries(self, key: Key, path: Path, entries: list[Any], found: Found) -> None:
+        first = key not in self._lists
+        opened = self._lists.get(key, 0)
+        if len(self._lists) > 4096:
+            raise Ambiguous("too many lists in a chat stream")
+        for j, entry in enumerate(entries):
+            if not isinstance(entry, dict):
+                raise Ambiguous("a chat delta list that mixes objects and values")
+            n = index_of(entry, "index")
+            if (first and n != j) or n > opened:  # the SDK inserts at, then merges by, index
+                raise Ambiguous("a chat list index that names no entry the SDK has")
+            opened = max(opened, n + 1)
+            self._leaves((*key, n), (*path, j), entry, found)
+        self._lists[key] = opened
 
 
 def _gemini(candidates: list[Any], found: Found) -> None:
     for i, cand in enumerate(candidates):
         if not isinstance(cand, dict):
             continue
-        n = _index(cand, "index", i)
+        found.recognised = True
+        # google-genai's .text reads candidates[0]; others key by index: both agree
+        # only when every index is its position.
+        if index_of(cand, "index", 0 if i == 0 else _MISSING) != i:
+            raise Ambiguous("a Gemini candidate whose index is not its position")
         content = cand.get("content")
         parts = content.get("parts") if isinstance(content, dict) else None
         for j, part in enumerate(parts if isinstance(parts, list) else ()):
             if isinstance(part, dict):
-                kind = "thought" if part.get("thought") is True else "text"
+                thought = part.get("thought")
+                if thought is not None and type(thought) is not bool:
+                    raise Ambiguous("a Gemini thought flag that is no JSON bool")
+                kind = "thought" if thought else "text"
                 found.text(
-                    ("gemini", n, kind), part, ("candidates", i, "content", "parts", j, "text")
+                    ("gemini", i, kind), part, ("candidates", i, "content", "parts", j, "text")
                 )
         if cand.get("finishReason") is not None:
-            found.closes.append(("gemini", n))
+            found.closes.append(("gemini", i))
 
 
-def read(obj: Any) -> Found:
-    """The pieces and closes of one event's parsed JSON (nothing for any other shape)."""
-    found = Found()
-    if not isinstance(obj, dict):
-        return found
-    kind = obj.get("type")
-    if isinstance(kind, str) and kind.startswith("response."):
-        _responses(obj, kind, found)
-    elif isinstance(kind, str) and kind.startswith(("content_block_", "message_stop")):
-        _anthropic(obj, kind, found)
-    choices, candidates = obj.get("choices"), obj.get("candidates")
-    if isinstance(choices, list):
-        _chat(choices, found)
-    if isinstance(candidates, list):
-        _gemini(candidates, found)
-    return found
+def read(obj: Any, name: str | None = None) -> Found:
+    """One event read on its own (a stream of one event)."""
+    return Reader().read(obj, name)

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from broker.scrub.delta_formats import Found, Key, Path, read
+from broker.scrub.delta_formats import Ambiguous, Found, Key, Path, Reader
 from broker.scrub.layers import Snapshot, replacement_for
 from broker.scrub.sse import Event, EventSplitter, rebuild
 
@@ -83,8 +83,9 @@ class DeltaError(Exception):
 
 
 class _Channel:
-    def __init__(self, key: Key) -> None:
+    def __init__(self, key: Key, once: bool = False) -> None:
         self.key = key
+        self.once = once  # never held: checked on arrival
         self.text = b""  # up to W released bytes, then the pending pieces, as received
         self.begin = 0  # where the pending pieces start in `text`
         self.pending: list[_Piece] = []
@@ -112,7 +113,9 @@ class DeltaStream:
     :class:`~broker.scrub.stream.StreamScrubber` (whose input it feeds).
     ``sources``: the scrubbers whose values the tenant's responses lose."""
 
-    def __init__(self, sources: Sequence[Scrubber], tenant: str | None) -> None:
+    def __init__(
+        self, sources: Sequence[Scrubber], tenant: str | None, events: bool = False
+    ) -> None:
         self._sources = sources
         self._tenant = tenant
         self._split = EventSplitter()
@@ -121,6 +124,9 @@ class DeltaStream:
         self._channels: dict[Key, _Channel] = {}
         self._closed: set[Key] = set()
         self._recognised = False
+        self._events = events  # the request asked for events
+        self._split.whole_lines = events
+        self._reader = Reader()
         self.count = 0
 
     @property
@@ -138,51 +144,76 @@ class DeltaStream:
         snaps = [source._current() for source in self._sources]
         window = max(max((s.max_len for s in snaps), default=0) - 1, 0)
         for event in self._split.feed(chunk, final):
-            self._add(event)
+            self._add(event, snaps)
         if self.held > MAX_HELD:
             raise DeltaError("an SSE stream held more than MAX_HELD bytes")
         return self._release(snaps, window, final)
 
     # -- events in ------------------------------------------------------------------
-    def _add(self, event: Event) -> None:
+    def _add(self, event: Event, snaps: list[Snapshot]) -> None:
         data, obj, found = event.data, None, Found()
+        if data is None and self._strict and _json_line(event.raw):
+            raise DeltaError("a JSON line outside an event (google-genai reads lines)")
         if data is not None and data.strip() == b"[DONE]":
             found.closes.append(())
         elif data is not None:
             try:
                 obj = json.loads(data.decode("utf-8", "replace"))
-            except (ValueError, RecursionError):
-                if self._recognised or any(m in data for m in _MARKERS):
+            except RecursionError:  # other parsers go deeper: never release it unread
+                raise DeltaError("an SSE event too deep to read") from None
+            except ValueError:
+                if self._strict or _marked(data):
                     raise DeltaError("an event of an LLM delta stream is not JSON") from None
             else:
-                found = read(obj)
-        self._recognised = self._recognised or found.recognised
-        pieces = []
-        for key, path, text in found.pieces:
-            if self._is_closed(key):
-                raise DeltaError("text for a channel the stream closed")
-            channel = self._channels.get(key)
-            if channel is None:
-                if len(self._channels) >= MAX_CHANNELS:
-                    raise DeltaError("an SSE stream named more than MAX_CHANNELS channels")
-                channel = self._channels[key] = _Channel(key)
-            raw = text.encode("utf-8", "surrogatepass")
-            piece = _Piece(channel, path, channel.total, raw)
-            channel.total += len(raw)
-            channel.text += raw
-            channel.pending.append(piece)
-            pieces.append(piece)
+                try:
+                    found = self._reader.read(obj, event.name)
+                except Ambiguous as exc:
+                    raise DeltaError(str(exc)) from None
+        if found.recognised and not self._recognised:
+            self._recognised = self._split.whole_lines = True
+        pieces = [self._piece(key, path, text) for key, path, text in found.pieces]
+        for key, path, text in found.once:
+            pieces.append(self._piece(key, path, text, snaps))
         self._closed.update(found.closes)
         if len(self._closed) > MAX_CHANNELS:
             raise DeltaError("an SSE stream closed more than MAX_CHANNELS channels")
         self._queue.append(_Held(event, obj, pieces))
         self._queued += len(event.raw)
 
+    @property
+    def _strict(self) -> bool:
+        """Every event must be read: the stream is LLM deltas, or was asked for."""
+        return self._recognised or self._events
+
+    def _piece(self, key: Key, path: Path, text: str, once: list[Snapshot] | None = None) -> _Piece:
+        """A piece of a channel; ``once``: of a channel never held (an identifier
+        sent once), whose join must hold no value that reaches back into it."""
+        if self._is_closed(key):
+            raise DeltaError("text for a channel the stream closed")
+        channel = self._channels.get(key)
+        if channel is None:
+            if len(self._channels) >= MAX_CHANNELS:
+                raise DeltaError("an SSE stream named more than MAX_CHANNELS channels")
+            channel = self._channels[key] = _Channel(key, once is not None)
+        raw = text.encode("utf-8", "surrogatepass")
+        piece = _Piece(channel, path, channel.total, raw)
+        at = len(channel.text)
+        channel.total += len(raw)
+        channel.text += raw
+        channel.pending.append(piece)
+        for snap in once or ():
+            for start, end, *_ in snap.occurrences(channel.text):
+                if start < at < end:
+                    raise DeltaError("an identifier sent again completes a value")
+        return piece
+
     def _is_closed(self, key: Key) -> bool:
         return any(key[:i] in self._closed for i in range(len(key) + 1))
 
     def _ready(self, piece: _Piece, window: int) -> bool:
         channel = piece.channel
+        if channel.once:
+            return True
         return channel.total >= piece.start + len(piece.raw) + window or self._is_closed(
             channel.key
         )
@@ -267,11 +298,30 @@ def _render(held: _Held) -> bytes:
     for piece in changed:
         assert piece.out is not None
         _put(held.obj, piece.path, _text(piece.out))
+    # ASCII only: no U+2028 / U+2029 / U+0085 a line-based reader would split on
+    return rebuild(held.event, json.dumps(held.obj, separators=(",", ":")).encode())
+
+
+def _marked(data: bytes) -> bool:
+    """An unparsable event that names a delta format's key (escaped or not)."""
+    if any(m in data for m in _MARKERS):
+        return True
+    text = data.decode("unicode_escape", "replace").encode("utf-8", "replace")
+    return b"\\u" in data.lower() and any(m in text for m in _MARKERS)
+
+
+def _json_line(line: bytes) -> bool:
+    """A line that is no SSE field and parses as JSON (an object or a list)."""
+    text = line.strip()
+    if not text.startswith((b"{", b"[")):
+        return False
     try:
-        data = json.dumps(held.obj, ensure_ascii=False, separators=(",", ":")).encode()
-    except UnicodeEncodeError:  # a lone surrogate: escape it, as the upstream must have
-        data = json.dumps(held.obj, separators=(",", ":")).encode()
-    return rebuild(held.event, data)
+        json.loads(text.decode("utf-8", "replace"))
+    except RecursionError:
+        return True
+    except ValueError:
+        return False
+    return True
 
 
 def _text(raw: bytes) -> str:

@@ -32,6 +32,12 @@ class Event:
         values = [value for name, value in map(field, self.lines) if name == b"data"]
         return b"\n".join(values) if values else None
 
+    @property
+    def name(self) -> str | None:
+        """The ``event`` field (the last one), or None."""
+        names = [value for name, value in map(field, self.lines) if name == b"event"]
+        return names[-1].decode("utf-8", "replace") if names else None
+
 
 def field(line: tuple[bytes, bytes]) -> tuple[bytes, bytes]:
     """(name, value) of one line; a comment has the name ``b""``."""
@@ -57,6 +63,8 @@ class EventSplitter:
         self._raw_len = 0
         self._free = False  # inside a line that goes out as it comes
         self._started = False
+        self.whole_lines = False
+        """Hold a line that is no event field until it ends (to read it whole)."""
 
     @property
     def held(self) -> int:
@@ -78,7 +86,7 @@ class EventSplitter:
             m = _EOL.search(buf, pos)
             if m is None or (m.group() == b"\r" and m.end() == len(buf) and not final):
                 end = m.start() if m else len(buf)  # a CR may be half a CRLF: not yet
-                if self._free or _free(buf[pos:end], complete=False):
+                if self._free or (not self.whole_lines and _free(buf[pos:end], complete=False)):
                     out += [_passed(buf[pos:end])] if end > pos else []
                     self._free, pos = True, end
                 break

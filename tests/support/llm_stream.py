@@ -87,6 +87,12 @@ def stream_of(fmt: str, pieces: list[str], eol: str = "\n") -> bytes:
         ev.append(
             _ev({"type": "response.created", "response": {"id": "r"}}, eol, "response.created")
         )
+        item = {"id": "m", "type": "message", "role": "assistant", "content": []}
+        added = {"type": "response.output_item.added", "output_index": 0, "item": item}
+        ev.append(_ev(added, eol, added["type"]))
+        part = {"type": "output_text", "text": "", "annotations": []}
+        added = {"type": "response.content_part.added", "output_index": 0, "content_index": 0}
+        ev.append(_ev({**added, "part": part}, eol, added["type"]))
         for p in pieces:
             obj = {
                 "type": "response.output_text.delta",
@@ -103,15 +109,17 @@ def stream_of(fmt: str, pieces: list[str], eol: str = "\n") -> bytes:
             ("text", "text_delta") if fmt == "anthropic" else ("partial_json", "input_json_delta")
         )
         ev.append(_ev({"type": "message_start", "message": {"id": "m"}}, eol, "message_start"))
-        block = {"type": "text", "text": ""}
-        ev.append(_ev({"type": "content_block_start", "index": 0, "content_block": block}, eol))
+        block = {"type": "text", "text": ""} if fmt == "anthropic" else {"type": "tool_use"}
+        kind0 = "content_block_start"
+        ev.append(_ev({"type": kind0, "index": 0, "content_block": block}, eol, kind0))
         for i, p in enumerate(pieces):
             obj = {"type": "content_block_delta", "index": 0, "delta": {"type": kind, field: p}}
             ev.append(_ev(obj, eol, "content_block_delta"))
             if i % 3 == 1:
                 ev.append(_ev({"type": "ping"}, eol, "ping"))
         ev.append(_ev({"type": "content_block_stop", "index": 0}, eol, "content_block_stop"))
-        ev.append(_ev({"type": "message_delta", "delta": {"stop_reason": "end_turn"}}, eol))
+        stop = {"type": "message_delta", "delta": {"stop_reason": "end_turn"}}
+        ev.append(_ev(stop, eol, "message_delta"))
         ev.append(_ev({"type": "message_stop"}, eol, "message_stop"))
     elif fmt == "gemini":
         for p in pieces:

@@ -113,7 +113,7 @@ def test_interleaved_channels_each_joined_on_its_own() -> None:
                 {
                     "index": 0,
                     "delta": {
-                        "tool_calls": [{"index": 2, "function": {"arguments": VALUE[:half]}}]
+                        "tool_calls": [{"index": 0, "function": {"arguments": VALUE[:half]}}]
                     },
                 }
             ]
@@ -125,7 +125,7 @@ def test_interleaved_channels_each_joined_on_its_own() -> None:
                 {
                     "index": 0,
                     "delta": {
-                        "tool_calls": [{"index": 2, "function": {"arguments": VALUE[half:]}}]
+                        "tool_calls": [{"index": 0, "function": {"arguments": VALUE[half:]}}]
                     },
                 }
             ]
@@ -134,7 +134,7 @@ def test_interleaved_channels_each_joined_on_its_own() -> None:
     data = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events)
     joined = reassemble(relay(data, [])[0])
     assert joined[("chat", 0)] == PLACEHOLDER
-    assert joined[("tool", 0, 2)] == PLACEHOLDER
+    assert joined[("tool", 0, 0)] == PLACEHOLDER
     assert joined[("chat", 1)] == VALUE[:half] + "-" + VALUE[half:]  # no value: left alone
 
 
@@ -186,10 +186,10 @@ def test_window_is_the_longest_pattern() -> None:
 
 def test_text_after_a_close_cuts_the_stream() -> None:
     d = DeltaStream([scrubber()], "acme")
-    d.feed(b'data: {"type":"content_block_delta","index":0,"delta":{"text":"KbDel"}}\n\n')
-    d.feed(b'data: {"type":"content_block_stop","index":0}\n\n')
+    d.feed(b'data: {"choices":[{"index":0,"delta":{"content":"KbDel"}}]}\n\n')
+    d.feed(b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n')
     with pytest.raises(DeltaError):
-        d.feed(b'data: {"type":"content_block_delta","index":0,"delta":{"text":"ta_7f"}}\n\n')
+        d.feed(b'data: {"choices":[{"index":0,"delta":{"content":"ta_7f"}}]}\n\n')
 
 
 @pytest.mark.parametrize(
