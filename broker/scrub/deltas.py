@@ -22,10 +22,12 @@ counts bytes of channel text, never looks at what they are. Other events
 except behind a held event, whose order they keep.
 
 **Fail closed.** :class:`DeltaError` (the caller cuts the stream) when text
-arrives for a channel already closed (it would join text released without
-look-ahead), when an event of a delta stream is not JSON (its text cannot be
-read, and a lenient client might), or when more than :data:`MAX_HELD` bytes
-are held, or more than :data:`MAX_CHANNELS` channels named."""
+arrives for a channel already closed, when an event a client could read
+otherwise is met (:class:`~broker.scrub.delta_formats.Ambiguous`), when an
+event of a delta stream (or of any stream the request asked events of) is
+not JSON, or too deep to parse, or is a JSON line outside an event, when an
+identifier sent again (a *once* piece: never held) joins into a value, or
+past :data:`MAX_HELD` bytes held or :data:`MAX_CHANNELS` channels."""
 
 from __future__ import annotations
 
@@ -36,8 +38,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from broker.scrub.delta_formats import Ambiguous, Found, Key, Path, Reader
+from broker.scrub.delta_json import json_line, marked, rewrite
 from broker.scrub.layers import Snapshot, replacement_for
-from broker.scrub.sse import Event, EventSplitter, rebuild
+from broker.scrub.sse import Event, EventSplitter
 
 if TYPE_CHECKING:
     from broker.scrub.scrubber import Scrubber
@@ -56,8 +59,6 @@ MAX_HELD = 8 << 20
 MAX_CHANNELS = 4096
 """Channels (and closes) one stream may name; each keeps up to W bytes."""
 
-_MARKERS = (b'"delta"', b'"choices"', b'"candidates"', b'"content_block')
-"""An unparsable event holding one of these is taken for a delta event."""
 
 Edit = tuple[
     int, int, bytes | None
@@ -152,7 +153,7 @@ class DeltaStream:
     # -- events in ------------------------------------------------------------------
     def _add(self, event: Event, snaps: list[Snapshot]) -> None:
         data, obj, found = event.data, None, Found()
-        if data is None and self._strict and _json_line(event.raw):
+        if data is None and self._strict and json_line(event.raw):
             raise DeltaError("a JSON line outside an event (google-genai reads lines)")
         if data is not None and data.strip() == b"[DONE]":
             found.closes.append(())
@@ -162,7 +163,7 @@ class DeltaStream:
             except RecursionError:  # other parsers go deeper: never release it unread
                 raise DeltaError("an SSE event too deep to read") from None
             except ValueError:
-                if self._strict or _marked(data):
+                if self._strict or marked(data):
                     raise DeltaError("an event of an LLM delta stream is not JSON") from None
             else:
                 try:
@@ -292,46 +293,5 @@ class DeltaStream:
 
 
 def _render(held: _Held) -> bytes:
-    changed = [p for p in held.pieces if p.out is not None]
-    if not changed:
-        return held.event.raw
-    for piece in changed:
-        assert piece.out is not None
-        _put(held.obj, piece.path, _text(piece.out))
-    # ASCII only: no U+2028 / U+2029 / U+0085 a line-based reader would split on
-    return rebuild(held.event, json.dumps(held.obj, separators=(",", ":")).encode())
-
-
-def _marked(data: bytes) -> bool:
-    """An unparsable event that names a delta format's key (escaped or not)."""
-    if any(m in data for m in _MARKERS):
-        return True
-    text = data.decode("unicode_escape", "replace").encode("utf-8", "replace")
-    return b"\\u" in data.lower() and any(m in text for m in _MARKERS)
-
-
-def _json_line(line: bytes) -> bool:
-    """A line that is no SSE field and parses as JSON (an object or a list)."""
-    text = line.strip()
-    if not text.startswith((b"{", b"[")):
-        return False
-    try:
-        json.loads(text.decode("utf-8", "replace"))
-    except RecursionError:
-        return True
-    except ValueError:
-        return False
-    return True
-
-
-def _text(raw: bytes) -> str:
-    try:
-        return raw.decode("utf-8", "surrogatepass")
-    except UnicodeDecodeError:  # a value cut inside a character: what is left of it
-        return raw.decode("utf-8", "replace")
-
-
-def _put(obj: Any, path: Path, text: str) -> None:
-    for step in path[:-1]:
-        obj = obj[step]
-    obj[path[-1]] = text
+    changed = [(p.path, p.out) for p in held.pieces if p.out is not None]
+    return rewrite(held.event, held.obj, changed) if changed else held.event.raw
