@@ -202,6 +202,18 @@ def _records(tmp_path: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
 
 
+def _done(engine: Engine, out: Any, dest: Destination) -> None:
+    """The exchange of ``out`` ended 200: its done record."""
+    engine.record(
+        decision=out.decision,
+        dest=dest,
+        status=200,
+        scrubbed=0,
+        started=0.0,
+        record_id=out.record_id,
+    )
+
+
 def test_write_ahead_sent_record_before_the_value_leaves(engine: Engine, tmp_path: Path) -> None:
     """DESIGN.md §6: the sent record is on disk when process() hands back the
     substituted request; done carries the same id."""
@@ -210,14 +222,7 @@ def test_write_ahead_sent_record_before_the_value_leaves(engine: Engine, tmp_pat
     (sent,) = _records(tmp_path)
     assert (sent["phase"], sent["id"], sent["status"]) == ("sent", out.record_id, None)
     assert sent["decision"] == "allow" and sent["secrets"] == ["api"]
-    engine.record(
-        decision=out.decision,
-        dest=DEST,
-        status=200,
-        scrubbed=0,
-        started=0.0,
-        record_id=out.record_id,
-    )
+    _done(engine, out, DEST)
     done = _records(tmp_path)[-1]
     assert (done["phase"], done["id"], done["status"]) == ("done", out.record_id, 200)
     assert VALUE not in (tmp_path / "audit.jsonl").read_text()
@@ -328,14 +333,7 @@ def test_another_tenants_value_in_an_allowed_request_stays_out_of_its_records(
         dest = Destination.of("https", "api.example.com", 443, "GET", path)
         out = run(e.process("acme", dest, parts(path=path)))
         assert out.parts is not None and out.record_id is not None
-        e.recorder.done(
-            decision=out.decision,
-            dest=dest,
-            status=200,
-            scrubbed=0,
-            started=0.0,
-            record_id=out.record_id,
-        )
+        _done(e, out, dest)
         records = [r for r in _records(tmp_path) if r["tenant"] == "acme"]
         assert [r["phase"] for r in records] == ["sent", "done"]
         text = json.dumps(records).lower()
