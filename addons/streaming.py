@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from urllib.parse import parse_qs, urlsplit
 
 from mitmproxy import http
 
@@ -37,7 +38,7 @@ def start_stream(
     scrubber = engine.stream_scrubber(st.tenant or "")
     deltas = None
     if events or is_event_stream(resp.headers.get("content-type")):
-        deltas = delta_joiner(flows, st, events)
+        deltas = delta_joiner(flows, st, events, reads_lines(flow.request.path))
     resp.headers.pop("content-encoding", None)
     resp.headers.pop("content-length", None)
     if resp.http_version.startswith("HTTP/1"):
@@ -80,16 +81,26 @@ def start_stream(
     resp.stream = stream
 
 
-def delta_joiner(flows: Flows, st: FlowState, events: bool = False) -> DeltaStream | None:
+def delta_joiner(
+    flows: Flows, st: FlowState, events: bool = False, lines: bool = False
+) -> DeltaStream | None:
     """LLM deltas joined for the reading tenant, unless it turned that off
     (``stream_deltas: off``); ``events``: the request asked for events (every
-    event must then be read, or the stream is cut)."""
+    event must then be read, or the stream is cut); ``lines``: its client may
+    read lines, not events (a JSON line outside an event cuts)."""
     engine = flows.engine
     tenant = engine.policy.tenants.get(st.tenant or "")
     if tenant is not None and tenant.stream_deltas != "scan":
         return None
     sources = [engine.scrubber, *engine.kinds.captures.live(st.tenant)]
-    return DeltaStream(sources, st.tenant or "", events=events)
+    return DeltaStream(sources, st.tenant or "", events=events, lines=lines)
+
+
+def reads_lines(target: str) -> bool:
+    """``alt=sse`` in the query: google-genai, which reads each line that
+    parses as JSON as a chunk (after an optional ``data: ``)."""
+    values = parse_qs(urlsplit(target).query).get("alt", ())
+    return any(v.lower() == "sse" for v in values)
 
 
 def abort_stream(flow: http.HTTPFlow, st: FlowState, reason: Reason, exc: BaseException) -> None:

@@ -8,7 +8,7 @@ with the state their SDKs keep, so an index means what it means to them.
   starts the same channel. The SDK finds outputs and parts by list position
   in the order they were added: an ``output_item.added`` must be the next
   output, a ``content_part.added`` the next part, a delta must name an output
-  (and a part) added. The matching ``.done``, ``response.output_item.done``
+  (and, for ``output_text.delta``, a part) added. The matching ``.done``, ``response.output_item.done``
   and ``response.completed`` / ``incomplete`` / ``failed`` close.
 - Anthropic Messages: ``content_block_delta`` ``delta.{text, partial_json,
   thinking}`` and the initial ``content_block.{text, thinking}`` of
@@ -30,6 +30,7 @@ __all__ = ["Anthropic", "Responses"]
 _RESPONSES_END = {"response.completed", "response.incomplete", "response.failed"}
 _TEXT = "response.output_text"
 _ARGS = "response.function_call_arguments"
+_MAX_OUTPUTS = 4096
 
 _ANTHROPIC = frozenset(
     {
@@ -53,24 +54,32 @@ _START_FIELDS = ("text", "thinking")
 
 
 class Responses:
+    """A stream resumed (``starting_after``) has no ``response.created``: no
+    SDK accumulates it, a client reads each index as it is (plain ints only)."""
+
     def __init__(self) -> None:
-        self._parts: list[int] = []  # per output added: its parts added
+        self._outputs = 0  # outputs added
+        self._parts: dict[int, int] = {}  # per output added: its parts added
+        self._created = False
 
     def _output(self, obj: dict[str, Any]) -> int | None:
         if "output_index" not in obj:
             return None
         n = index_of(obj, "output_index")
-        if n >= len(self._parts):
+        if self._created and n >= self._outputs:
             raise Ambiguous("a Responses event for an output never added")
         return n
 
     def _add_output(self, item: Any, n: int, found: Found) -> None:
-        if n != len(self._parts):
+        if self._created and n != self._outputs:
             raise Ambiguous("a Responses output added out of order")
+        if len(self._parts) >= _MAX_OUTPUTS:
+            raise Ambiguous("too many outputs in a Responses stream")
         item = item if isinstance(item, dict) else {}
         content = item.get("content")
         parts = content if isinstance(content, list) else []
-        self._parts.append(len(parts))
+        self._outputs = max(self._outputs, n + 1)
+        self._parts[n] = len(parts)
         base = ("responses", n)
         for j, part in enumerate(parts):
             for name, kind in (("text", _TEXT), ("refusal", "response.refusal")):
@@ -82,8 +91,9 @@ class Responses:
         if kind == "response.created":
             response = obj.get("response")
             output = response.get("output") if isinstance(response, dict) else None
-            if output:
-                raise Ambiguous("a Responses stream created with outputs")
+            if output or self._created:
+                raise Ambiguous("a Responses stream created twice, or with outputs")
+            self._created = True
             return
         if kind == "response.output_item.added":
             self._add_output(obj.get("item"), index_of(obj, "output_index"), found)
@@ -92,16 +102,22 @@ class Responses:
         where = tuple(
             index_of(obj, k) if k in obj else None for k in ("content_index", "summary_index")
         )
+        parts = self._parts.get(output, 0) if output is not None else 0
         if kind == "response.content_part.added":
-            if output is None or where[0] != self._parts[output]:
+            if output is None or where[0] is None:
+                raise Ambiguous("a Responses part added to no output")
+            if self._created and where[0] != parts:
                 raise Ambiguous("a Responses part added out of order")
-            self._parts[output] += 1
+            if len(self._parts) >= _MAX_OUTPUTS:
+                raise Ambiguous("too many outputs in a Responses stream")
+            self._parts[output] = max(parts, where[0] + 1)
             for name, part_kind in (("text", _TEXT), ("refusal", "response.refusal")):
                 key = ("responses", output, part_kind, where[0], None)
                 found.text(key, obj.get("part"), ("part", name))
             return
-        if output is not None and where[0] is not None and where[0] >= self._parts[output]:
-            raise Ambiguous("a Responses event for a part never added")
+        if kind == _TEXT + ".delta" and self._created:  # the SDK's output[i].content[j]
+            if output is None or where[0] is None or where[0] >= parts:
+                raise Ambiguous("a Responses text delta for a part never added")
         if kind.endswith(".delta"):
             found.text(("responses", output, kind[: -len(".delta")], *where), obj, ("delta",))
         elif kind in _RESPONSES_END:
@@ -156,7 +172,14 @@ class Anthropic:
 
     def _delta(self, delta: Any, n: int, found: Found) -> None:
         delta = delta if isinstance(delta, dict) else {}
-        field, blocks = _DELTA_FIELD.get(str(delta.get("type")), (None, ()))
+        kind = delta.get("type")
+        if (
+            not isinstance(kind, str) or kind not in _DELTA_FIELD
+        ):  # a type no SDK knows: it joins nothing, none of ours
+            if any(name in delta for name in _TEXT_FIELDS):
+                raise Ambiguous("an Anthropic delta of an unknown type with text")
+            return
+        field, blocks = _DELTA_FIELD[kind]
         if self._blocks[n] not in blocks:
             raise Ambiguous("an Anthropic delta whose type is not its block's")
         for name in _TEXT_FIELDS:

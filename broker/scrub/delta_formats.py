@@ -52,6 +52,7 @@ class Found:
     closes: list[Key] = field(default_factory=list)
     """Key prefixes closed after this event's pieces (``()``: every channel)."""
     recognised: bool = False
+    gemini: bool = False
 
     def text(self, key: Key, obj: Any, path: Path) -> None:
         value = obj.get(path[-1]) if isinstance(obj, dict) else None
@@ -157,7 +158,7 @@ def _gemini(candidates: list[Any], found: Found) -> None:
     for i, cand in enumerate(candidates):
         if not isinstance(cand, dict):
             continue
-        found.recognised = True
+        found.recognised = found.gemini = True
         # google-genai's .text reads candidates[0]; others key by index: both agree
         # only when every index is its position.
         if index_of(cand, "index", 0 if i == 0 else _MISSING) != i:

@@ -115,7 +115,11 @@ class DeltaStream:
     ``sources``: the scrubbers whose values the tenant's responses lose."""
 
     def __init__(
-        self, sources: Sequence[Scrubber], tenant: str | None, events: bool = False
+        self,
+        sources: Sequence[Scrubber],
+        tenant: str | None,
+        events: bool = False,
+        lines: bool = False,
     ) -> None:
         self._sources = sources
         self._tenant = tenant
@@ -126,7 +130,8 @@ class DeltaStream:
         self._closed: set[Key] = set()
         self._recognised = False
         self._events = events  # the request asked for events
-        self._split.whole_lines = events
+        self._lines = lines  # and its client may read lines (google-genai: alt=sse)
+        self._split.whole_lines = lines
         self._reader = Reader()
         self.count = 0
 
@@ -153,7 +158,7 @@ class DeltaStream:
     # -- events in ------------------------------------------------------------------
     def _add(self, event: Event, snaps: list[Snapshot]) -> None:
         data, obj, found = event.data, None, Found()
-        if data is None and self._strict and json_line(event.raw):
+        if data is None and self._lines and json_line(event.raw):
             raise DeltaError("a JSON line outside an event (google-genai reads lines)")
         if data is not None and data.strip() == b"[DONE]":
             found.closes.append(())
@@ -170,8 +175,9 @@ class DeltaStream:
                     found = self._reader.read(obj, event.name)
                 except Ambiguous as exc:
                     raise DeltaError(str(exc)) from None
-        if found.recognised and not self._recognised:
-            self._recognised = self._split.whole_lines = True
+        self._recognised = self._recognised or found.recognised
+        if found.gemini:  # google-genai reads lines: every line is read whole
+            self._lines = self._split.whole_lines = True
         pieces = [self._piece(key, path, text) for key, path, text in found.pieces]
         for key, path, text in found.once:
             pieces.append(self._piece(key, path, text, snaps))
@@ -189,7 +195,7 @@ class DeltaStream:
     def _piece(self, key: Key, path: Path, text: str, once: list[Snapshot] | None = None) -> _Piece:
         """A piece of a channel; ``once``: of a channel never held (an identifier
         sent once), whose join must hold no value that reaches back into it."""
-        if self._is_closed(key):
+        if once is None and self._is_closed(key):  # (once pieces are never held)
             raise DeltaError("text for a channel the stream closed")
         channel = self._channels.get(key)
         if channel is None:

@@ -26,9 +26,9 @@ def scrubber() -> Scrubber:
     return s
 
 
-def relay(data: bytes, events: bool = False, chunk: int = 7) -> bytes:
+def relay(data: bytes, events: bool = False, chunk: int = 7, lines: bool = False) -> bytes:
     s = scrubber()
-    d, b = DeltaStream([s], "acme", events=events), s.stream("acme")
+    d, b = DeltaStream([s], "acme", events=events, lines=lines), s.stream("acme")
     out = [b.feed(d.feed(data[i : i + chunk])) for i in range(0, len(data), chunk)]
     return b"".join([*out, b.feed(d.flush()), b.flush()])
 
@@ -90,13 +90,40 @@ def test_an_ambiguous_event_cuts_the_stream(stream: str) -> None:
         relay(stream.encode())
 
 
-def test_json_lines_under_a_stream_request_cut_it() -> None:
-    """google-genai reads every line that parses as JSON as a chunk."""
+def test_json_lines_for_a_line_reader_cut_the_stream() -> None:
+    """google-genai (alt=sse) reads every line that parses as JSON as a chunk."""
     line = json.dumps({"candidates": [{"index": 0, "content": {"parts": [{"text": A}]}}]})
     with pytest.raises(DeltaError):
-        relay(f"{line}\n{line}\n".encode(), events=True)
-    assert relay(f"{line}\n".encode()) == f"{line}\n".encode()  # not asked, not recognised
-    assert relay(b": comment\nhello\n\n", events=True) == b": comment\nhello\n\n"
+        relay(f"{line}\n{line}\n".encode(), events=True, lines=True)
+    with pytest.raises(DeltaError):  # a Gemini stream (once recognised): read lines whole
+        relay(f"data: {line}\n\n{line}\n".encode(), chunk=len(line) + 8)
+    ndjson = f"{line}\n".encode()  # an NDJSON stream asked for (Ollama): not SSE, passes
+    assert relay(ndjson, events=True) == ndjson
+    assert relay(b": comment\nhello\n\n", events=True, lines=True) == b": comment\nhello\n\n"
+
+
+def test_real_api_variants_flow() -> None:
+    """Streams the real APIs send that the stricter reading must not cut."""
+    resumed = ev({"type": "response.output_text.delta", "output_index": 2, "content_index": 0})
+    unknown = ev(
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text"}},
+        "content_block_start",
+    ) + ev(
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "new_delta"}},
+        "content_block_delta",
+    )
+    role_again = (
+        chat({"role": "assistant", "content": "x"})
+        + ev({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        + chat({"role": "assistant"})
+    )
+    azure = (
+        ev({"choices": [], "prompt_filter_results": []})
+        + chat({"content": "x"})
+        + chat({"content": "y"}, 1)
+    )
+    for stream in (resumed, unknown, role_again, azure):
+        assert relay(stream.encode()) == stream.encode()
 
 
 def test_unparsable_data_under_a_stream_request_cuts_it() -> None:

@@ -133,6 +133,7 @@ def primed() -> Reader:
     """A reader that has seen three Responses outputs (one part each) and
     three Anthropic blocks (text, tool_use, thinking) added."""
     r = Reader()
+    r.read({"type": "response.created", "response": {"output": []}})
     for n in range(3):
         r.read({"type": "response.output_item.added", "output_index": n, "item": {}})
         added = {"type": "response.content_part.added", "output_index": n, "content_index": 0}
@@ -177,6 +178,7 @@ A_START = [
     ),
 ]
 R_START = [
+    ({"type": "response.created", "response": {"output": []}}, None),
     ({"type": "response.output_item.added", "output_index": 0, "item": {"content": []}}, None),
     (
         {
@@ -229,7 +231,13 @@ AMBIGUOUS: dict[str, list[tuple[Any, str | None]]] = {
     "responses-output-never-added": [*R_START, (r_delta(output_index=1, content_index=0), None)],
     "responses-part-never-added": [*R_START, (r_delta(output_index=0, content_index=1), None)],
     "responses-output-added-out-of-order": [
-        ({"type": "response.output_item.added", "output_index": 2, "item": {}}, None)
+        R_START[0],
+        ({"type": "response.output_item.added", "output_index": 2, "item": {}}, None),
+    ],
+    "responses-created-twice": [R_START[0], R_START[0]],
+    "anthropic-unknown-delta-with-text": [
+        *A_START,
+        (block_delta(0, {"type": "new_delta", "text": "x"}), "content_block_delta"),
     ],
     "anthropic-start-not-next": [
         A_START[0],
