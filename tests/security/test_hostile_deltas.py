@@ -49,6 +49,9 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         q = {k: v[0] for k, v in parse_qs(url.query).items()}
         path = url.path
+        if path.startswith("/attack/"):  # /attack/<name>/v1/...: one of ATTACKS
+            _, _, name, path = path.split("/", 3)
+            q["attack"], path = name, "/" + path
         if path.startswith("/json/"):  # an SDK's URL cannot carry a query: label it by path
             path, q["ctype"] = path[len("/json") :], "application/json"
         fmt = PATHS.get(path) or q.get("fmt", "chat")
@@ -56,6 +59,8 @@ class _Handler(BaseHTTPRequestHandler):
         text = f'Your key is {value}. Again, quoted: "{value}"!'
         k = int(q.get("piece", "3"))
         data = stream_of(fmt, [text[i : i + k] for i in range(0, len(text), k)])
+        if q.get("attack"):
+            data = _attack(q["attack"], value)
         self.send_response(200)
         self.send_header("Content-Type", q.get("ctype", "text/event-stream"))
         if q.get("length"):  # with a length: buffered, unless the broker streams it
@@ -73,6 +78,54 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(0.001)
         self.wfile.write(b"0\r\n\r\n")
         self.close_connection = True
+
+
+def _chunk(index: Any, delta: Any, finish: str | None = None) -> str:
+    choice = {"index": index, "delta": delta, "finish_reason": finish}
+    obj = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m"}
+    return f"data: {json.dumps({**obj, 'choices': [choice]})}\n\n"
+
+
+def _call(index: Any, **function: str) -> Any:
+    return {"tool_calls": [{"index": index, "type": "function", "function": function}]}
+
+
+# The 2026-12-02 attack review's chat streams (the value in halves a, b): an
+# index the SDK reads otherwise (cut), text the SDK's accumulate_delta joins.
+ATTACKS: dict[str, Any] = {
+    "tool-index-negative": lambda a, b: [
+        _chunk(0, {"role": "assistant", **_call(0, name="f", arguments=a)}),
+        _chunk(0, _call(-1, arguments=b)),
+    ],
+    "tool-index-true": lambda a, b: [
+        _chunk(0, {"role": "assistant", **_call(0, name="f", arguments="{}")}),
+        _chunk(0, _call(1, name="g", arguments=a)),
+        _chunk(0, _call(True, arguments=b)),
+    ],
+    "choice-index-negative": lambda a, b: [
+        _chunk(0, {"role": "assistant", "content": a}),
+        _chunk(-1, {"content": b}),
+    ],
+    "tool-name": lambda a, b: [
+        _chunk(0, {"role": "assistant", **_call(0, name=a, arguments="{}")}),
+        _chunk(0, _call(0, name=b)),
+    ],
+    "audio-transcript": lambda a, b: [
+        _chunk(0, {"role": "assistant", "audio": {"id": "au", "transcript": a}}),
+        _chunk(0, {"audio": {"transcript": b}}),
+    ],
+    "function-call": lambda a, b: [
+        _chunk(0, {"role": "assistant", "function_call": {"name": "f", "arguments": a}}),
+        _chunk(0, {"function_call": {"arguments": b}}),
+    ],
+}
+CUT = ("tool-index-negative", "tool-index-true", "choice-index-negative", "tool-name")
+
+
+def _attack(name: str, value: str) -> bytes:
+    h = len(value) // 2
+    events = ATTACKS[name](value[:h], value[h:])
+    return "".join([*events, _chunk(0, {}, "stop"), "data: [DONE]\n\n"]).encode()
 
 
 class HostileLLM(HTTPSServer):
@@ -132,11 +185,13 @@ def _client(broker: Proxy, tenant: str = "acme") -> httpx.Client:
     )
 
 
-def _audit_clean(broker: Proxy) -> None:
+def _audit_clean(broker: Proxy, scrubbed: int = 2) -> dict[str, Any]:
     time.sleep(0.2)  # the done record follows the stream's end
     text = broker.audit_path.read_bytes()
     assert_clean(text, "the audit")
-    assert json.loads(text.splitlines()[-1])["scrubbed"] >= 2
+    last: dict[str, Any] = json.loads(text.splitlines()[-1])
+    assert last["scrubbed"] >= scrubbed
+    return last
 
 
 @pytest.mark.parametrize("piece", [1, 4])
@@ -182,6 +237,38 @@ def test_openai_sdk_reassembles_no_value(broker: Proxy, upstream: HostileLLM) ->
         assert_clean(got.encode(), f"the SDK's {what} text")
         assert got == f'Your key is {PLACEHOLDER}. Again, quoted: "{PLACEHOLDER}"!', what
     _audit_clean(broker)
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+def test_openai_sdk_accumulates_no_value_from_an_ambiguous_stream(
+    broker: Proxy, upstream: HostileLLM, name: str
+) -> None:
+    """The real OpenAI SDK's stream helper (accumulate_delta: list indexes,
+    every string leaf joined) on the review's streams: cut, or scrubbed."""
+    from openai import OpenAI
+
+    seen, failed = "", None
+    with _client(broker) as http:
+        sdk = OpenAI(
+            api_key="<<secret:llm>>",
+            base_url=upstream.url(f"/attack/{name}/v1"),
+            http_client=http,
+            max_retries=0,
+        )
+        try:
+            with sdk.chat.completions.stream(model="m", messages=[]) as s:
+                for _ in s:
+                    seen = s.current_completion_snapshot.model_dump_json()
+                seen = s.get_final_completion().model_dump_json()
+        except Exception as exc:  # the cut connection
+            failed = exc
+    assert_clean(seen.encode(), f"the SDK's {name} snapshot")
+    last = _audit_clean(broker, 0 if name in CUT else 1)
+    if name in CUT:
+        assert failed is not None, seen
+        assert "upstream_protocol_error" in json.dumps(last), last
+    else:
+        assert failed is None and PLACEHOLDER in seen, (failed, seen)
 
 
 def test_a_tenant_that_opts_out_gets_each_event_scrubbed_alone(
