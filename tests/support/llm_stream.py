@@ -11,7 +11,16 @@ from typing import Any
 
 __all__ = ["FORMATS", "client_data", "reassemble", "stream_of"]
 
-FORMATS = ("chat", "chat_tool", "responses", "anthropic", "anthropic_json", "gemini")
+FORMATS = (
+    "chat",
+    "chat_tool",
+    "chat_audio",
+    "responses",
+    "anthropic",
+    "anthropic_json",
+    "gemini",
+    "transcript",
+)
 
 
 def client_data(stream: bytes) -> list[str]:
@@ -46,10 +55,13 @@ def reassemble(stream: bytes) -> dict[tuple[Any, ...], str]:
         for choice in obj.get("choices", ()):
             delta = choice.get("delta", {})
             add(("chat", choice["index"]), delta.get("content"))
+            add(("audio", choice["index"]), delta.get("audio", {}).get("transcript"))
             for call in delta.get("tool_calls", ()):
                 add(("tool", choice["index"], call["index"]), call["function"].get("arguments"))
         if kind.startswith("response.") and kind.endswith(".delta"):
             add(("responses", kind, obj["output_index"], obj.get("content_index")), obj["delta"])
+        if kind == "transcript.text.delta":
+            add(("transcript",), obj["delta"])
         if kind == "content_block_start":
             add(("anthropic", obj["index"]), obj["content_block"].get("text"))
         if kind == "content_block_delta":
@@ -69,7 +81,7 @@ def _ev(obj: Any, eol: str, name: str | None = None) -> str:
 def stream_of(fmt: str, pieces: list[str], eol: str = "\n") -> bytes:
     """A realistic stream of ``fmt`` whose deltas are ``pieces``, with its framing events."""
     ev: list[str] = []
-    if fmt in ("chat", "chat_tool"):
+    if fmt in ("chat", "chat_tool", "chat_audio"):
         first = {"role": "assistant", "content": ""}
         ev.append(
             _ev({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": first}]}, eol)
@@ -77,6 +89,8 @@ def stream_of(fmt: str, pieces: list[str], eol: str = "\n") -> bytes:
         for p in pieces:
             if fmt == "chat":
                 delta: dict[str, Any] = {"content": p}
+            elif fmt == "chat_audio":  # gpt-4o-audio: the transcript streams too
+                delta = {"audio": {"id": "au", "transcript": p}}
             else:
                 delta = {"tool_calls": [{"index": 0, "function": {"arguments": p}}]}
             ev.append(_ev({"choices": [{"index": 0, "delta": delta, "finish_reason": None}]}, eol))
@@ -121,6 +135,10 @@ def stream_of(fmt: str, pieces: list[str], eol: str = "\n") -> bytes:
         stop = {"type": "message_delta", "delta": {"stop_reason": "end_turn"}}
         ev.append(_ev(stop, eol, "message_delta"))
         ev.append(_ev({"type": "message_stop"}, eol, "message_stop"))
+    elif fmt == "transcript":
+        for p in pieces:
+            ev.append(_ev({"type": "transcript.text.delta", "delta": p}, eol))
+        ev.append(_ev({"type": "transcript.text.done", "text": "".join(pieces)}, eol))
     elif fmt == "gemini":
         for p in pieces:
             cand = {"content": {"parts": [{"text": p}], "role": "model"}, "index": 0}
