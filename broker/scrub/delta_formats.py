@@ -15,8 +15,9 @@ the stream is cut (:class:`~broker.scrub.deltas.DeltaError`).
   leaf of ``choices[i].delta`` (list entries keyed by their ``index``, the
   ``index`` and ``type`` keys apart), legacy ``choices[i].text``; ``role``,
   ``id`` and ``name`` leaves are *once* pieces (not held; a second one whose
-  join holds a value cuts); a non-null ``finish_reason`` closes the choice,
-  ``[DONE]`` everything.
+  join holds a value cuts); a choice's ``index`` must be its position (code
+  reads ``choices[0]``, the SDK's helper the index: n > 1 streams are cut);
+  a non-null ``finish_reason`` closes the choice, ``[DONE]`` everything.
 - OpenAI Responses, Anthropic Messages: :mod:`broker.scrub.delta_events`.
 - OpenAI transcription: ``transcript.text.delta``; ``transcript.text.done``.
 - Google Gemini: ``candidates[i].content.parts[j].text`` (thought parts apart,
@@ -77,7 +78,6 @@ class Reader:
 
         self._anthropic = Anthropic()
         self._responses = Responses()
-        self._chat_started = False
         self._lists: dict[Key, int] = {}  # chat list path -> entries opened
 
     def read(self, obj: Any, name: str | None = None) -> Found:
@@ -106,24 +106,21 @@ class Reader:
         return found
 
     def _chat(self, choices: list[Any], found: Found) -> None:
-        first, self._chat_started = not self._chat_started, True
-        opened = self._lists.get((), 0)
         for i, choice in enumerate(choices):
             if not isinstance(choice, dict):
                 continue
             found.recognised = True
-            n = index_of(choice, "index")
-            if (first and n != i) or n > opened:  # the SDK counts choices by position
-                raise Ambiguous("a chat choice index that names no choice the SDK has")
-            opened = max(opened, n + 1)
+            # The SDK's helper finds a choice by its index, most code by its
+            # position (``chunk.choices[0]``): both agree only when they are one.
+            if index_of(choice, "index") != i:
+                raise Ambiguous("a chat choice whose index is not its position")
             base: Path = ("choices", i)
             delta = choice.get("delta")
             if isinstance(delta, dict):
-                self._leaves(("chat", n), (*base, "delta"), delta, found)
-            found.text(("chat", n, "text"), choice, (*base, "text"))
+                self._leaves(("chat", i), (*base, "delta"), delta, found)
+            found.text(("chat", i, "text"), choice, (*base, "text"))
             if choice.get("finish_reason") is not None:
-                found.closes.append(("chat", n))
-        self._lists[()] = opened
+                found.closes.append(("chat", i))
 
     def _leaves(self, key: Key, path: Path, obj: dict[str, Any], found: Found) -> None:
         """Every string leaf of a chat delta, as ``accumulate_delta`` joins them."""

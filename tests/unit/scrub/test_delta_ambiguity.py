@@ -54,6 +54,7 @@ CUT = {
     "chat-tool-index-negative": chat(tool(0, arguments=A)) + chat(tool(-1, arguments=B)),
     "chat-tool-index-true": chat(tool(0, arguments="{}")) + chat(tool(True, arguments=B)),
     "chat-choice-index-negative": chat({"content": A}) + chat({"content": B}, -1),
+    "chat-choice-index-not-position": chat({"content": A}) + chat({"content": B}, 1),
     "chat-tool-name-sent-twice": chat(tool(0, name=A)) + chat(tool(0, name=B)),
     "responses-output-index-float": ev(
         {"type": "response.output_item.added", "output_index": 0, "item": {}}
@@ -120,7 +121,7 @@ def test_real_api_variants_flow() -> None:
     azure = (
         ev({"choices": [], "prompt_filter_results": []})
         + chat({"content": "x"})
-        + chat({"content": "y"}, 1)
+        + ev({"choices": [{"index": 0, "delta": {}}, {"index": 1, "delta": {"content": "y"}}]})
     )
     for stream in (resumed, unknown, role_again, azure):
         assert relay(stream.encode()) == stream.encode()

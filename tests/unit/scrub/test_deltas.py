@@ -103,11 +103,12 @@ def test_encoded_value_split_across_deltas(form: str, pieces: list[int]) -> None
 
 
 def test_interleaved_channels_each_joined_on_its_own() -> None:
-    """Two choices and a tool call, interleaved: each is its own channel."""
+    """Two choices (each at its index's position) and a tool call, interleaved:
+    each is its own channel."""
     half = len(VALUE) // 2
     events = [
         {"choices": [{"index": 0, "delta": {"content": VALUE[:half]}}]},
-        {"choices": [{"index": 1, "delta": {"content": VALUE[:half]}}]},
+        {"choices": [{"index": 0, "delta": {}}, {"index": 1, "delta": {"content": VALUE[:half]}}]},
         {
             "choices": [
                 {
@@ -118,7 +119,12 @@ def test_interleaved_channels_each_joined_on_its_own() -> None:
                 }
             ]
         },
-        {"choices": [{"index": 1, "delta": {"content": "-" + VALUE[half:]}}]},
+        {
+            "choices": [
+                {"index": 0, "delta": {}},
+                {"index": 1, "delta": {"content": "-" + VALUE[half:]}},
+            ]
+        },
         {"choices": [{"index": 0, "delta": {"content": VALUE[half:]}}]},
         {
             "choices": [
