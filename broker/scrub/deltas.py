@@ -21,13 +21,13 @@ counts bytes of channel text, never looks at what they are. Other events
 (pings, metadata, any stream that is not LLM deltas) are not held at all,
 except behind a held event, whose order they keep.
 
-**Fail closed.** :class:`DeltaError` (the caller cuts the stream) when text
-arrives for a channel already closed, when an event a client could read
-otherwise is met (:class:`~broker.scrub.delta_formats.Ambiguous`), when an
-event of a delta stream (or of any stream the request asked events of) is
-not JSON, or too deep to parse, or is a JSON line outside an event, when an
-identifier sent again (a *once* piece: never held) joins into a value, or
-past :data:`MAX_HELD` bytes held or :data:`MAX_CHANNELS` channels."""
+**Fail closed.** :class:`DeltaError` (the caller cuts the stream): text for
+a closed channel; an event a client could read otherwise
+(:class:`~broker.scrub.delta_formats.Ambiguous`, a value joined across
+channels: :mod:`~broker.scrub.delta_cross`); an event of a delta stream (or
+one asked for) not JSON or too deep; a JSON line outside an event for a line
+reader; an identifier (never held) sent again joining into a value; past
+:data:`MAX_HELD` bytes held or :data:`MAX_CHANNELS` channels."""
 
 from __future__ import annotations
 
@@ -37,9 +37,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from broker.scrub.delta_cross import CrossCheck, Edit, cover_edits
 from broker.scrub.delta_formats import Ambiguous, Found, Key, Path, Reader
 from broker.scrub.delta_json import json_line, marked, rewrite
-from broker.scrub.layers import Snapshot, replacement_for
+from broker.scrub.layers import Snapshot
 from broker.scrub.sse import Event, EventSplitter
 
 if TYPE_CHECKING:
@@ -58,11 +59,6 @@ MAX_HELD = 8 << 20
 """Bytes a stream may hold (an unfinished event plus the events held)."""
 MAX_CHANNELS = 4096
 """Channels (and closes) one stream may name; each keeps up to W bytes."""
-
-
-Edit = tuple[
-    int, int, bytes | None
-]  # remove [start, end), write bytes at start (None: written before)
 
 
 def is_event_stream(content_type: str | None) -> bool:
@@ -133,6 +129,7 @@ class DeltaStream:
         self._lines = lines  # and its client may read lines (google-genai: alt=sse)
         self._split.whole_lines = lines
         self._reader = Reader()
+        self._cross = CrossCheck()
         self.count = 0
 
     @property
@@ -150,13 +147,16 @@ class DeltaStream:
         snaps = [source._current() for source in self._sources]
         window = max(max((s.max_len for s in snaps), default=0) - 1, 0)
         for event in self._split.feed(chunk, final):
-            self._add(event, snaps)
+            try:
+                self._add(event, snaps, window)
+            except Ambiguous as exc:  # a client could read it otherwise: cut
+                raise DeltaError(str(exc)) from None
         if self.held > MAX_HELD:
             raise DeltaError("an SSE stream held more than MAX_HELD bytes")
         return self._release(snaps, window, final)
 
     # -- events in ------------------------------------------------------------------
-    def _add(self, event: Event, snaps: list[Snapshot]) -> None:
+    def _add(self, event: Event, snaps: list[Snapshot], window: int) -> None:
         data, obj, found = event.data, None, Found()
         if data is None and self._lines and json_line(event.raw):
             raise DeltaError("a JSON line outside an event (google-genai reads lines)")
@@ -171,14 +171,14 @@ class DeltaStream:
                 if self._strict or marked(data):
                     raise DeltaError("an event of an LLM delta stream is not JSON") from None
             else:
-                try:
-                    found = self._reader.read(obj, event.name)
-                except Ambiguous as exc:
-                    raise DeltaError(str(exc)) from None
+                found = self._reader.read(obj, event.name)
         self._recognised = self._recognised or found.recognised
         if found.gemini:  # google-genai reads lines: every line is read whole
             self._lines = self._split.whole_lines = True
-        pieces = [self._piece(key, path, text) for key, path, text in found.pieces]
+        pieces = []
+        for key, path, text in found.pieces:
+            pieces.append(piece := self._piece(key, path, text))
+            self._cross.add(key, piece.channel, piece.raw, snaps, window)
         for key, path, text in found.once:
             pieces.append(self._piece(key, path, text, snaps))
         self._closed.update(found.closes)
@@ -246,7 +246,7 @@ class DeltaStream:
         """Scan the channel's text and fix the output of its first ``k`` pending pieces."""
         pieces, channel.pending = channel.pending[:k], channel.pending[k:]
         data, begin = channel.text, channel.begin
-        edits = self._edits(snaps, data, begin)
+        edits = cover_edits(snaps, self._tenant, data, begin)
         offset = begin
         for piece in pieces:
             end = offset + len(piece.raw)
@@ -255,28 +255,6 @@ class DeltaStream:
             offset = end
         keep = max(offset - window, 0)
         channel.text, channel.begin = data[keep:], offset - keep
-
-    def _edits(self, snaps: list[Snapshot], data: bytes, begin: int) -> list[Edit]:
-        """As :func:`broker.scrub.layers.cover` chooses them: every byte of every
-        occurrence removed; each replacement written where its removal starts,
-        unless that was released before (``begin``: where this release starts)."""
-        found: list[tuple[int, int, bytes]] = []
-        for snap in snaps:
-            for start, end, placeholder, owners, codec in snap.occurrences(data):
-                written = replacement_for(snap, placeholder, owners, self._tenant)
-                if codec is not None:
-                    written = written.decode("ascii").encode(codec)
-                found.append((start, end, written))
-        found.sort(key=lambda m: (m[0], -m[1]))
-        edits: list[Edit] = []
-        cursor = 0
-        for start, end, written in found:
-            if end <= cursor:
-                continue
-            first = max(start, cursor)
-            edits.append((first, end, written if first >= begin else None))
-            cursor = end
-        return edits
 
     def _apply(self, data: bytes, a: int, b: int, edits: list[Edit]) -> bytes | None:
         """``data[a:b]`` (one piece) with the edits that touch it, or None if none does."""

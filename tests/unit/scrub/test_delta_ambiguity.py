@@ -69,6 +69,32 @@ CUT = {
         "content_block_start",
     )
     + ev({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta"}}, "ping"),
+    "anthropic-value-across-two-blocks": "".join(
+        ev(obj, obj["type"])
+        for n, piece in enumerate((A, B))
+        for obj in (
+            {"type": "content_block_start", "index": n, "content_block": {"type": "text"}},
+            {
+                "type": "content_block_delta",
+                "index": n,
+                "delta": {"type": "text_delta", "text": piece},
+            },
+            {"type": "content_block_stop", "index": n},
+        )
+    ),
+    "responses-value-across-two-outputs": "".join(
+        ev(obj)
+        for n, piece in enumerate((A, B))
+        for obj in (
+            {"type": "response.output_item.added", "output_index": n, "item": {"content": []}},
+            {
+                "type": "response.content_part.added",
+                "output_index": n,
+                "content_index": 0,
+                "part": {"text": piece},
+            },
+        )
+    ),
     "gemini-thought-1": ev(
         {"candidates": [{"index": 0, "content": {"parts": [{"text": "zz", "thought": 1}]}}]}
     ),
@@ -123,7 +149,20 @@ def test_real_api_variants_flow() -> None:
         + chat({"content": "x"})
         + ev({"choices": [{"index": 0, "delta": {}}, {"index": 1, "delta": {"content": "y"}}]})
     )
-    for stream in (resumed, unknown, role_again, azure):
+    blocks = "".join(  # two text blocks, no value across them
+        ev(obj, obj["type"])
+        for n, piece in enumerate((A, A))
+        for obj in (
+            {"type": "content_block_start", "index": n, "content_block": {"type": "text"}},
+            {
+                "type": "content_block_delta",
+                "index": n,
+                "delta": {"type": "text_delta", "text": piece},
+            },
+            {"type": "content_block_stop", "index": n},
+        )
+    )
+    for stream in (resumed, unknown, role_again, azure, blocks):
         assert relay(stream.encode()) == stream.encode()
 
 
