@@ -20,7 +20,6 @@ proxy's event loop).
 
 from __future__ import annotations
 
-import bisect
 import logging
 import threading
 import time
@@ -31,11 +30,11 @@ from broker.scrub import spellings as encodings
 from broker.scrub.layers import (
     Entry,
     Layer,
-    Occurrence,
     Owner,
     Snapshot,
     build_layer,
     cover,
+    cover_many,
     replacement_for,
 )
 from broker.scrub.stream import StreamScrubber
@@ -52,8 +51,6 @@ rebuild time rather than limiting a realistic deployment (100 tenants x 10
 secrets, rotated, stays far below). Past it :meth:`Scrubber.add` raises
 :class:`ScrubberFull`; the caller must fail closed rather than inject a value
 it cannot scrub."""
-
-_SEPARATOR = b"\n\n"
 
 DELTA_VALUES = 32
 """Changed values kept in the delta layer before the base is rebuilt."""
@@ -132,36 +129,11 @@ class Scrubber:
 
     def scrub_many(self, pieces: list[bytes], tenant: str | None = None) -> list[tuple[bytes, int]]:
         """Each piece scrubbed on its own, as :meth:`scrub` would, in one scan
-        of them joined by a blank line: no pattern holds a newline, so no
-        occurrence (in the data or in a decoded view) can span two pieces.
-        Should one ever span them (a value with a newline), each piece is
+        of them joined (:func:`~broker.scrub.layers.cover_many`); should an
+        occurrence span two pieces (a value with a newline), each piece is
         scanned alone."""
-        snap = self._current()
-        joined = _SEPARATOR.join(pieces)
-        found = snap.occurrences(joined)
-        if not found:  # the common case: one scan of everything
-            return [(piece, 0) for piece in pieces]
-        ends, at = [], 0
-        for piece in pieces:
-            at += len(piece)
-            ends.append(at)
-            at += len(_SEPARATOR)
-        per: list[list[Occurrence]] = [[] for _ in pieces]
-        for occ in found:
-            i = bisect.bisect_left(ends, occ[0])  # the piece the occurrence starts in
-            if i == len(pieces) or occ[1] > ends[i] or occ[0] < ends[i] - len(pieces[i]):
-                return [self.scrub(piece, tenant) for piece in pieces]  # spans a separator
-            per[i].append(occ)
-        out: list[tuple[bytes, int]] = []
-        for piece, occs, end in zip(pieces, per, ends, strict=True):
-            if not occs:
-                out.append((piece, 0))
-                continue
-            shift = end - len(piece)
-            local = [(a - shift, b - shift, r, o, c) for a, b, r, o, c in occs]
-            data, count, _rest = cover(snap, piece, 0, len(piece), tenant, local)
-            out.append((data, count))
-        return out
+        done = cover_many(self._current(), pieces, tenant)
+        return done if done is not None else [self.scrub(piece, tenant) for piece in pieces]
 
     def owners_in_caseless(self, data: bytes) -> set[tuple[str, str]]:
         """Owners whose raw value appears in ``data`` ignoring ASCII case: for
