@@ -50,6 +50,23 @@ def tool(index: Any, **function: str) -> Any:
     return {"tool_calls": [{"index": index, "function": function}]}
 
 
+def _text_blocks(*pieces: str) -> str:
+    """Anthropic text blocks, one per piece, each started, fed and stopped."""
+    return "".join(
+        ev(obj, obj["type"])
+        for n, piece in enumerate(pieces)
+        for obj in (
+            {"type": "content_block_start", "index": n, "content_block": {"type": "text"}},
+            {
+                "type": "content_block_delta",
+                "index": n,
+                "delta": {"type": "text_delta", "text": piece},
+            },
+            {"type": "content_block_stop", "index": n},
+        )
+    )
+
+
 CUT = {
     "chat-tool-index-negative": chat(tool(0, arguments=A)) + chat(tool(-1, arguments=B)),
     "chat-tool-index-true": chat(tool(0, arguments="{}")) + chat(tool(True, arguments=B)),
@@ -69,19 +86,7 @@ CUT = {
         "content_block_start",
     )
     + ev({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta"}}, "ping"),
-    "anthropic-value-across-two-blocks": "".join(
-        ev(obj, obj["type"])
-        for n, piece in enumerate((A, B))
-        for obj in (
-            {"type": "content_block_start", "index": n, "content_block": {"type": "text"}},
-            {
-                "type": "content_block_delta",
-                "index": n,
-                "delta": {"type": "text_delta", "text": piece},
-            },
-            {"type": "content_block_stop", "index": n},
-        )
-    ),
+    "anthropic-value-across-two-blocks": _text_blocks(A, B),
     "responses-value-across-two-outputs": "".join(
         ev(obj)
         for n, piece in enumerate((A, B))
@@ -149,19 +154,7 @@ def test_real_api_variants_flow() -> None:
         + chat({"content": "x"})
         + ev({"choices": [{"index": 0, "delta": {}}, {"index": 1, "delta": {"content": "y"}}]})
     )
-    blocks = "".join(  # two text blocks, no value across them
-        ev(obj, obj["type"])
-        for n, piece in enumerate((A, A))
-        for obj in (
-            {"type": "content_block_start", "index": n, "content_block": {"type": "text"}},
-            {
-                "type": "content_block_delta",
-                "index": n,
-                "delta": {"type": "text_delta", "text": piece},
-            },
-            {"type": "content_block_stop", "index": n},
-        )
-    )
+    blocks = _text_blocks(A, A)  # two text blocks, no value across them
     for stream in (resumed, unknown, role_again, azure, blocks):
         assert relay(stream.encode()) == stream.encode()
 
